@@ -1,0 +1,10 @@
+//! numapin keeps every virtual machine's vCPUs and memory on the right NUMA
+//! nodes of a KVM host.
+//!
+//! The crate is split into a pure core that needs no machine
+//! ([`idset`], [`topology`], [`guest`], [`config`], [`observations`],
+//! [`planner`]) and the adapters that read or change a real host.
+
+pub mod idset;
+pub mod topology;
+pub mod guest;
