@@ -8,3 +8,11 @@
 pub mod idset;
 pub mod topology;
 pub mod guest;
+pub mod config;
+pub mod observations;
+pub mod planner;
+pub mod cli;
+pub mod exit;
+pub mod report;
+pub mod snapshot;
+pub mod synth;

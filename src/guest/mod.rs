@@ -25,6 +25,9 @@ pub struct Domain {
     pub vcpus_max: u32,
     /// `<vcpu current=..>`: vCPUs online now (defaults to the maximum).
     pub vcpus_current: u32,
+    /// Ids of the online vCPUs: `0..vcpus_current`, or the `<vcpus>` entries
+    /// with `enabled='yes'` when the XML lists them.
+    pub online_vcpus: CpuSet,
     /// `<vcpu placement='auto'>`: libvirt asked numad at start.
     pub vcpu_placement_auto: bool,
     /// `<vcpu cpuset=..>`: default affinity of all vCPUs.
@@ -188,17 +191,15 @@ impl Domain {
         self.cpu.topology.map_or(1, |t| t.threads.max(1))
     }
 
-    /// Whether the XML pins anything by hand: vcpupin, emulatorpin,
-    /// iothreadpin, a `<vcpu cpuset>`, or a static numatune nodeset.
+    /// Whether the XML pins CPUs by hand: vcpupin, emulatorpin, iothreadpin
+    /// or a `<vcpu cpuset>`. A numatune nodeset is not counted: numapin
+    /// moves restrictive bindings and places vCPUs next to strict ones.
     pub fn has_manual_pinning(&self) -> bool {
         let t = &self.cputune;
         !t.vcpupin.is_empty()
             || t.emulatorpin.is_some()
             || !t.iothreadpin.is_empty()
             || (self.vcpu_cpuset.is_some() && !self.vcpu_placement_auto)
-            || self.numatune.as_ref().is_some_and(|n| {
-                (n.nodeset.is_some() && !n.placement_auto) || !n.memnodes.is_empty()
-            })
     }
 
     /// Hugepage size (KiB) backing the given guest cell, if any. `default_kib`

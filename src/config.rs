@@ -1,0 +1,287 @@
+//! numapin's configuration: `/etc/numapin/numapin.toml`.
+//!
+//! Parsed with unknown keys rejected (a mistyped key in a pinning daemon would
+//! otherwise silently pin wrong), then validated; every error names the file,
+//! the key and the reason. `config/numapin.toml` documents every key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::guest::DomainPolicy;
+use crate::idset::CpuSet;
+use crate::topology::HostTopology;
+
+pub const DEFAULT_PATH: &str = "/etc/numapin/numapin.toml";
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub host: HostConfig,
+    pub planner: PlannerConfig,
+    /// Per-domain policy rules, first match wins; the domain's own numapin
+    /// `<metadata>` overrides them.
+    #[serde(rename = "domain")]
+    pub domains: Vec<DomainRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Host CPUs never given to guests (housekeeping, host services).
+    pub reserved_cpus: CpuSet,
+    /// Memory kept free on every node, in MiB, for the host and page cache.
+    pub memory_headroom_mib: u64,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            reserved_cpus: CpuSet::new(),
+            memory_headroom_mib: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Balance CPU demand and memory across nodes.
+    #[default]
+    Spread,
+    /// Fill nodes one after another, leaving whole nodes free.
+    Pack,
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::Spread => "spread",
+            Strategy::Pack => "pack",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlannerConfig {
+    pub strategy: Strategy,
+    /// Guests that are hypervisors themselves get dedicated 1:1 pins.
+    pub dedicate_nested: bool,
+    /// Also manage domains whose persistent config carries manual pinning.
+    pub manage_pinned: bool,
+    /// Smallest improvement of a node's load (0-1) worth moving a running
+    /// domain for; below it the domain stays where it is.
+    pub min_gain: f64,
+    /// Most domains moved (re-placed, not first placed) in one cycle.
+    pub max_moves_per_cycle: u32,
+    /// Most memory, in MiB, migrated between nodes in one cycle.
+    pub max_migrate_mib_per_cycle: u64,
+    /// Shared vCPU demand allowed per host CPU of a node.
+    pub cpu_overcommit: f64,
+    /// Load assumed for a vCPU with no observation (fraction of one CPU).
+    pub default_vcpu_load: f64,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Spread,
+            dedicate_nested: true,
+            manage_pinned: false,
+            min_gain: 0.10,
+            max_moves_per_cycle: 4,
+            max_migrate_mib_per_cycle: 16 * 1024,
+            cpu_overcommit: 4.0,
+            default_vcpu_load: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainRule {
+    /// Domain name or shell-style pattern (`db-*`).
+    pub name: String,
+    pub policy: DomainPolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {key}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates config text; `path` only labels errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            // toml's message already carries line, column and the key.
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        config.validate().map_err(|(key, reason)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense; returns (key, reason).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let p = &self.planner;
+        let bad = |key: &str, reason: String| Err((key.to_string(), reason));
+        if !(0.0..=1.0).contains(&p.min_gain) {
+            return bad("planner.min_gain", format!("{} is not between 0 and 1", p.min_gain));
+        }
+        if !(1.0..=64.0).contains(&p.cpu_overcommit) {
+            return bad(
+                "planner.cpu_overcommit",
+                format!("{} is not between 1 and 64", p.cpu_overcommit),
+            );
+        }
+        if !(p.default_vcpu_load > 0.0 && p.default_vcpu_load <= 1.0) {
+            return bad(
+                "planner.default_vcpu_load",
+                format!("{} is not above 0 and at most 1", p.default_vcpu_load),
+            );
+        }
+        for (i, rule) in self.domains.iter().enumerate() {
+            if let Err(e) = glob::Pattern::new(&rule.name) {
+                return bad(
+                    &format!("domain[{i}].name"),
+                    format!("{:?} is not a valid pattern: {e}", rule.name),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the config against the host it will run on.
+    pub fn validate_for_host(&self, topo: &HostTopology) -> Result<(), (String, String)> {
+        let key = "host.reserved_cpus".to_string();
+        let known = topo.online_cpus().union(&topo.offline_cpus);
+        if let Some(cpu) = self.host.reserved_cpus.difference(&known).first() {
+            return Err((key, format!("CPU {cpu} does not exist on this host")));
+        }
+        if topo.online_cpus().is_subset(&self.host.reserved_cpus) {
+            return Err((
+                key,
+                format!(
+                    "reserves every online CPU ({}), leaving none for guests",
+                    topo.online_cpus()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The policy the config assigns to a domain name, if a rule matches.
+    pub fn rule_for(&self, name: &str) -> Option<(usize, &DomainRule)> {
+        self.domains.iter().enumerate().find(|(_, r)| {
+            glob::Pattern::new(&r.name).is_ok_and(|p| p.matches(name))
+        })
+    }
+
+    /// The effective config as TOML, every key with its value.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/numapin/numapin.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(load("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let c = load(
+            r#"
+            [host]
+            reserved_cpus = "0-1,^1,32"
+            memory_headroom_mib = 4096
+            [planner]
+            strategy = "pack"
+            min_gain = 0.2
+            [[domain]]
+            name = "db-*"
+            policy = "dedicated"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.host.reserved_cpus.to_string(), "0,32");
+        assert_eq!(c.planner.strategy, Strategy::Pack);
+        assert_eq!(c.rule_for("db-01").unwrap().1.policy, DomainPolicy::Dedicated);
+        assert!(c.rule_for("web").is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load("[planner]\nstrategy = \"spread\"\nmin_gian = 0.1\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/etc/numapin/numapin.toml"), "{text}");
+        assert!(text.contains("min_gian"), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_reason() {
+        let err = load("[planner]\nmin_gain = 1.5\n").unwrap_err().to_string();
+        assert!(err.contains("planner.min_gain: 1.5 is not between 0 and 1"), "{err}");
+        let err = load("[host]\nreserved_cpus = \"0-x\"\n").unwrap_err().to_string();
+        assert!(err.contains("reserved_cpus") && err.contains("\"x\" is not a number"), "{err}");
+        let err = load("[planner]\nstrategy = \"random\"\n").unwrap_err().to_string();
+        assert!(err.contains("strategy") && err.contains("random"), "{err}");
+        let err = load("[[domain]]\nname = \"[\"\npolicy = \"exclude\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("domain[0].name"), "{err}");
+        let err = load("[[domain]]\nname = \"a\"\npolicy = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fast"), "{err}");
+    }
+
+    #[test]
+    fn printed_config_loads_back() {
+        let mut c = Config::default();
+        c.host.reserved_cpus = "0,8".parse().unwrap();
+        c.domains.push(DomainRule {
+            name: "x*".into(),
+            policy: DomainPolicy::Exclude,
+        });
+        assert_eq!(load(&c.to_toml()).unwrap(), c);
+    }
+}

@@ -1,0 +1,227 @@
+//! What was measured on the host, as opposed to what is configured: free
+//! memory per node, where each domain's memory really is, how busy its vCPUs
+//! are, and how much time the host's CPUs lose to steal.
+//!
+//! The planner works without any of it (it then assumes every vCPU busy and
+//! memory where the domain's binding says, or spread when unbound); each
+//! measurement present sharpens the plan. The file form, `observations.toml`
+//! in a snapshot, is documented in docs/snapshot-format.md.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::idset::CpuSet;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Observations {
+    pub nodes: BTreeMap<u32, NodeObservation>,
+    /// By domain name.
+    pub domains: BTreeMap<String, DomainObservation>,
+    /// Host CPU id -> fraction of time stolen by an outer hypervisor.
+    pub cpu_steal: BTreeMap<u32, f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NodeObservation {
+    pub free_mib: Option<u64>,
+    /// Page size in KiB -> free pages.
+    pub free_hugepages: BTreeMap<u64, u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DomainObservation {
+    /// Host node -> resident MiB of the domain on it.
+    pub memory_mib: BTreeMap<u32, u64>,
+    /// Per vCPU (by index), fraction of one CPU used (0-1).
+    pub vcpu_load: Vec<f64>,
+}
+
+impl DomainObservation {
+    pub fn resident_mib(&self) -> u64 {
+        self.memory_mib.values().sum()
+    }
+}
+
+/// The file as written: TOML keys are strings, converted and checked below.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObservationsFile {
+    #[serde(default)]
+    nodes: BTreeMap<String, NodeEntry>,
+    #[serde(default)]
+    domains: BTreeMap<String, DomainEntry>,
+    #[serde(default)]
+    cpu_steal: BTreeMap<String, f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeEntry {
+    free_mib: Option<u64>,
+    #[serde(default)]
+    free_hugepages: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainEntry {
+    #[serde(default)]
+    memory_mib: BTreeMap<String, u64>,
+    #[serde(default)]
+    vcpu_load: Vec<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObservationsError {
+    #[error("cannot read {path}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        path: std::path::PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+fn parse_u32_key(key: &str, what: &str) -> Result<u32, String> {
+    key.trim()
+        .parse()
+        .map_err(|_| format!("{key:?} is not a {what} id"))
+}
+
+fn check_fraction(value: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not a fraction between 0 and 1"))
+    }
+}
+
+impl Observations {
+    pub fn load(path: &Path) -> Result<Self, ObservationsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ObservationsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses observation text; `path` only labels errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ObservationsError> {
+        let file: ObservationsFile =
+            toml::from_str(text).map_err(|e| ObservationsError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string().trim_end().replace('\n', "\n  "),
+            })?;
+        file.convert().map_err(|(key, reason)| ObservationsError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        })
+    }
+}
+
+impl ObservationsFile {
+    fn convert(self) -> Result<Observations, (String, String)> {
+        let mut out = Observations::default();
+        for (key, entry) in self.nodes {
+            let at = |k: &str| format!("nodes.{key}{k}");
+            let node = parse_u32_key(&key, "node").map_err(|r| (at(""), r))?;
+            let mut free_hugepages = BTreeMap::new();
+            for (size, pages) in entry.free_hugepages {
+                let kib: u64 = size
+                    .trim()
+                    .parse()
+                    .map_err(|_| (at(".free_hugepages"), format!("{size:?} is not a page size in KiB")))?;
+                free_hugepages.insert(kib, pages);
+            }
+            out.nodes.insert(
+                node,
+                NodeObservation {
+                    free_mib: entry.free_mib,
+                    free_hugepages,
+                },
+            );
+        }
+        for (name, entry) in self.domains {
+            let at = |k: &str| format!("domains.{name:?}.{k}");
+            let mut memory_mib = BTreeMap::new();
+            for (node, mib) in entry.memory_mib {
+                let id = parse_u32_key(&node, "node").map_err(|r| (at("memory_mib"), r))?;
+                memory_mib.insert(id, mib);
+            }
+            for (i, load) in entry.vcpu_load.iter().enumerate() {
+                check_fraction(*load).map_err(|r| (format!("{}[{i}]", at("vcpu_load")), r))?;
+            }
+            out.domains.insert(
+                name,
+                DomainObservation {
+                    memory_mib,
+                    vcpu_load: entry.vcpu_load,
+                },
+            );
+        }
+        for (cpus, steal) in self.cpu_steal {
+            let at = format!("cpu_steal.{cpus:?}");
+            let set: CpuSet = cpus.parse().map_err(|e| (at.clone(), format!("{e}")))?;
+            let steal = check_fraction(steal).map_err(|r| (at, r))?;
+            for cpu in set.iter() {
+                out.cpu_steal.insert(cpu, steal);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Observations, ObservationsError> {
+        Observations::from_toml(text, Path::new("snap/observations.toml"))
+    }
+
+    #[test]
+    fn reads_the_documented_format() {
+        let o = parse(
+            r#"
+            [nodes.0]
+            free_mib = 1200
+            free_hugepages = { "2048" = 512 }
+            [domains."web-01"]
+            memory_mib = { "0" = 3900, "1" = 200 }
+            vcpu_load = [0.35, 0.2]
+            [cpu_steal]
+            "0-1" = 0.25
+            "#,
+        )
+        .unwrap();
+        assert_eq!(o.nodes[&0].free_mib, Some(1200));
+        assert_eq!(o.nodes[&0].free_hugepages[&2048], 512);
+        assert_eq!(o.domains["web-01"].resident_mib(), 4100);
+        assert_eq!(o.cpu_steal[&1], 0.25);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("[nodes.x]\nfree_mib = 1\n").unwrap_err().to_string();
+        assert!(e.contains("nodes.x") && e.contains("\"x\" is not a node id"), "{e}");
+        let e = parse("[domains.a]\nvcpu_load = [0.5, 2.0]\n").unwrap_err().to_string();
+        assert!(e.contains("vcpu_load[1]") && e.contains("2 is not a fraction"), "{e}");
+        let e = parse("[cpu_steal]\n\"0-\" = 0.1\n").unwrap_err().to_string();
+        assert!(e.contains("cpu_steal"), "{e}");
+        let e = parse("[nodes.0]\nfree = 1\n").unwrap_err().to_string();
+        assert!(e.contains("snap/observations.toml") && e.contains("free"), "{e}");
+    }
+}

@@ -1,0 +1,92 @@
+//! The ordered steps apply takes for one domain, derived by comparing the
+//! target with what is in place. Pins come first so that pages the guest
+//! touches from then on land on the new node; memory moves come last.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::idset::{CpuSet, NodeSet};
+
+use super::cpus::Pins;
+use super::domain_info::{DomainInfo, MemoryHandling};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Emulatorpin { cpus: CpuSet },
+    Iothreadpin { iothread: u32, cpus: CpuSet },
+    Vcpupin { vcpu: u32, cpus: CpuSet },
+    /// `virsh numatune --nodeset --live` on a restrictive domain.
+    SetMemoryNodeset { nodeset: NodeSet },
+    /// migrate_pages(2) on the QEMU process, for unbound domains.
+    MigratePages { from: NodeSet, to: NodeSet, mib: u64 },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Emulatorpin { cpus } => write!(f, "emulatorpin {cpus}"),
+            Action::Iothreadpin { iothread, cpus } => write!(f, "iothreadpin {iothread} {cpus}"),
+            Action::Vcpupin { vcpu, cpus } => write!(f, "vcpupin {vcpu} {cpus}"),
+            Action::SetMemoryNodeset { nodeset } => write!(f, "numatune --nodeset {nodeset} (restrictive, live)"),
+            Action::MigratePages { from, to, mib } => {
+                write!(f, "migrate_pages {from} -> {to} (~{mib} MiB)")
+            }
+        }
+    }
+}
+
+/// Steps that turn the current state into `pins` and `nodeset`.
+pub fn actions_for(info: &DomainInfo, pins: &Pins, nodeset: &NodeSet) -> Vec<Action> {
+    let cur = &info.current;
+    let mut out = Vec::new();
+    if cur.emulator_affinity != pins.emulatorpin {
+        out.push(Action::Emulatorpin {
+            cpus: pins.emulatorpin.clone(),
+        });
+    }
+    for (&id, cpus) in &pins.iothreadpin {
+        if cur.iothread_affinity.get(&id) != Some(cpus) {
+            out.push(Action::Iothreadpin {
+                iothread: id,
+                cpus: cpus.clone(),
+            });
+        }
+    }
+    for (&vcpu, cpus) in &pins.vcpupin {
+        if cur.vcpu_affinity.get(&vcpu) != Some(cpus) {
+            out.push(Action::Vcpupin {
+                vcpu,
+                cpus: cpus.clone(),
+            });
+        }
+    }
+    match info.memory {
+        MemoryHandling::Restrictive => {
+            let now = info.domain.numatune.as_ref().and_then(|n| n.nodeset.clone());
+            if now.as_ref() != Some(nodeset) {
+                out.push(Action::SetMemoryNodeset {
+                    nodeset: nodeset.clone(),
+                });
+            }
+        }
+        MemoryHandling::Migrate => {
+            let from: NodeSet = cur
+                .memory_mib
+                .iter()
+                .filter(|(n, mib)| **mib > 0 && !nodeset.contains(**n))
+                .map(|(n, _)| *n)
+                .collect();
+            if !from.is_empty() {
+                out.push(Action::MigratePages {
+                    mib: info.migrate_mib_to(nodeset),
+                    from,
+                    to: nodeset.clone(),
+                });
+            }
+        }
+        MemoryHandling::Fixed(_) => {}
+    }
+    out
+}

@@ -1,0 +1,79 @@
+//! Changes numapin cannot make on a running domain but an operator can, at
+//! the next restart or redefine, and that would make placement better.
+
+use crate::guest::MemoryMode;
+use crate::topology::HostTopology;
+
+use super::cpus::Pins;
+use super::domain_info::{DomainInfo, MemoryHandling};
+use super::ledger::Part;
+
+pub fn advice_for(
+    info: &DomainInfo,
+    topo: &HostTopology,
+    parts: Option<&[Part]>,
+    pins: Option<&Pins>,
+) -> Vec<String> {
+    let d = info.domain;
+    let mut out = Vec::new();
+    let cpu_nodes = topo.nodes.iter().filter(|n| !n.is_memory_only()).count();
+    if let Some(parts) = parts {
+        let nodes: std::collections::BTreeSet<u32> = parts.iter().map(|p| p.node).collect();
+        if d.cpu.cells.is_empty() && nodes.len() > 1 {
+            out.push(format!(
+                "give this {}-vCPU guest {} vNUMA cells (<cpu><numa>), one per host node it spans, so its kernel keeps memory next to its vCPUs",
+                info.vcpu_count(),
+                nodes.len()
+            ));
+        }
+        if !d.cpu.cells.is_empty() && d.cpu.cells.len() > cpu_nodes {
+            out.push(format!(
+                "the guest has {} NUMA cells but the host only {} nodes with CPUs: cells share host nodes; use at most {cpu_nodes} cells",
+                d.cpu.cells.len(),
+                cpu_nodes
+            ));
+        }
+        if !d.cpu.cells.is_empty() && matches!(info.memory, MemoryHandling::Migrate) && nodes.len() > 1 {
+            let map: Vec<String> = parts
+                .iter()
+                .filter_map(|p| p.cell.map(|c| format!("<memnode cellid='{c}' mode='restrictive' nodeset='{}'/>", p.node)))
+                .collect();
+            out.push(format!(
+                "bind each cell's memory to its node at start: <numatune> with {}",
+                map.join(" ")
+            ));
+        }
+    }
+    if let MemoryHandling::Fixed(mode) = info.memory {
+        let why = match mode {
+            MemoryMode::Strict => "strict",
+            MemoryMode::Preferred => "preferred",
+            MemoryMode::Interleave => "interleave",
+            MemoryMode::Restrictive => "restrictive",
+        };
+        out.push(format!(
+            "memory is bound with numatune mode='{why}', which libvirt cannot change on a running domain, so numapin pins vCPUs only; use mode='restrictive' so memory can move live"
+        ));
+    }
+    if d.vcpu_placement_auto || d.numatune.as_ref().is_some_and(|n| n.placement_auto) {
+        out.push(
+            "placement='auto' fixes the nodes once, at start (numad advice); drop it and let numapin place and rebalance the domain".into(),
+        );
+    }
+    if info.is_dedicated() {
+        let host_smt = topo.smt_width();
+        let threads = d.threads_per_core() as usize;
+        if host_smt >= 2 && threads == 1 {
+            out.push(format!(
+                "the host has {host_smt} SMT threads per core: declare <topology ... threads='{host_smt}'/> so the guest sees which of its vCPUs share a core"
+            ));
+        } else if threads >= 2 && host_smt < threads {
+            out.push(format!(
+                "the guest declares {threads} threads per core but the host has {host_smt}: declare threads='{host_smt}' so the guest's view matches the hardware"
+            ));
+        } else if pins.is_some_and(|p| p.smt_unmatched) {
+            out.push("not enough whole free cores: some guest SMT siblings are on different host cores".into());
+        }
+    }
+    out
+}

@@ -1,0 +1,514 @@
+//! Choosing host nodes for every managed domain, in three phases:
+//!
+//! 1. keep: a domain already pinned whole onto node(s) with its memory there
+//!    stays, if the node still has room (stability: nothing moves for free);
+//! 2. place: every other domain goes to the best node by strategy, or when
+//!    none has room, to the fewest and closest nodes (cells stay whole);
+//! 3. improve: while nodes are unbalanced by more than the threshold, move
+//!    the domain whose move helps most, within the per-cycle budget.
+
+use crate::config::Strategy;
+use crate::idset::NodeSet;
+use crate::topology::HostTopology;
+
+use super::domain_info::{CpuPolicy, DomainInfo, Piece};
+use super::ledger::{Ledger, Part};
+
+/// The outcome for one managed domain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Stays where it is.
+    Kept(Vec<Part>),
+    /// Gets a (new) placement; `why` explains the choice.
+    Placed { parts: Vec<Part>, why: String },
+    /// Could go elsewhere but the cycle's budget is spent.
+    Deferred(String),
+    /// No placement exists; left as is.
+    NoFit(String),
+}
+
+impl Decision {
+    pub fn parts(&self) -> Option<&[Part]> {
+        match self {
+            Decision::Kept(p) | Decision::Placed { parts: p, .. } => Some(p),
+            _ => None,
+        }
+    }
+}
+
+pub fn nodes_of(parts: &[Part]) -> NodeSet {
+    parts.iter().map(|p| p.node).collect()
+}
+
+/// What one cycle may still spend on moves.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub moves_left: u32,
+    pub mib_left: u64,
+    pub spent_any: bool,
+}
+
+impl Budget {
+    /// A move counts against the move budget; migration against the MiB
+    /// budget, except that the first migration of a cycle may exceed it
+    /// (otherwise a domain larger than the budget could never move).
+    pub fn affords(&self, is_move: bool, mib: u64) -> bool {
+        (!is_move || self.moves_left > 0) && (mib <= self.mib_left || !self.spent_any)
+    }
+
+    pub fn spend(&mut self, is_move: bool, mib: u64) {
+        if is_move {
+            self.moves_left = self.moves_left.saturating_sub(1);
+        }
+        if mib > 0 || is_move {
+            self.spent_any = true;
+        }
+        self.mib_left = self.mib_left.saturating_sub(mib);
+    }
+}
+
+pub struct Chooser<'a> {
+    pub topo: &'a HostTopology,
+    pub strategy: Strategy,
+    /// Least gain in node pressure worth a move.
+    pub min_gain: f64,
+    pub ledger: Ledger,
+    pub budget: Budget,
+}
+
+fn policy(info: &DomainInfo) -> CpuPolicy {
+    info.managed.clone().unwrap_or(CpuPolicy::Shared)
+}
+
+fn part_of(piece: &Piece, node: u32) -> Part {
+    Part {
+        node,
+        cell: piece.cell,
+        vcpus: piece.vcpus.clone(),
+        mem_mib: piece.mem_mib,
+        hugepage_kib: piece.hugepage_kib,
+        load: piece.load,
+    }
+}
+
+impl Chooser<'_> {
+    /// Runs the three phases; `order` lists managed domains by index into
+    /// `infos` in the order they are served.
+    pub fn decide(&mut self, infos: &[DomainInfo], order: &[usize]) -> Vec<Option<Decision>> {
+        let mut decisions: Vec<Option<Decision>> = vec![None; infos.len()];
+        for &i in order {
+            if let Some(parts) = self.settled_parts(&infos[i]) {
+                if self.try_reserve(&parts, policy(&infos[i])) {
+                    decisions[i] = Some(Decision::Kept(parts));
+                }
+            }
+        }
+        for &i in order {
+            if decisions[i].is_none() {
+                decisions[i] = Some(self.place(&infos[i]));
+            }
+        }
+        self.improve(infos, order, &mut decisions);
+        decisions
+    }
+
+    fn try_reserve(&mut self, parts: &[Part], policy: CpuPolicy) -> bool {
+        let mut done = Vec::new();
+        for part in parts {
+            match self.ledger.index(part.node) {
+                Some(i) if self.ledger.fits(i, part, policy) => {
+                    self.ledger.reserve(i, part, policy);
+                    done.push((i, part));
+                }
+                _ => {
+                    for (i, p) in done {
+                        self.ledger.release(i, p, policy);
+                    }
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn release_all(&mut self, parts: &[Part], policy: CpuPolicy) {
+        for part in parts {
+            if let Some(i) = self.ledger.index(part.node) {
+                self.ledger.release(i, part, policy);
+            }
+        }
+    }
+
+    /// The domain's current placement as parts, if it is one numapin would
+    /// keep: every piece pinned within a single node of usable CPUs, and
+    /// the memory (when measured) at least 90% on those nodes.
+    fn settled_parts(&self, info: &DomainInfo) -> Option<Vec<Part>> {
+        if !info.current.pinned {
+            return None;
+        }
+        let mut parts = Vec::new();
+        for piece in &info.pieces {
+            let mut node = None;
+            for v in &piece.vcpus {
+                let affinity = info.current.vcpu_affinity.get(v)?;
+                let nodes = self.topo.nodes_of_cpus(affinity);
+                let n = nodes.first()?;
+                let i = self.ledger.index(n)?;
+                if nodes.len() != 1 || !affinity.is_subset(&self.ledger.usable[i]) {
+                    return None;
+                }
+                if *node.get_or_insert(n) != n {
+                    return None;
+                }
+            }
+            parts.push(part_of(piece, node?));
+        }
+        let nodes = nodes_of(&parts);
+        if info.current.memory_observed && info.memory_share_on(&nodes) < 0.9 {
+            return None;
+        }
+        if let Some(fixed) = info.fixed_nodes() {
+            if !nodes.is_subset(&fixed) {
+                return None;
+            }
+        }
+        Some(parts)
+    }
+
+    /// Node indexes a domain may use: nodes with CPUs, within the bound
+    /// nodeset when its memory cannot move.
+    fn candidates(&self, info: &DomainInfo) -> Vec<usize> {
+        let fixed = info.fixed_nodes();
+        (0..self.ledger.ids.len())
+            .filter(|&i| self.ledger.has_cpus(i))
+            .filter(|&i| fixed.as_ref().is_none_or(|f| f.contains(self.ledger.ids[i])))
+            .collect()
+    }
+
+    /// Lower is better.
+    fn cost(&mut self, info: &DomainInfo, i: usize, part: &Part) -> f64 {
+        let p = self.ledger.pressure_with(i, part, policy(info));
+        let by_strategy = match self.strategy {
+            Strategy::Spread => p,
+            Strategy::Pack => 1.0 - p,
+        };
+        // Staying where the memory is costs nothing; moving all of it costs
+        // the threshold, so a move must win by more than that.
+        let away = 1.0 - info.memory_share_on(&NodeSet::single(self.ledger.ids[i]));
+        by_strategy + self.min_gain * away
+    }
+
+    fn best_node(&mut self, info: &DomainInfo, piece: &Piece, avoid: &NodeSet) -> Option<usize> {
+        let mut best: Option<(f64, usize)> = None;
+        for i in self.candidates(info) {
+            let part = part_of(piece, self.ledger.ids[i]);
+            if !self.ledger.fits(i, &part, policy(info)) {
+                continue;
+            }
+            let mut cost = self.cost(info, i, &part);
+            if avoid.contains(self.ledger.ids[i]) {
+                cost += 10.0;
+            }
+            if best.is_none_or(|(c, _)| cost < c - 1e-12) {
+                best = Some((cost, i));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    fn place(&mut self, info: &DomainInfo) -> Decision {
+        let pol = policy(info);
+        let result = if info.pieces.iter().any(|p| p.cell.is_some()) {
+            self.place_cells(info)
+        } else {
+            let piece = &info.pieces[0];
+            match self.best_node(info, piece, &NodeSet::new()) {
+                Some(i) => {
+                    let node = self.ledger.ids[i];
+                    Ok((vec![part_of(piece, node)], self.single_node_why(info, node)))
+                }
+                None => self.place_split(info, piece),
+            }
+        };
+        let (parts, why) = match result {
+            Ok(found) => found,
+            Err(reason) => return Decision::NoFit(reason),
+        };
+        let nodes = nodes_of(&parts);
+        let is_move = info.current.pinned && nodes != info.current.nodes;
+        let mib = info.migrate_mib_to(&nodes);
+        if !self.budget.affords(is_move, mib) {
+            return Decision::Deferred(format!(
+                "would go to node(s) {nodes} ({mib} MiB to migrate) but this cycle's move budget is spent"
+            ));
+        }
+        if !self.try_reserve(&parts, pol) {
+            return Decision::NoFit("no room once its pieces are combined".into());
+        }
+        self.budget.spend(is_move, mib);
+        Decision::Placed { parts, why }
+    }
+
+    fn single_node_why(&self, info: &DomainInfo, node: u32) -> String {
+        let now = &info.current.nodes;
+        let target = NodeSet::single(node);
+        if info.current.pinned && *now == target {
+            format!("re-pinned on node {node}")
+        } else if let Some(fixed) = info.fixed_nodes() {
+            format!("vCPUs follow its memory, bound to node(s) {fixed}")
+        } else {
+            let mode = match self.strategy {
+                Strategy::Spread => "least loaded node that fits",
+                Strategy::Pack => "fullest node that still fits",
+            };
+            format!("fits one node: node {node} ({mode})")
+        }
+    }
+
+    /// Maps each guest cell, whole, onto one node: distinct nodes where
+    /// possible (the guest was told its cells are apart), closest to the
+    /// cells already mapped.
+    fn place_cells(&mut self, info: &DomainInfo) -> Result<(Vec<Part>, String), String> {
+        let pol = policy(info);
+        let mut parts: Vec<Part> = Vec::new();
+        for piece in &info.pieces {
+            let used = nodes_of(&parts);
+            let mut best: Option<(f64, usize)> = None;
+            for i in self.candidates(info) {
+                let node = self.ledger.ids[i];
+                let part = part_of(piece, node);
+                if !self.ledger.fits(i, &part, pol) {
+                    continue;
+                }
+                let mut cost = self.cost(info, i, &part);
+                if used.contains(node) {
+                    cost += 10.0;
+                }
+                let far: u32 = parts.iter().map(|p| self.topo.distance(p.node, node)).sum();
+                cost += far as f64 / 100.0;
+                if best.is_none_or(|(c, _)| cost < c - 1e-12) {
+                    best = Some((cost, i));
+                }
+            }
+            let Some((_, i)) = best else {
+                self.release_all(&parts, pol);
+                return Err(format!(
+                    "guest cell {} ({} vCPUs, {} MiB) fits no host node",
+                    piece.cell.unwrap_or(0),
+                    piece.vcpus.len(),
+                    piece.mem_mib
+                ));
+            };
+            let part = part_of(piece, self.ledger.ids[i]);
+            self.ledger.reserve(i, &part, pol);
+            parts.push(part);
+        }
+        // Reserved again by the caller once the budget allows.
+        self.release_all(&parts, pol);
+        let map: Vec<String> = parts
+            .iter()
+            .map(|p| format!("{}->{}", p.cell.unwrap_or(0), p.node))
+            .collect();
+        Ok((parts, format!("guest cells on host nodes {}", map.join(", "))))
+    }
+
+    /// Splits a domain no single node can take over the fewest, closest
+    /// nodes: grow a set from each seed by nearest node until it has room,
+    /// keep the smallest set, then the one with the least total distance.
+    fn place_split(&mut self, info: &DomainInfo, piece: &Piece) -> Result<(Vec<Part>, String), String> {
+        let candidates = self.candidates(info);
+        let pol = policy(info);
+        let mut best: Option<(usize, u32, Vec<Part>)> = None;
+        for &seed in &candidates {
+            let mut set = vec![seed];
+            loop {
+                if let Some(parts) = self.split_parts(piece, &set, pol) {
+                    let spread: u32 = set
+                        .iter()
+                        .flat_map(|&a| set.iter().map(move |&b| (a, b)))
+                        .map(|(a, b)| self.topo.distance(self.ledger.ids[a], self.ledger.ids[b]))
+                        .sum();
+                    if best.as_ref().is_none_or(|(k, d, _)| (set.len(), spread) < (*k, *d)) {
+                        best = Some((set.len(), spread, parts));
+                    }
+                    break;
+                }
+                let next = candidates
+                    .iter()
+                    .filter(|c| !set.contains(c))
+                    .min_by_key(|&&c| {
+                        let far = set
+                            .iter()
+                            .map(|&s| self.topo.distance(self.ledger.ids[s], self.ledger.ids[c]))
+                            .max()
+                            .unwrap_or(0);
+                        (far, self.ledger.ids[c])
+                    });
+                match next {
+                    Some(&c) => set.push(c),
+                    None => break,
+                }
+            }
+        }
+        match best {
+            Some((_, _, parts)) => {
+                let nodes = nodes_of(&parts);
+                let why = if self.fits_an_empty_node(info, piece) {
+                    format!("fits one node but none has room now: split over nodes {nodes}")
+                } else {
+                    format!(
+                        "larger than any node ({} vCPUs, {} MiB): split over the {} closest nodes {nodes}",
+                        piece.vcpus.len(),
+                        piece.mem_mib,
+                        nodes.len()
+                    )
+                };
+                Ok((parts, why))
+            }
+            None => Err(format!(
+                "does not fit: needs {} vCPUs and {} MiB{}, more than the free capacity of all its candidate nodes",
+                piece.vcpus.len(),
+                piece.mem_mib,
+                piece
+                    .hugepage_kib
+                    .map(|k| format!(" of {k} KiB pages"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+
+    fn fits_an_empty_node(&self, info: &DomainInfo, piece: &Piece) -> bool {
+        self.candidates(info).into_iter().any(|i| {
+            self.ledger.usable[i].len() >= piece.vcpus.len()
+                && self.ledger.mem_capacity[i] >= piece.mem_mib
+        })
+    }
+
+    /// Divides the piece over the node set: vCPUs in contiguous blocks in
+    /// proportion to CPUs, memory in proportion to free memory; `None` when
+    /// some share does not fit its node.
+    fn split_parts(&mut self, piece: &Piece, set: &[usize], pol: CpuPolicy) -> Option<Vec<Part>> {
+        let cpu_weights: Vec<(u32, u64)> = set
+            .iter()
+            .map(|&i| (i as u32, self.ledger.usable[i].len() as u64))
+            .collect();
+        let mem_weights: Vec<(u32, u64)> = set
+            .iter()
+            .map(|&i| {
+                let free = match piece.hugepage_kib {
+                    Some(size) => self.ledger.pages_free[i].get(&size).copied().unwrap_or(0)
+                        * size as i64
+                        / 1024,
+                    None => self.ledger.mem_free[i],
+                };
+                (i as u32, free.max(0) as u64)
+            })
+            .collect();
+        let vcpu_shares = super::domain_info::distribute(piece.vcpus.len() as u64, &cpu_weights);
+        let mem_shares = super::domain_info::distribute(piece.mem_mib, &mem_weights);
+        let mut parts = Vec::new();
+        let mut next_vcpu = 0usize;
+        for &i in set {
+            let n = vcpu_shares.get(&(i as u32)).copied().unwrap_or(0) as usize;
+            let vcpus = piece.vcpus[next_vcpu..next_vcpu + n].to_vec();
+            next_vcpu += n;
+            let part = Part {
+                node: self.ledger.ids[i],
+                cell: None,
+                load: piece.load * n as f64 / piece.vcpus.len().max(1) as f64,
+                vcpus,
+                mem_mib: mem_shares.get(&(i as u32)).copied().unwrap_or(0),
+                hugepage_kib: piece.hugepage_kib,
+            };
+            if !self.ledger.fits(i, &part, pol) {
+                return None;
+            }
+            parts.push(part);
+        }
+        parts.sort_by_key(|p| p.node);
+        Some(parts)
+    }
+
+    /// Moves single-node domains from the most to the least pressed node
+    /// while that narrows the gap by more than the threshold.
+    fn improve(&mut self, infos: &[DomainInfo], order: &[usize], decisions: &mut [Option<Decision>]) {
+        let mut moved = vec![false; infos.len()];
+        loop {
+            let cpu_nodes: Vec<usize> = (0..self.ledger.ids.len())
+                .filter(|&i| self.ledger.has_cpus(i))
+                .collect();
+            let by_pressure = |l: &Ledger, pick_max: bool| {
+                cpu_nodes.iter().copied().reduce(|a, b| {
+                    let (pa, pb) = (l.pressure(a), l.pressure(b));
+                    if (pick_max && pb > pa + 1e-12) || (!pick_max && pb < pa - 1e-12) { b } else { a }
+                })
+            };
+            let (Some(hot), Some(cold)) = (by_pressure(&self.ledger, true), by_pressure(&self.ledger, false))
+            else {
+                return;
+            };
+            let gap = self.ledger.pressure(hot) - self.ledger.pressure(cold);
+            if hot == cold || gap <= self.min_gain {
+                return;
+            }
+            let mut best: Option<(f64, u64, usize)> = None;
+            for &d in order {
+                let info = &infos[d];
+                let Some(parts) = decisions[d].as_ref().and_then(|x| x.parts()) else { continue };
+                if moved[d] || parts.len() != 1 || parts[0].node != self.ledger.ids[hot] {
+                    continue;
+                }
+                if let Some(fixed) = info.fixed_nodes() {
+                    if !fixed.contains(self.ledger.ids[cold]) {
+                        continue;
+                    }
+                }
+                let pol = policy(info);
+                let from = parts[0].clone();
+                let to = Part { node: self.ledger.ids[cold], ..from.clone() };
+                self.ledger.release(hot, &from, pol);
+                let fits = self.ledger.fits(cold, &to, pol);
+                let after = if fits {
+                    self.ledger.reserve(cold, &to, pol);
+                    let a = self.ledger.pressure(hot).max(self.ledger.pressure(cold));
+                    self.ledger.release(cold, &to, pol);
+                    a
+                } else {
+                    f64::MAX
+                };
+                self.ledger.reserve(hot, &from, pol);
+                let gain = self.ledger.pressure(hot) - after;
+                let mib = info.migrate_mib_to(&NodeSet::single(to.node));
+                let is_move = matches!(decisions[d], Some(Decision::Kept(_))) || info.current.pinned;
+                if fits && gain > self.min_gain && self.budget.affords(is_move, mib) {
+                    let better = best.is_none_or(|(g, m, _)| gain > g + 1e-12 || (gain > g - 1e-12 && mib < m));
+                    if better {
+                        best = Some((gain, mib, d));
+                    }
+                }
+            }
+            let Some((gain, mib, d)) = best else { return };
+            let info = &infos[d];
+            let pol = policy(info);
+            let from = decisions[d].as_ref().and_then(|x| x.parts()).expect("chosen above")[0].clone();
+            let to = Part { node: self.ledger.ids[cold], ..from.clone() };
+            let (hot_before, cold_before) = (self.ledger.pressure(hot), self.ledger.pressure(cold));
+            self.ledger.release(hot, &from, pol);
+            self.ledger.reserve(cold, &to, pol);
+            let is_move = matches!(decisions[d], Some(Decision::Kept(_))) || info.current.pinned;
+            self.budget.spend(is_move, mib);
+            moved[d] = true;
+            decisions[d] = Some(Decision::Placed {
+                why: format!(
+                    "rebalance: node {} was {:.0}% loaded and node {} {:.0}%; the move cuts the peak by {:.0} points",
+                    from.node,
+                    hot_before * 100.0,
+                    to.node,
+                    cold_before * 100.0,
+                    gain * 100.0
+                ),
+                parts: vec![to],
+            });
+        }
+    }
+}

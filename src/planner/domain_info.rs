@@ -1,0 +1,420 @@
+//! Everything the planner derives from one domain before placing anything:
+//! whether it is managed and how, what it needs, and where it is today.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::guest::{Domain, DomainPolicy, MemoryMode};
+use crate::idset::{CpuSet, NodeSet};
+use crate::observations::Observations;
+use crate::topology::HostTopology;
+
+use super::DomainInput;
+
+/// How a managed domain's vCPUs use host CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuPolicy {
+    /// 1:1 vCPU -> host CPU, never shared with another dedicated vCPU.
+    Dedicated,
+    /// vCPUs float over the shared CPUs of their node(s).
+    Shared,
+}
+
+/// How the domain's memory can follow a new placement while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryHandling {
+    /// No binding: numapin moves pages with migrate_pages(2) after pinning.
+    Migrate,
+    /// `mode='restrictive'`: the nodeset is changed live through libvirt.
+    Restrictive,
+    /// strict / preferred / interleave: libvirt cannot change the nodeset of
+    /// a running domain, so memory stays and vCPUs follow it.
+    Fixed(MemoryMode),
+}
+
+/// A unit that must land whole on one node (a guest NUMA cell), or the
+/// whole domain when it has no cells (which may then be split).
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub cell: Option<u32>,
+    /// Guest vCPU ids (online ones only).
+    pub vcpus: Vec<u32>,
+    pub mem_mib: u64,
+    /// Hugepage size backing this piece, in KiB.
+    pub hugepage_kib: Option<u64>,
+    /// Expected CPU demand, in CPUs.
+    pub load: f64,
+}
+
+/// The domain as it is now.
+#[derive(Debug, Clone, Default)]
+pub struct Current {
+    /// Per online vCPU: the host CPUs it may run on now.
+    pub vcpu_affinity: BTreeMap<u32, CpuSet>,
+    pub emulator_affinity: CpuSet,
+    pub iothread_affinity: BTreeMap<u32, CpuSet>,
+    /// Host nodes its vCPUs may run on.
+    pub nodes: NodeSet,
+    /// Resident MiB per host node (observed, else estimated).
+    pub memory_mib: BTreeMap<u32, u64>,
+    /// Whether `memory_mib` was measured.
+    pub memory_observed: bool,
+    /// Whether numapin-style pins are in place (every vCPU pinned within
+    /// one node), i.e. whether a change would be a move, not a first placement.
+    pub pinned: bool,
+}
+
+/// Why the planner will not touch a domain.
+#[derive(Debug, Clone)]
+pub enum LeftAlone {
+    ExcludedByMetadata,
+    ExcludedByConfig(String),
+    ManualPinning,
+    NoVcpus,
+}
+
+impl std::fmt::Display for LeftAlone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeftAlone::ExcludedByMetadata => {
+                f.write_str("excluded by its numapin metadata (policy exclude)")
+            }
+            LeftAlone::ExcludedByConfig(rule) => {
+                write!(f, "excluded by config rule [[domain]] name = {rule:?}")
+            }
+            LeftAlone::ManualPinning => f.write_str(
+                "its persistent config pins it by hand (set planner.manage_pinned = true to manage it)",
+            ),
+            LeftAlone::NoVcpus => f.write_str("it has no online vCPU"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainInfo<'a> {
+    pub domain: &'a Domain,
+    /// `Err` when the domain is left alone.
+    pub managed: Result<CpuPolicy, LeftAlone>,
+    pub nested: bool,
+    pub memory: MemoryHandling,
+    pub pieces: Vec<Piece>,
+    pub mem_mib: u64,
+    pub hugepage_kib: Option<u64>,
+    pub load: f64,
+    pub online_vcpus: Vec<u32>,
+    pub current: Current,
+}
+
+impl DomainInfo<'_> {
+    pub fn name(&self) -> &str {
+        &self.domain.name
+    }
+
+    pub fn vcpu_count(&self) -> usize {
+        self.online_vcpus.len()
+    }
+
+    pub fn is_managed(&self) -> bool {
+        self.managed.is_ok()
+    }
+
+    pub fn is_dedicated(&self) -> bool {
+        matches!(self.managed, Ok(CpuPolicy::Dedicated))
+    }
+
+    /// Nodes the memory is bound to and cannot leave while running.
+    pub fn fixed_nodes(&self) -> Option<NodeSet> {
+        match self.memory {
+            MemoryHandling::Fixed(_) => self
+                .domain
+                .numatune
+                .as_ref()
+                .and_then(|n| n.nodeset.clone())
+                .filter(|s| !s.is_empty()),
+            _ => None,
+        }
+    }
+
+    /// Share (0-1) of the domain's memory already on `nodes`.
+    pub fn memory_share_on(&self, nodes: &NodeSet) -> f64 {
+        let total: u64 = self.current.memory_mib.values().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let on: u64 = self
+            .current
+            .memory_mib
+            .iter()
+            .filter(|(n, _)| nodes.contains(**n))
+            .map(|(_, m)| m)
+            .sum();
+        on as f64 / total as f64
+    }
+
+    /// MiB that would move if the memory went to `nodes`.
+    pub fn migrate_mib_to(&self, nodes: &NodeSet) -> u64 {
+        if matches!(self.memory, MemoryHandling::Fixed(_)) {
+            return 0;
+        }
+        self.current
+            .memory_mib
+            .iter()
+            .filter(|(n, _)| !nodes.contains(**n))
+            .map(|(_, m)| m)
+            .sum()
+    }
+}
+
+pub struct Analyzer<'a> {
+    pub topo: &'a HostTopology,
+    pub obs: &'a Observations,
+    pub config: &'a Config,
+    /// Size used for `<hugepages/>` without an explicit page size.
+    pub default_hugepage_kib: u64,
+}
+
+impl<'a> Analyzer<'a> {
+    pub fn new(topo: &'a HostTopology, obs: &'a Observations, config: &'a Config) -> Self {
+        let default_hugepage_kib = topo
+            .nodes
+            .iter()
+            .flat_map(|n| n.hugepages.first())
+            .map(|p| p.size_kib)
+            .min()
+            .unwrap_or(2048);
+        Self {
+            topo,
+            obs,
+            config,
+            default_hugepage_kib,
+        }
+    }
+
+    pub fn analyze(&self, input: &'a DomainInput) -> DomainInfo<'a> {
+        let d = &input.live;
+        let nested = d.nested_hypervisor(self.topo.virtualization_extensions).is_some();
+        let online_vcpus = online_vcpus(d);
+        let loads = self.vcpu_loads(d, &online_vcpus);
+        let hugepage_kib = d.hugepage_size_for_cell(None, self.default_hugepage_kib);
+        let mem_mib = d.memory_kib.div_ceil(1024);
+        let pieces = self.pieces(d, &online_vcpus, &loads, mem_mib);
+        let memory = memory_handling(d);
+        let mut info = DomainInfo {
+            domain: d,
+            managed: self.management(input, nested, &online_vcpus),
+            nested,
+            memory,
+            pieces,
+            mem_mib,
+            hugepage_kib,
+            load: loads.values().sum(),
+            online_vcpus,
+            current: Current::default(),
+        };
+        info.current = self.current(&info);
+        info
+    }
+
+    fn management(
+        &self,
+        input: &DomainInput,
+        nested: bool,
+        online: &[u32],
+    ) -> Result<CpuPolicy, LeftAlone> {
+        let d = &input.live;
+        let (policy, from_rule) = match (d.policy, self.config.rule_for(&d.name)) {
+            (Some(p), _) => (p, None),
+            (None, Some((_, rule))) => (rule.policy, Some(rule.name.clone())),
+            (None, None) => (DomainPolicy::Auto, None),
+        };
+        match (policy, from_rule) {
+            (DomainPolicy::Exclude, Some(rule)) => return Err(LeftAlone::ExcludedByConfig(rule)),
+            (DomainPolicy::Exclude, None) => return Err(LeftAlone::ExcludedByMetadata),
+            _ => {}
+        }
+        // Without the persistent config, live pins may be numapin's own or
+        // the operator's; treating them as the operator's is the safe side.
+        let persistent = input.persistent.as_ref().unwrap_or(&input.live);
+        if persistent.has_manual_pinning() && !self.config.planner.manage_pinned {
+            return Err(LeftAlone::ManualPinning);
+        }
+        if online.is_empty() {
+            return Err(LeftAlone::NoVcpus);
+        }
+        Ok(match policy {
+            DomainPolicy::Dedicated => CpuPolicy::Dedicated,
+            DomainPolicy::Shared => CpuPolicy::Shared,
+            _ if nested && self.config.planner.dedicate_nested => CpuPolicy::Dedicated,
+            _ => CpuPolicy::Shared,
+        })
+    }
+
+    fn vcpu_loads(&self, d: &Domain, online: &[u32]) -> BTreeMap<u32, f64> {
+        let observed = self.obs.domains.get(&d.name).map(|o| &o.vcpu_load);
+        online
+            .iter()
+            .map(|&v| {
+                let load = observed
+                    .and_then(|l| l.get(v as usize).copied())
+                    .unwrap_or(self.config.planner.default_vcpu_load);
+                (v, load)
+            })
+            .collect()
+    }
+
+    fn pieces(
+        &self,
+        d: &Domain,
+        online: &[u32],
+        loads: &BTreeMap<u32, f64>,
+        mem_mib: u64,
+    ) -> Vec<Piece> {
+        if d.cpu.cells.is_empty() {
+            return vec![Piece {
+                cell: None,
+                vcpus: online.to_vec(),
+                mem_mib,
+                hugepage_kib: d.hugepage_size_for_cell(None, self.default_hugepage_kib),
+                load: loads.values().sum(),
+            }];
+        }
+        d.cpu
+            .cells
+            .iter()
+            .map(|cell| {
+                let vcpus: Vec<u32> = cell.cpus.iter().filter(|v| loads.contains_key(v)).collect();
+                Piece {
+                    cell: Some(cell.id),
+                    load: vcpus.iter().map(|v| loads[v]).sum(),
+                    vcpus,
+                    mem_mib: cell.memory_kib.div_ceil(1024),
+                    hugepage_kib: d.hugepage_size_for_cell(Some(cell.id), self.default_hugepage_kib),
+                }
+            })
+            .collect()
+    }
+
+    fn current(&self, info: &DomainInfo) -> Current {
+        let d = info.domain;
+        let all = self.topo.online_cpus();
+        let default_affinity = d.vcpu_cpuset.clone().unwrap_or_else(|| all.clone());
+        let vcpu_affinity: BTreeMap<u32, CpuSet> = info
+            .online_vcpus
+            .iter()
+            .map(|&v| {
+                let set = d.cputune.vcpupin.get(&v).unwrap_or(&default_affinity);
+                (v, set.clone())
+            })
+            .collect();
+        let emulator_affinity = d
+            .cputune
+            .emulatorpin
+            .clone()
+            .unwrap_or_else(|| default_affinity.clone());
+        let iothread_affinity = d
+            .iothreads
+            .iter()
+            .map(|&id| {
+                let set = d.cputune.iothreadpin.get(&id).unwrap_or(&emulator_affinity);
+                (id, set.clone())
+            })
+            .collect();
+        let mut cpus = CpuSet::new();
+        for set in vcpu_affinity.values() {
+            cpus.union_with(set);
+        }
+        let nodes = self.topo.nodes_of_cpus(&cpus);
+        let pinned = !vcpu_affinity.is_empty()
+            && vcpu_affinity
+                .values()
+                .all(|s| self.topo.nodes_of_cpus(s).len() == 1 && *s != all);
+        let (memory_mib, memory_observed) = match self.obs.domains.get(&d.name) {
+            Some(o) if !o.memory_mib.is_empty() => (o.memory_mib.clone(), true),
+            _ => (self.estimate_memory(info, &nodes), false),
+        };
+        Current {
+            vcpu_affinity,
+            emulator_affinity,
+            iothread_affinity,
+            nodes,
+            memory_mib,
+            memory_observed,
+            pinned,
+        }
+    }
+
+    /// Where the memory most likely is without a measurement: on the bound
+    /// nodes; else where the vCPUs run (first touch follows them); else
+    /// spread in proportion to node size.
+    fn estimate_memory(&self, info: &DomainInfo, vcpu_nodes: &NodeSet) -> BTreeMap<u32, u64> {
+        let bound = info
+            .domain
+            .numatune
+            .as_ref()
+            .and_then(|n| n.nodeset.clone())
+            .filter(|s| !s.is_empty());
+        let nodes = bound.unwrap_or_else(|| vcpu_nodes.clone());
+        let nodes = if nodes.is_empty() {
+            self.topo.node_ids()
+        } else {
+            nodes
+        };
+        let weights: Vec<(u32, u64)> = nodes
+            .iter()
+            .filter_map(|n| self.topo.node(n).map(|node| (n, node.memory_mib.max(1))))
+            .collect();
+        distribute(info.mem_mib, &weights)
+    }
+}
+
+/// Splits `total` over keys in proportion to weights, exactly (the remainder
+/// goes to the first keys), so estimates always add up.
+pub fn distribute(total: u64, weights: &[(u32, u64)]) -> BTreeMap<u32, u64> {
+    let sum: u128 = weights.iter().map(|(_, w)| *w as u128).sum();
+    let mut out = BTreeMap::new();
+    if sum == 0 {
+        return out;
+    }
+    let mut given = 0;
+    for (k, w) in weights {
+        let share = (total as u128 * *w as u128 / sum) as u64;
+        out.insert(*k, share);
+        given += share;
+    }
+    for (k, _) in weights.iter().take((total - given) as usize) {
+        *out.get_mut(k).expect("key inserted above") += 1;
+    }
+    out
+}
+
+fn online_vcpus(d: &Domain) -> Vec<u32> {
+    d.online_vcpus.iter().collect()
+}
+
+fn memory_handling(d: &Domain) -> MemoryHandling {
+    match &d.numatune {
+        None => MemoryHandling::Migrate,
+        Some(n) if n.nodeset.is_none() && !n.placement_auto && n.memnodes.is_empty() => {
+            MemoryHandling::Migrate
+        }
+        Some(n) => match n.mode {
+            MemoryMode::Restrictive => MemoryHandling::Restrictive,
+            mode => MemoryHandling::Fixed(mode),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distribute_adds_up() {
+        let d = distribute(10, &[(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(d.values().sum::<u64>(), 10);
+        assert_eq!(d[&0], 4);
+        assert!(distribute(5, &[]).is_empty());
+    }
+}

@@ -1,0 +1,254 @@
+//! Per-node capacity as the plan takes shape: memory, hugepages, shared CPU
+//! demand and CPUs promised to dedicated vCPUs. Node-indexed vectors (not
+//! maps) because the planner probes every node for every domain.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::idset::CpuSet;
+use crate::observations::Observations;
+use crate::topology::HostTopology;
+
+use super::domain_info::{CpuPolicy, DomainInfo};
+
+/// One piece of a domain placed on one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub node: u32,
+    pub cell: Option<u32>,
+    pub vcpus: Vec<u32>,
+    pub mem_mib: u64,
+    pub hugepage_kib: Option<u64>,
+    pub load: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    /// Node ids, ascending; the index into every vector below.
+    pub ids: Vec<u32>,
+    /// CPUs guests may use (online, not reserved).
+    pub usable: Vec<CpuSet>,
+    /// Usable CPUs weighted by the share of time not stolen.
+    pub cpu_capacity: Vec<f64>,
+    /// MiB of normal memory guests may still take.
+    pub mem_free: Vec<i64>,
+    /// MiB guests may use on the node in all (for utilisation).
+    pub mem_capacity: Vec<u64>,
+    /// Page size (KiB) -> pages guests may still take.
+    pub pages_free: Vec<BTreeMap<u64, i64>>,
+    /// Demand (in CPUs) of shared vCPUs, including unmanaged domains.
+    pub shared_load: Vec<f64>,
+    /// vCPUs promised a CPU of their own.
+    pub dedicated: Vec<u32>,
+    pub overcommit: f64,
+}
+
+impl Ledger {
+    /// Capacity left for managed domains once unmanaged ones and headroom
+    /// are taken off. With measured free memory, managed domains' own
+    /// memory is added back (it is theirs to move); without, the node's
+    /// total less hugepage pools and unmanaged domains is the estimate.
+    pub fn new(
+        topo: &HostTopology,
+        obs: &Observations,
+        config: &Config,
+        domains: &[DomainInfo],
+    ) -> Self {
+        let ids: Vec<u32> = topo.nodes.iter().map(|n| n.id).collect();
+        let headroom = config.host.memory_headroom_mib as i64;
+        let mut ledger = Ledger {
+            usable: topo
+                .nodes
+                .iter()
+                .map(|n| n.cpus.difference(&config.host.reserved_cpus))
+                .collect(),
+            cpu_capacity: Vec::new(),
+            mem_free: Vec::new(),
+            mem_capacity: Vec::new(),
+            pages_free: Vec::new(),
+            shared_load: vec![0.0; ids.len()],
+            dedicated: vec![0; ids.len()],
+            overcommit: config.planner.cpu_overcommit,
+            ids,
+        };
+        ledger.cpu_capacity = ledger
+            .usable
+            .iter()
+            .map(|cpus| {
+                cpus.iter()
+                    .map(|c| 1.0 - obs.cpu_steal.get(&c).copied().unwrap_or(0.0))
+                    .sum()
+            })
+            .collect();
+        for node in &topo.nodes {
+            let seen = obs.nodes.get(&node.id);
+            let pool_mib: u64 = node.hugepages.iter().map(|p| p.total * p.size_kib / 1024).sum();
+            let mut free = match seen.and_then(|o| o.free_mib) {
+                Some(free) => free as i64,
+                None => node.memory_mib.saturating_sub(pool_mib) as i64,
+            };
+            let mut pages: BTreeMap<u64, i64> = node
+                .hugepages
+                .iter()
+                .map(|p| {
+                    let observed = seen.and_then(|o| o.free_hugepages.get(&p.size_kib));
+                    (p.size_kib, observed.map_or(p.total, |f| *f) as i64)
+                })
+                .collect();
+            for d in domains {
+                let mib = d.current.memory_mib.get(&node.id).copied().unwrap_or(0) as i64;
+                // A measured free figure already excludes every domain:
+                // give managed ones theirs back. An estimate from the total
+                // includes none: take unmanaged ones off.
+                let sign = match (seen.and_then(|o| o.free_mib).is_some(), d.is_managed()) {
+                    (true, true) => 1,
+                    (false, false) => -1,
+                    _ => 0,
+                };
+                match d.hugepage_kib {
+                    Some(size) => {
+                        let observed_pages = seen.is_some_and(|o| o.free_hugepages.contains_key(&size));
+                        let sign = match (observed_pages, d.is_managed()) {
+                            (true, true) => 1,
+                            (false, false) => -1,
+                            _ => 0,
+                        };
+                        *pages.entry(size).or_insert(0) += sign * (mib * 1024 / size as i64);
+                    }
+                    None => free += sign * mib,
+                }
+            }
+            let usable = (free - headroom).max(0);
+            ledger.mem_free.push(usable);
+            ledger.mem_capacity.push(usable as u64);
+            ledger.pages_free.push(pages);
+        }
+        for d in domains.iter().filter(|d| !d.is_managed()) {
+            ledger.add_unmanaged_load(topo, d);
+        }
+        ledger
+    }
+
+    /// Spreads an unmanaged domain's CPU demand over the nodes its vCPUs may
+    /// use, in proportion to their CPUs.
+    fn add_unmanaged_load(&mut self, topo: &HostTopology, d: &DomainInfo) {
+        for (v, affinity) in &d.current.vcpu_affinity {
+            let load = d.pieces.iter().find(|p| p.vcpus.contains(v)).map_or(1.0, |p| {
+                p.load / p.vcpus.len().max(1) as f64
+            });
+            let total = affinity.len().max(1) as f64;
+            for (i, &id) in self.ids.iter().enumerate() {
+                let node = topo.node(id).expect("ledger ids come from the topology");
+                let share = node.cpus.intersection(affinity).len() as f64 / total;
+                self.shared_load[i] += load * share;
+            }
+        }
+    }
+
+    pub fn index(&self, node: u32) -> Option<usize> {
+        self.ids.binary_search(&node).ok()
+    }
+
+    pub fn has_cpus(&self, i: usize) -> bool {
+        !self.usable[i].is_empty()
+    }
+
+    /// CPUs left for shared vCPUs once dedicated ones are served.
+    pub fn shared_cpus(&self, i: usize) -> usize {
+        self.usable[i].len().saturating_sub(self.dedicated[i] as usize)
+    }
+
+    /// Whether the node can take the part under the given CPU policy.
+    pub fn fits(&self, i: usize, part: &Part, policy: CpuPolicy) -> bool {
+        if !part.vcpus.is_empty() && !self.has_cpus(i) {
+            return false;
+        }
+        let memory_ok = match part.hugepage_kib {
+            Some(size) => {
+                let pages = (part.mem_mib * 1024).div_ceil(size) as i64;
+                self.pages_free[i].get(&size).is_some_and(|&f| f >= pages)
+            }
+            None => self.mem_free[i] >= part.mem_mib as i64,
+        };
+        memory_ok && self.cpu_fits(i, part, policy)
+    }
+
+    fn cpu_fits(&self, i: usize, part: &Part, policy: CpuPolicy) -> bool {
+        let n = part.vcpus.len();
+        match policy {
+            CpuPolicy::Dedicated => {
+                let left = self.usable[i].len() as i64 - self.dedicated[i] as i64 - n as i64;
+                // Shared vCPUs already there must keep enough CPUs.
+                let needed = (self.shared_load[i] / self.overcommit).ceil() as i64;
+                let needed = if self.shared_load[i] > 0.0 { needed.max(1) } else { 0 };
+                left >= needed
+            }
+            CpuPolicy::Shared => {
+                let pool = self.shared_cpus(i);
+                let capacity = self.cpu_capacity[i] * pool as f64
+                    / self.usable[i].len().max(1) as f64
+                    * self.overcommit;
+                n <= pool && self.shared_load[i] + part.load <= capacity + 1e-9
+            }
+        }
+    }
+
+    pub fn reserve(&mut self, i: usize, part: &Part, policy: CpuPolicy) {
+        self.apply(i, part, policy, 1);
+    }
+
+    pub fn release(&mut self, i: usize, part: &Part, policy: CpuPolicy) {
+        self.apply(i, part, policy, -1);
+    }
+
+    fn apply(&mut self, i: usize, part: &Part, policy: CpuPolicy, sign: i64) {
+        match part.hugepage_kib {
+            Some(size) => {
+                let pages = (part.mem_mib * 1024).div_ceil(size) as i64;
+                *self.pages_free[i].entry(size).or_insert(0) -= sign * pages;
+            }
+            None => self.mem_free[i] -= sign * part.mem_mib as i64,
+        }
+        match policy {
+            CpuPolicy::Dedicated => {
+                self.dedicated[i] = (self.dedicated[i] as i64 + sign * part.vcpus.len() as i64) as u32
+            }
+            CpuPolicy::Shared => self.shared_load[i] += sign as f64 * part.load,
+        }
+    }
+
+    /// How full a node is (0 = empty, 1 = full): the larger of its CPU and
+    /// memory use. The figure spread minimises and pack maximises.
+    pub fn pressure(&self, i: usize) -> f64 {
+        let cpu = if self.cpu_capacity[i] > 0.0 {
+            (self.shared_load[i] + self.dedicated[i] as f64) / self.cpu_capacity[i]
+        } else {
+            0.0
+        };
+        let mem = if self.mem_capacity[i] > 0 {
+            1.0 - self.mem_free[i] as f64 / self.mem_capacity[i] as f64
+        } else {
+            1.0
+        };
+        cpu.max(mem)
+    }
+
+    /// Pressure the node would have with the part added.
+    pub fn pressure_with(&mut self, i: usize, part: &Part, policy: CpuPolicy) -> f64 {
+        self.reserve(i, part, policy);
+        let p = self.pressure(i);
+        self.release(i, part, policy);
+        p
+    }
+
+    /// Spread between the most and least pressed nodes that have CPUs.
+    pub fn imbalance(&self) -> f64 {
+        let pressures: Vec<f64> = (0..self.ids.len())
+            .filter(|&i| self.has_cpus(i))
+            .map(|i| self.pressure(i))
+            .collect();
+        let max = pressures.iter().copied().fold(f64::MIN, f64::max);
+        let min = pressures.iter().copied().fold(f64::MAX, f64::min);
+        if pressures.is_empty() { 0.0 } else { max - min }
+    }
+}

@@ -1,0 +1,149 @@
+//! A snapshot: a host's situation in a directory, planned offline.
+//!
+//! ```text
+//! DIR/capabilities.xml          virsh capabilities
+//! DIR/domains/NAME.xml          virsh dumpxml NAME            (live XML)
+//! DIR/domains/NAME.inactive.xml virsh dumpxml --inactive NAME (optional)
+//! DIR/observations.toml         measurements (optional)
+//! ```
+//! See docs/snapshot-format.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::guest::domain_xml::{self, DomainXmlError};
+use crate::observations::{Observations, ObservationsError};
+use crate::planner::DomainInput;
+use crate::topology::HostTopology;
+use crate::topology::capabilities::{self, CapabilitiesError};
+
+pub const CAPABILITIES: &str = "capabilities.xml";
+pub const DOMAINS: &str = "domains";
+pub const OBSERVATIONS: &str = "observations.toml";
+const INACTIVE_SUFFIX: &str = ".inactive.xml";
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub topology: HostTopology,
+    pub domains: Vec<DomainInput>,
+    pub observations: Observations,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}")]
+    Capabilities {
+        path: PathBuf,
+        #[source]
+        source: CapabilitiesError,
+    },
+    #[error("{path}")]
+    Domain {
+        path: PathBuf,
+        #[source]
+        source: DomainXmlError,
+    },
+    #[error(transparent)]
+    Observations(#[from] ObservationsError),
+    #[error("{path}: domain {name:?} is also defined in {other}")]
+    DuplicateDomain {
+        path: PathBuf,
+        other: PathBuf,
+        name: String,
+    },
+    #[error("{path}: persistent XML without live XML {live}")]
+    OrphanInactive { path: PathBuf, live: PathBuf },
+}
+
+impl SnapshotError {
+    /// Whether the error is a file that is not there (as opposed to one
+    /// whose content is wrong): the two get different exit codes.
+    pub fn is_missing_file(&self) -> bool {
+        matches!(self, SnapshotError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+            || matches!(self, SnapshotError::Observations(ObservationsError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+fn read(path: &Path) -> Result<String, SnapshotError> {
+    std::fs::read_to_string(path).map_err(|source| SnapshotError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub fn load_topology(dir: &Path) -> Result<HostTopology, SnapshotError> {
+    let path = dir.join(CAPABILITIES);
+    capabilities::parse(&read(&path)?).map_err(|source| SnapshotError::Capabilities { path, source })
+}
+
+fn parse_domain(path: &Path) -> Result<crate::guest::Domain, SnapshotError> {
+    domain_xml::parse(&read(path)?).map_err(|source| SnapshotError::Domain {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Loads a snapshot directory, naming the file at fault on any error.
+pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
+    let topology = load_topology(dir)?;
+    let domains_dir = dir.join(DOMAINS);
+    let listing = std::fs::read_dir(&domains_dir).map_err(|source| SnapshotError::Read {
+        path: domains_dir.clone(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|source| SnapshotError::Read {
+            path: domains_dir.clone(),
+            source,
+        })?;
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "xml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let is_inactive = |p: &Path| p.to_string_lossy().ends_with(INACTIVE_SUFFIX);
+    let mut by_name: BTreeMap<String, (PathBuf, DomainInput)> = BTreeMap::new();
+    for path in files.iter().filter(|p| !is_inactive(p)) {
+        let live = parse_domain(path)?;
+        let inactive_path = PathBuf::from(format!("{}{INACTIVE_SUFFIX}", path.with_extension("").display()));
+        let persistent = if inactive_path.exists() {
+            Some(parse_domain(&inactive_path)?)
+        } else {
+            None
+        };
+        if let Some((other, _)) = by_name.get(&live.name) {
+            return Err(SnapshotError::DuplicateDomain {
+                path: path.clone(),
+                other: other.clone(),
+                name: live.name,
+            });
+        }
+        by_name.insert(live.name.clone(), (path.clone(), DomainInput { live, persistent }));
+    }
+    for path in files.iter().filter(|p| is_inactive(p)) {
+        let text = path.to_string_lossy();
+        let live = PathBuf::from(format!("{}.xml", &text[..text.len() - INACTIVE_SUFFIX.len()]));
+        if !live.exists() {
+            return Err(SnapshotError::OrphanInactive { path: path.clone(), live });
+        }
+    }
+    let obs_path = dir.join(OBSERVATIONS);
+    let observations = if obs_path.exists() {
+        Observations::load(&obs_path)?
+    } else {
+        Observations::default()
+    };
+    Ok(Snapshot {
+        topology,
+        domains: by_name.into_values().map(|(_, d)| d).collect(),
+        observations,
+    })
+}

@@ -1,0 +1,445 @@
+//! The planner's rules, each on a small synthetic host, and its invariants
+//! over random hosts and guests (property tests).
+
+use std::collections::BTreeMap;
+
+use numapin::config::{Config, DomainRule, Strategy as Placement};
+use numapin::guest::{Domain, DomainPolicy, MemoryMode};
+use numapin::idset::CpuSet;
+use numapin::observations::{DomainObservation, Observations};
+use numapin::planner::{Action, CpuPolicy, DomainInput, DomainPlan, Plan, PlanInput, Status, plan};
+use numapin::synth::{DomainExt, HostShape, domain};
+use numapin::topology::HostTopology;
+use proptest::prelude::*;
+
+fn inputs(domains: Vec<Domain>) -> Vec<DomainInput> {
+    domains.into_iter().map(|live| DomainInput { live, persistent: None }).collect()
+}
+
+fn run(topo: &HostTopology, domains: Vec<Domain>, obs: &Observations, config: &Config) -> Plan {
+    plan(&PlanInput {
+        topology: topo,
+        domains: &inputs(domains),
+        observations: obs,
+        config,
+        rebalance_all: false,
+    })
+}
+
+fn simple(topo: &HostTopology, domains: Vec<Domain>) -> Plan {
+    run(topo, domains, &Observations::default(), &Config::default())
+}
+
+fn get<'a>(plan: &'a Plan, name: &str) -> &'a DomainPlan {
+    plan.domains.iter().find(|d| d.name == name).unwrap_or_else(|| panic!("{name} not in plan"))
+}
+
+/// Two sockets, 16 cores x 2 threads each, 64 GiB per node.
+fn two_socket() -> HostTopology {
+    HostShape::new(2, 16, 2, 64 * 1024).build()
+}
+
+fn observed_memory(entries: &[(&str, &[(u32, u64)])]) -> Observations {
+    let mut obs = Observations::default();
+    for (name, mem) in entries {
+        obs.domains.insert(
+            name.to_string(),
+            DomainObservation { memory_mib: mem.iter().copied().collect(), vcpu_load: Vec::new() },
+        );
+    }
+    obs
+}
+
+#[test]
+fn a_guest_that_fits_one_node_gets_one_node_for_everything() {
+    let topo = two_socket();
+    let p = simple(&topo, vec![domain("web", 4, 8192).with_iothreads(2)]);
+    let d = get(&p, "web");
+    assert_eq!(d.status, Status::Placed);
+    assert_eq!(d.nodes.len(), 1);
+    let node = topo.node(d.nodes.first().unwrap()).unwrap();
+    assert_eq!(d.vcpupin.len(), 4);
+    for cpus in d.vcpupin.values().chain([&d.emulatorpin]).chain(d.iothreadpin.values()) {
+        assert_eq!(cpus, &node.cpus, "vCPUs, emulator and iothreads share the node");
+    }
+    assert_eq!(d.nodeset, d.nodes);
+    assert!(d.actions.iter().any(|a| matches!(a, Action::MigratePages { .. })));
+}
+
+#[test]
+fn spread_balances_and_pack_consolidates() {
+    let topo = two_socket();
+    let guests = || (0..4).map(|i| domain(&format!("g{i}"), 4, 8192)).collect::<Vec<_>>();
+    let p = simple(&topo, guests());
+    let per_node = |p: &Plan| {
+        let mut count = BTreeMap::new();
+        for d in &p.domains {
+            *count.entry(d.nodes.to_string()).or_insert(0) += 1;
+        }
+        count
+    };
+    assert_eq!(per_node(&p), BTreeMap::from([("0".to_string(), 2), ("1".to_string(), 2)]));
+    let mut pack = Config::default();
+    pack.planner.strategy = Placement::Pack;
+    let p = run(&topo, guests(), &Observations::default(), &pack);
+    assert_eq!(per_node(&p), BTreeMap::from([("0".to_string(), 4)]));
+}
+
+#[test]
+fn a_guest_larger_than_a_node_spans_the_closest_nodes_and_gets_advice() {
+    let mut shape = HostShape::new(4, 8, 2, 64 * 1024);
+    shape.nodes_per_socket = 2;
+    let topo = shape.build();
+    let p = simple(&topo, vec![domain("wide", 24, 32 * 1024)]);
+    let d = get(&p, "wide");
+    assert_eq!(d.nodes.len(), 2, "{d:?}");
+    let n: Vec<u32> = d.nodes.iter().collect();
+    assert_eq!(topo.distance(n[0], n[1]), 12, "same-socket nodes are closest");
+    assert!(d.advice.iter().any(|a| a.contains("vNUMA cells")), "{:?}", d.advice);
+    assert!(d.reason.contains("larger than any node"), "{}", d.reason);
+}
+
+#[test]
+fn guest_cells_map_whole_onto_distinct_nodes() {
+    let topo = two_socket();
+    let p = simple(&topo, vec![domain("cells", 8, 16 * 1024).with_cells(2)]);
+    let d = get(&p, "cells");
+    assert_eq!(d.cells.len(), 2);
+    assert_ne!(d.cells[&0], d.cells[&1]);
+    for (cell, node) in &d.cells {
+        let node_cpus = &topo.node(*node).unwrap().cpus;
+        for v in (cell * 4)..(cell * 4 + 4) {
+            assert!(d.vcpupin[&v].is_subset(node_cpus), "cell {cell} vCPU {v} off node {node}");
+        }
+    }
+}
+
+#[test]
+fn nested_hypervisors_get_exclusive_cpus_with_smt_pairs_on_siblings() {
+    let topo = two_socket();
+    let p = simple(
+        &topo,
+        vec![
+            domain("nested-a", 8, 8192).nested().with_threads(2),
+            domain("nested-b", 8, 8192).nested().with_threads(2),
+            domain("plain", 4, 4096),
+        ],
+    );
+    let mut all = CpuSet::new();
+    for name in ["nested-a", "nested-b"] {
+        let d = get(&p, name);
+        assert_eq!(d.policy, Some(CpuPolicy::Dedicated));
+        assert!(d.nested_hypervisor);
+        for (v, cpus) in &d.vcpupin {
+            assert_eq!(cpus.len(), 1, "{name} vCPU {v} is 1:1");
+            let cpu = cpus.first().unwrap();
+            assert!(!all.contains(cpu), "CPU {cpu} given twice");
+            all.insert(cpu);
+        }
+        for pair in 0..4 {
+            let a = d.vcpupin[&(pair * 2)].first().unwrap();
+            let b = d.vcpupin[&(pair * 2 + 1)].first().unwrap();
+            assert!(topo.cpu(a).unwrap().siblings.contains(b), "{name}: guest core {pair} on host siblings");
+        }
+        assert!(!d.emulatorpin.intersects(&all), "emulator stays off dedicated CPUs");
+    }
+    for cpus in get(&p, "plain").vcpupin.values() {
+        assert!(!cpus.intersects(&all), "shared vCPUs avoid dedicated CPUs");
+    }
+}
+
+#[test]
+fn excluded_and_hand_pinned_domains_are_left_alone() {
+    let topo = two_socket();
+    let mut config = Config::default();
+    config.domains.push(DomainRule { name: "legacy-*".into(), policy: DomainPolicy::Exclude });
+    let domains = vec![
+        domain("meta", 2, 1024).with_policy(DomainPolicy::Exclude),
+        domain("legacy-1", 2, 1024),
+        domain("hand", 2, 1024).pinned_to("3"),
+    ];
+    let p = run(&topo, domains.clone(), &Observations::default(), &config);
+    for (name, why) in [("meta", "metadata"), ("legacy-1", "legacy-*"), ("hand", "by hand")] {
+        let d = get(&p, name);
+        assert!(!d.managed && d.status == Status::LeftAlone && d.actions.is_empty());
+        assert!(d.reason.contains(why), "{name}: {}", d.reason);
+    }
+    config.planner.manage_pinned = true;
+    let p = run(&topo, domains, &Observations::default(), &config);
+    assert!(get(&p, "hand").managed);
+}
+
+#[test]
+fn a_well_placed_domain_stays_unless_the_gain_passes_the_threshold() {
+    let topo = two_socket();
+    let node0 = topo.node(0).unwrap().cpus.to_string();
+    // Node 0 a little busier than node 1: below the 10-point threshold.
+    let domains = vec![
+        domain("a", 4, 4096).pinned_to(&node0),
+        domain("b", 2, 4096).pinned_to(&node0),
+    ];
+    let obs = observed_memory(&[("a", &[(0, 4096)]), ("b", &[(0, 4096)])]);
+    let mut config = Config::default();
+    config.planner.manage_pinned = true;
+    let p = run(&topo, domains.clone(), &obs, &config);
+    assert!(p.domains.iter().all(|d| d.status == Status::Kept && d.actions.is_empty()), "{p:#?}");
+    // A rebalance request reconsiders them.
+    let p = plan(&PlanInput {
+        topology: &topo,
+        domains: &inputs(domains),
+        observations: &obs,
+        config: &config,
+        rebalance_all: true,
+    });
+    assert_eq!(p.score.moves, 1, "{:#?}", p.domains);
+}
+
+#[test]
+fn moves_per_cycle_are_bounded() {
+    let topo = two_socket();
+    let node0 = topo.node(0).unwrap().cpus.to_string();
+    let domains: Vec<Domain> = (0..6).map(|i| domain(&format!("d{i}"), 8, 4096).pinned_to(&node0)).collect();
+    let obs = observed_memory(&(0..6).map(|_| ("", &[(0u32, 4096u64)][..])).collect::<Vec<_>>());
+    let mut obs2 = Observations::default();
+    for i in 0..6 {
+        obs2.domains.insert(format!("d{i}"), obs.domains[""].clone());
+    }
+    let mut config = Config::default();
+    config.planner.manage_pinned = true;
+    config.planner.max_moves_per_cycle = 1;
+    let p = run(&topo, domains, &obs2, &config);
+    assert_eq!(p.score.moves, 1, "{:#?}", p.domains.iter().map(|d| (&d.name, d.status, &d.reason)).collect::<Vec<_>>());
+}
+
+#[test]
+fn reserved_cpus_and_memory_only_nodes_never_get_vcpus() {
+    let mut topo = two_socket();
+    // Add a memory-only node 2 by rebuilding from raw parts.
+    topo.nodes.push(numapin::topology::Node {
+        id: 2,
+        cpus: CpuSet::new(),
+        memory_mib: 512 * 1024,
+        hugepages: Vec::new(),
+        distances: BTreeMap::from([(0, 24), (1, 24), (2, 10)]),
+    });
+    let mut config = Config::default();
+    config.host.reserved_cpus = "0,32".parse().unwrap();
+    let p = run(&topo, (0..6).map(|i| domain(&format!("g{i}"), 2, 2048)).collect(), &Observations::default(), &config);
+    for d in &p.domains {
+        assert!(!d.nodes.contains(2));
+        for cpus in d.vcpupin.values().chain([&d.emulatorpin]) {
+            assert!(!cpus.contains(0) && !cpus.contains(32), "{}: {cpus}", d.name);
+        }
+    }
+}
+
+#[test]
+fn hugepage_guests_count_against_their_pool() {
+    let mut shape = HostShape::new(2, 8, 1, 64 * 1024);
+    shape.hugepages_2m_per_node = 4096; // 8 GiB per node
+    let topo = shape.build();
+    let p = simple(
+        &topo,
+        vec![
+            domain("hp-a", 2, 6 * 1024).with_hugepages(2048),
+            domain("hp-b", 2, 6 * 1024).with_hugepages(2048),
+            domain("hp-c", 2, 6 * 1024).with_hugepages(2048),
+        ],
+    );
+    let placed: Vec<_> = p.domains.iter().filter(|d| d.status == Status::Placed).collect();
+    assert_eq!(placed.len(), 2, "two pools of 8 GiB hold two 6 GiB guests");
+    assert_ne!(placed[0].nodes, placed[1].nodes);
+    assert_eq!(get(&p, "hp-c").status, Status::NoFit);
+}
+
+#[test]
+fn memory_binding_decides_how_memory_moves() {
+    let topo = two_socket();
+    let p = simple(
+        &topo,
+        vec![
+            domain("strict", 4, 4096).with_numatune(MemoryMode::Strict, "1"),
+            domain("restrictive", 4, 4096).with_numatune(MemoryMode::Restrictive, "1"),
+        ],
+    );
+    let strict = get(&p, "strict");
+    assert_eq!(strict.nodes.to_string(), "1", "vCPUs follow memory that cannot move");
+    assert!(!strict.actions.iter().any(|a| matches!(a, Action::SetMemoryNodeset { .. } | Action::MigratePages { .. })));
+    assert!(strict.advice.iter().any(|a| a.contains("restrictive")));
+    let r = get(&p, "restrictive");
+    let wants = r.nodeset.to_string();
+    assert!(
+        wants == "1" || r.actions.contains(&Action::SetMemoryNodeset { nodeset: r.nodeset.clone() }),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn output_does_not_depend_on_input_order() {
+    let topo = two_socket();
+    let domains: Vec<Domain> = vec![
+        domain("c", 4, 4096),
+        domain("a", 8, 16384).with_cells(2),
+        domain("b", 4, 2048).nested(),
+        domain("d", 2, 1024),
+    ];
+    let one = serde_json::to_string(&simple(&topo, domains.clone())).unwrap();
+    let mut reversed = domains;
+    reversed.reverse();
+    let two = serde_json::to_string(&simple(&topo, reversed)).unwrap();
+    assert_eq!(one, two);
+}
+
+// ---- property tests --------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct GuestSpec {
+    vcpus: u32,
+    mem_mib: u64,
+    cells: u32,
+    nested: bool,
+    threads: u32,
+    dedicated: bool,
+}
+
+fn guest_spec() -> impl Strategy<Value = GuestSpec> {
+    (1u32..=12, 256u64..=24 * 1024, 0u32..=2, any::<bool>(), 1u32..=2, prop::bool::weighted(0.2))
+        .prop_map(|(vcpus, mem_mib, cells, nested, threads, dedicated)| {
+            let vcpus = if threads == 2 { vcpus * 2 } else { vcpus };
+            let cells = if cells > 1 && vcpus >= cells * threads { cells } else { 0 };
+            GuestSpec { vcpus, mem_mib, cells, nested, threads, dedicated }
+        })
+}
+
+fn host_shape() -> impl Strategy<Value = HostShape> {
+    (1u32..=4, 1u32..=8, 1u32..=2, 2048u64..=64 * 1024, 1u32..=2)
+        .prop_map(|(nodes, cores, threads, mem, per_socket)| {
+            let mut s = HostShape::new(nodes, cores, threads, mem);
+            s.nodes_per_socket = per_socket;
+            s
+        })
+}
+
+fn build_guests(specs: &[GuestSpec]) -> Vec<Domain> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut d = domain(&format!("vm{i:02}"), s.vcpus, s.mem_mib);
+            if s.threads == 2 {
+                d = d.with_threads(2);
+            }
+            if s.cells > 1 {
+                d = d.with_cells(s.cells);
+            }
+            if s.nested {
+                d = d.nested();
+            }
+            if s.dedicated {
+                d = d.with_policy(DomainPolicy::Dedicated);
+            }
+            d
+        })
+        .collect()
+}
+
+fn check_invariants(topo: &HostTopology, config: &Config, p: &Plan) -> Result<(), TestCaseError> {
+    let usable = topo.online_cpus().difference(&config.host.reserved_cpus);
+    let mut dedicated = CpuSet::new();
+    for d in &p.domains {
+        if !matches!(d.status, Status::Placed | Status::Moved | Status::Kept) {
+            continue;
+        }
+        prop_assert_eq!(d.vcpupin.len() as u32, d.vcpus, "{} has a pin per vCPU", &d.name);
+        for (v, cpus) in d.vcpupin.iter().map(|(v, c)| (Some(*v), c)).chain([(None, &d.emulatorpin)]) {
+            prop_assert!(!cpus.is_empty(), "{} {:?}: empty pin", &d.name, v);
+            prop_assert!(cpus.is_subset(&usable), "{} {:?}: {} not usable", &d.name, v, cpus);
+            prop_assert!(topo.nodes_of_cpus(cpus).is_subset(&d.nodes), "{} {:?}: pin off its nodes", &d.name, v);
+        }
+        if d.policy == Some(CpuPolicy::Dedicated) {
+            for cpus in d.vcpupin.values() {
+                prop_assert_eq!(cpus.len(), 1);
+                let cpu = cpus.first().unwrap();
+                prop_assert!(!dedicated.contains(cpu), "CPU {} dedicated twice", cpu);
+                dedicated.insert(cpu);
+            }
+        }
+        for (cell, node) in &d.cells {
+            prop_assert!(topo.node(*node).is_some_and(|n| !n.cpus.is_empty()));
+            let _ = cell;
+        }
+        if d.nodes.len() == 1 {
+            prop_assert_eq!(&d.nodeset, &d.nodes, "{}: memory with its vCPUs", &d.name);
+        }
+    }
+    for d in p.domains.iter().filter(|d| d.policy != Some(CpuPolicy::Dedicated)) {
+        if matches!(d.status, Status::Placed | Status::Moved | Status::Kept) {
+            for cpus in d.vcpupin.values() {
+                prop_assert!(!cpus.intersects(&dedicated), "{} shares a dedicated CPU", &d.name);
+            }
+        }
+    }
+    for n in &p.nodes {
+        prop_assert!(n.free_mib_after >= 0, "node {} over-committed: {}", n.id, n.free_mib_after);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn plans_respect_capacity_exclusivity_and_topology(
+        shape in host_shape(),
+        specs in prop::collection::vec(guest_spec(), 0..14),
+        reserve_first in any::<bool>(),
+        pack in any::<bool>(),
+    ) {
+        let topo = shape.build();
+        let mut config = Config::default();
+        config.host.memory_headroom_mib = 512;
+        if reserve_first && topo.cpus.len() > 1 {
+            config.host.reserved_cpus = CpuSet::single(0);
+        }
+        if pack {
+            config.planner.strategy = Placement::Pack;
+        }
+        let guests = build_guests(&specs);
+        let p = run(&topo, guests.clone(), &Observations::default(), &config);
+        check_invariants(&topo, &config, &p)?;
+        // Deterministic and independent of input order.
+        let again = run(&topo, guests.iter().rev().cloned().collect(), &Observations::default(), &config);
+        prop_assert_eq!(serde_json::to_string(&p).unwrap(), serde_json::to_string(&again).unwrap());
+    }
+
+    #[test]
+    fn cells_land_whole_on_one_node(shape in host_shape(), spec in guest_spec()) {
+        let topo = shape.build();
+        let guests = build_guests(&[GuestSpec { cells: 2.min(spec.vcpus), ..spec }]);
+        let p = simple(&topo, guests);
+        let d = &p.domains[0];
+        if matches!(d.status, Status::Placed) && !d.cells.is_empty() {
+            let cells = &d.cells;
+            let per = d.vcpus / cells.len() as u32;
+            for (v, cpus) in &d.vcpupin {
+                let cell = (*v / per).min(cells.len() as u32 - 1);
+                let node = cells[&cell];
+                prop_assert!(cpus.is_subset(&topo.node(node).unwrap().cpus), "vCPU {} of cell {} off node {}", v, cell, node);
+            }
+        }
+    }
+
+    #[test]
+    fn a_lone_guest_that_fits_a_node_uses_one_node(shape in host_shape(), vcpus in 1u32..8, mem in 256u64..4096) {
+        let topo = shape.build();
+        let cpus_per_node = topo.nodes[0].cpus.len() as u32;
+        let config = Config::default();
+        prop_assume!(vcpus <= cpus_per_node && mem + config.host.memory_headroom_mib <= shape.mem_mib_per_node);
+        let p = simple(&topo, vec![domain("solo", vcpus, mem)]);
+        let d = &p.domains[0];
+        // On a one-node host nothing needs changing: kept as it is.
+        prop_assert!(matches!(d.status, Status::Placed | Status::Kept), "{:?}", d.status);
+        prop_assert_eq!(d.nodes.len(), 1);
+        prop_assert_eq!(&d.nodeset, &d.nodes);
+    }
+}
