@@ -83,11 +83,11 @@ fn cpuinfo_flags(root: &Path) -> Option<BTreeSet<String>> {
     let mut flags = BTreeSet::new();
     let mut seen = false;
     for line in text.lines() {
-        if let Some((key, value)) = line.split_once(':') {
-            if key.trim() == "flags" {
-                seen = true;
-                flags.extend(value.split_whitespace().map(str::to_string));
-            }
+        if let Some((key, value)) = line.split_once(':')
+            && key.trim() == "flags"
+        {
+            seen = true;
+            flags.extend(value.split_whitespace().map(str::to_string));
         }
     }
     seen.then_some(flags)
