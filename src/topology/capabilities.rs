@@ -25,7 +25,7 @@
 use roxmltree::{Document, Node as XmlNode};
 
 use super::{Cpu, HostKind, HostTopology, PagePool, RawNode, RawTopology, TopologyError};
-use crate::idset::{CpuSet, IdSet};
+use crate::idset::{CpuSet, IdSet, MAX_ID};
 
 /// Page sizes up to this are base pages (4 KiB on x86, 64 KiB on some
 /// aarch64 and ppc64 kernels), not hugepage pools.
@@ -170,7 +170,7 @@ fn read_cell(
     offline_marked_bare: bool,
     raw: &mut RawTopology,
 ) -> Result<(), CapabilitiesError> {
-    let id = required_u32(cell, "id", "a NUMA node id")?;
+    let id = required_id(cell, "a NUMA node id")?;
     let mut node = RawNode {
         id,
         ..Default::default()
@@ -220,7 +220,7 @@ fn read_cpu(
     offline_marked_bare: bool,
     raw: &mut RawTopology,
 ) -> Result<(), CapabilitiesError> {
-    let id = required_u32(cpu, "id", "a CPU id")?;
+    let id = required_id(cpu, "a CPU id")?;
     if offline_marked_bare && !has_topology_attributes(cpu) {
         raw.offline_cpus.insert(id);
         return Ok(());
@@ -310,6 +310,17 @@ fn required_u32(
     expected: &'static str,
 ) -> Result<u32, CapabilitiesError> {
     optional_u32(node, attribute, expected)?.ok_or_else(|| missing(node, attribute))
+}
+
+/// An `id` attribute of a CPU or cell. Capped at [`MAX_ID`] like every id
+/// set, so that a stray `id='4000000000'` cannot make the bitmaps of
+/// `from_raw` allocate half a gigabyte.
+fn required_id(node: XmlNode, expected: &'static str) -> Result<u32, CapabilitiesError> {
+    let id = required_u32(node, "id", expected)?;
+    if id > MAX_ID {
+        return Err(bad_attribute(node, "id", expected));
+    }
+    Ok(id)
 }
 
 fn required_u64(
@@ -437,6 +448,19 @@ mod tests {
             err.to_string(),
             "line 10:13: <cpu id='x'>: \"x\" is not a CPU id"
         );
+    }
+
+    #[test]
+    fn ids_beyond_the_id_set_limit_are_rejected() {
+        let xml = caps(
+            "        <cell id='0'>\n          <cpus num='1'>\n            <cpu id='4000000000'/>\n          </cpus>\n        </cell>",
+        );
+        let msg = parse(&xml).unwrap_err().to_string();
+        assert!(msg.ends_with("\"4000000000\" is not a CPU id"), "{msg}");
+        let msg = parse(&caps("        <cell id='65536'/>"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.ends_with("\"65536\" is not a NUMA node id"), "{msg}");
     }
 
     #[test]
