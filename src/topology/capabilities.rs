@@ -1,13 +1,576 @@
 //! Reads libvirt's capabilities XML (`virsh capabilities`).
-//! TODO(helper A): implement.
-use super::HostTopology;
+//!
+//! Only `<host>` matters: `<host><cpu>` says whether the host is itself a
+//! virtual machine and whether it offers vmx/svm, `<host><topology><cells>`
+//! holds the NUMA cells. Everything else (`<guest>`, caches, secmodels) is
+//! ignored, so newer libvirt releases adding elements do not break parsing.
+//!
+//! What libvirt prints, and what this reader therefore accepts:
+//! - libvirt 9 lists only online CPUs in a cell and gives every one of them
+//!   `socket_id`, `die_id`, `core_id` and `siblings`. A cell without CPUs
+//!   (CXL or HBM memory) has `<cpus num='0'/>`; a cell without memory has no
+//!   `<memory>` element.
+//! - Older libvirt printed an offline CPU as a bare `<cpu id='N'/>` next to
+//!   fully described ones, while libvirt's test data and drivers that cannot
+//!   read the topology print every CPU bare. So a bare `<cpu>` is offline only
+//!   when some other CPU of the document carries topology attributes.
+//! - A document without `<host><topology>` is rejected rather than guessed:
+//!   inventing contiguous CPU ids from `<cpu><topology sockets cores threads>`
+//!   would pin guests to CPUs that may not exist or be offline, and a node
+//!   with 0 MiB would make every memory placement fail for a confusing
+//!   reason. libvirt 9 itself always prints a (possibly faked) single cell,
+//!   so this only happens with foreign or truncated input, and the sysfs
+//!   reader ([`super::sysfs::read`]) is the better source there.
+
+use roxmltree::{Document, Node as XmlNode};
+
+use super::{Cpu, HostKind, HostTopology, PagePool, RawNode, RawTopology, TopologyError};
+use crate::idset::{CpuSet, IdSet, MAX_ID};
+
+/// Page sizes up to this are base pages (4 KiB on x86, 64 KiB on some
+/// aarch64 and ppc64 kernels), not hugepage pools.
+const MAX_BASE_PAGE_KIB: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapabilitiesError {
     #[error("not well-formed XML: {0}")]
     Xml(#[from] roxmltree::Error),
+    #[error("line {line}:{column}: the root element is <{found}>, expected <capabilities>")]
+    NotCapabilities {
+        line: u32,
+        column: u32,
+        found: String,
+    },
+    #[error("<capabilities> has no <host> element")]
+    NoHost,
+    #[error(
+        "<host> has no <topology><cells>: libvirt did not report NUMA cells; read the topology from sysfs instead"
+    )]
+    NoTopology,
+    #[error("line {line}:{column}: <{element}> has no {attribute} attribute")]
+    MissingAttribute {
+        line: u32,
+        column: u32,
+        element: String,
+        attribute: &'static str,
+    },
+    /// `context` shows the element as written, e.g. `<cpu id='x'>` for an
+    /// attribute or `<memory unit='KiB'>` for element text.
+    #[error("line {line}:{column}: {context}: {value:?} is not {expected}")]
+    BadValue {
+        line: u32,
+        column: u32,
+        context: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("inconsistent capabilities: {0}")]
+    Topology(#[from] TopologyError),
 }
 
-pub fn parse(_xml: &str) -> Result<HostTopology, CapabilitiesError> {
-    unimplemented!()
+/// What `<host><cpu>` says about the host processor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostCpu {
+    pub arch: Option<String>,
+    pub vendor: Option<String>,
+    pub model: Option<String>,
+    /// `<feature name=..>` entries: flags beyond those the model implies.
+    pub features: Vec<String>,
+}
+
+impl HostCpu {
+    pub fn has_feature(&self, name: &str) -> bool {
+        self.features.iter().any(|f| f == name)
+    }
+
+    /// The CPUID `hypervisor` bit is x86's way of saying "you run in a VM";
+    /// other architectures do not expose it here, so without it and off x86
+    /// the document cannot tell.
+    pub fn host_kind(&self) -> HostKind {
+        if self.has_feature("hypervisor") {
+            return HostKind::Virtual { hypervisor: None };
+        }
+        let x86 = matches!(self.arch.as_deref(), Some("x86_64" | "i686"));
+        if x86 || !self.features.is_empty() {
+            HostKind::BareMetal
+        } else {
+            HostKind::Unknown
+        }
+    }
+
+    pub fn virtualization_extensions(&self) -> bool {
+        self.has_feature("vmx") || self.has_feature("svm")
+    }
+}
+
+/// Parses `virsh capabilities` output into the host topology.
+pub fn parse(xml: &str) -> Result<HostTopology, CapabilitiesError> {
+    let doc = Document::parse(xml)?;
+    let host = host_element(&doc)?;
+    let cpu = read_host_cpu(host);
+    let cells = child(host, "topology")
+        .and_then(|t| child(t, "cells"))
+        .ok_or(CapabilitiesError::NoTopology)?;
+    let mut raw = RawTopology {
+        kind: cpu.host_kind(),
+        virtualization_extensions: cpu.virtualization_extensions(),
+        ..Default::default()
+    };
+    let offline_marked_bare = cells
+        .descendants()
+        .filter(|n| n.has_tag_name("cpu"))
+        .any(has_topology_attributes);
+    for cell in children(cells, "cell") {
+        read_cell(cell, offline_marked_bare, &mut raw)?;
+    }
+    Ok(HostTopology::from_raw(raw)?)
+}
+
+/// Parses only `<host><cpu>`: arch, vendor, model and features.
+pub fn host_cpu(xml: &str) -> Result<HostCpu, CapabilitiesError> {
+    let doc = Document::parse(xml)?;
+    Ok(read_host_cpu(host_element(&doc)?))
+}
+
+fn host_element<'a, 'i>(doc: &'a Document<'i>) -> Result<XmlNode<'a, 'i>, CapabilitiesError> {
+    let root = doc.root_element();
+    if !root.has_tag_name("capabilities") {
+        let (line, column) = position(root);
+        return Err(CapabilitiesError::NotCapabilities {
+            line,
+            column,
+            found: root.tag_name().name().to_string(),
+        });
+    }
+    child(root, "host").ok_or(CapabilitiesError::NoHost)
+}
+
+fn read_host_cpu(host: XmlNode) -> HostCpu {
+    let Some(cpu) = child(host, "cpu") else {
+        return HostCpu::default();
+    };
+    let text_of = |name| {
+        child(cpu, name)
+            .and_then(|n| n.text())
+            .map(|t| t.trim().to_string())
+    };
+    HostCpu {
+        arch: text_of("arch"),
+        vendor: text_of("vendor"),
+        model: text_of("model"),
+        features: children(cpu, "feature")
+            .filter_map(|f| f.attribute("name"))
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
+fn read_cell(
+    cell: XmlNode,
+    offline_marked_bare: bool,
+    raw: &mut RawTopology,
+) -> Result<(), CapabilitiesError> {
+    let id = required_id(cell, "a NUMA node id")?;
+    let mut node = RawNode {
+        id,
+        ..Default::default()
+    };
+    if let Some(memory) = child(cell, "memory") {
+        node.memory_mib = memory_kib(memory)? / 1024;
+    }
+    node.hugepages = read_pools(cell)?;
+    if let Some(distances) = child(cell, "distances") {
+        for sibling in children(distances, "sibling") {
+            let to = required_u32(sibling, "id", "a NUMA node id")?;
+            let value = required_u32(sibling, "value", "a NUMA distance")?;
+            node.distances.insert(to, value);
+        }
+    }
+    raw.nodes.push(node);
+    if let Some(cpus) = child(cell, "cpus") {
+        for cpu in children(cpus, "cpu") {
+            read_cpu(cpu, id, offline_marked_bare, raw)?;
+        }
+    }
+    Ok(())
+}
+
+/// Hugepage pools of a cell; the smallest listed size is skipped when it is
+/// a base page, because libvirt always lists the base page first.
+fn read_pools(cell: XmlNode) -> Result<Vec<PagePool>, CapabilitiesError> {
+    let mut pools = Vec::new();
+    for pages in children(cell, "pages") {
+        let size = required_u64(pages, "size", "a page size")?;
+        let unit = pages.attribute("unit").unwrap_or("KiB");
+        let size_kib =
+            to_kib(size, unit).ok_or_else(|| bad_attribute(pages, "unit", "a size unit"))?;
+        let total = text_u64(pages, "a page count")?;
+        pools.push(PagePool { size_kib, total });
+    }
+    let smallest = pools.iter().map(|p| p.size_kib).min();
+    if let Some(base) = smallest.filter(|&s| s <= MAX_BASE_PAGE_KIB) {
+        pools.retain(|p| p.size_kib != base);
+    }
+    Ok(pools)
+}
+
+fn read_cpu(
+    cpu: XmlNode,
+    node: u32,
+    offline_marked_bare: bool,
+    raw: &mut RawTopology,
+) -> Result<(), CapabilitiesError> {
+    let id = required_id(cpu, "a CPU id")?;
+    if offline_marked_bare && !has_topology_attributes(cpu) {
+        raw.offline_cpus.insert(id);
+        return Ok(());
+    }
+    let siblings = match cpu.attribute("siblings") {
+        Some(text) => text
+            .parse::<CpuSet>()
+            .map_err(|_| bad_attribute(cpu, "siblings", "a CPU list"))?,
+        None => IdSet::new(),
+    };
+    raw.cpus.push(Cpu {
+        id,
+        node,
+        socket: optional_u32(cpu, "socket_id", "a socket id")?,
+        die: optional_u32(cpu, "die_id", "a die id")?,
+        core: optional_u32(cpu, "core_id", "a core id")?,
+        siblings,
+    });
+    Ok(())
+}
+
+fn has_topology_attributes(cpu: XmlNode) -> bool {
+    ["socket_id", "core_id", "siblings"]
+        .iter()
+        .any(|a| cpu.has_attribute(*a))
+}
+
+/// A `<memory unit=..>` amount in KiB.
+fn memory_kib(memory: XmlNode) -> Result<u64, CapabilitiesError> {
+    let value = text_u64(memory, "a memory size")?;
+    let unit = memory.attribute("unit").unwrap_or("KiB");
+    to_kib(value, unit).ok_or_else(|| bad_attribute(memory, "unit", "a size unit"))
+}
+
+/// Converts `value` in libvirt's `unit` to KiB, rounding down; `None` for
+/// an unknown unit or a result beyond `u64`.
+pub(crate) fn to_kib(value: u64, unit: &str) -> Option<u64> {
+    let bytes = u128::from(value) * u128::from(unit_bytes(unit)?);
+    u64::try_from(bytes / 1024).ok()
+}
+
+/// Bytes per unit as libvirt's `virScaleInteger` defines them: a bare
+/// letter or `<letter>iB` is a power of 1024, `<letter>B` a power of 1000,
+/// all case-insensitive.
+fn unit_bytes(unit: &str) -> Option<u64> {
+    let unit = unit.to_ascii_lowercase();
+    if matches!(unit.as_str(), "b" | "byte" | "bytes") {
+        return Some(1);
+    }
+    let mut chars = unit.chars();
+    let exponent = match chars.next()? {
+        'k' => 1,
+        'm' => 2,
+        'g' => 3,
+        't' => 4,
+        'p' => 5,
+        'e' => 6,
+        _ => return None,
+    };
+    let base: u64 = match chars.as_str() {
+        "" | "ib" => 1024,
+        "b" => 1000,
+        _ => return None,
+    };
+    Some(base.pow(exponent))
+}
+
+fn child<'a, 'i>(node: XmlNode<'a, 'i>, name: &str) -> Option<XmlNode<'a, 'i>> {
+    node.children().find(|n| n.has_tag_name(name))
+}
+
+fn children<'a, 'i: 'a>(
+    node: XmlNode<'a, 'i>,
+    name: &'a str,
+) -> impl Iterator<Item = XmlNode<'a, 'i>> + 'a {
+    node.children().filter(move |n| n.has_tag_name(name))
+}
+
+fn position(node: XmlNode) -> (u32, u32) {
+    let pos = node.document().text_pos_at(node.range().start);
+    (pos.row, pos.col)
+}
+
+fn required_u32(
+    node: XmlNode,
+    attribute: &'static str,
+    expected: &'static str,
+) -> Result<u32, CapabilitiesError> {
+    optional_u32(node, attribute, expected)?.ok_or_else(|| missing(node, attribute))
+}
+
+/// An `id` attribute of a CPU or cell. Capped at [`MAX_ID`] like every id
+/// set, so that a stray `id='4000000000'` cannot make the bitmaps of
+/// `from_raw` allocate half a gigabyte.
+fn required_id(node: XmlNode, expected: &'static str) -> Result<u32, CapabilitiesError> {
+    let id = required_u32(node, "id", expected)?;
+    if id > MAX_ID {
+        return Err(bad_attribute(node, "id", expected));
+    }
+    Ok(id)
+}
+
+fn required_u64(
+    node: XmlNode,
+    attribute: &'static str,
+    expected: &'static str,
+) -> Result<u64, CapabilitiesError> {
+    let text = node
+        .attribute(attribute)
+        .ok_or_else(|| missing(node, attribute))?;
+    number(text).ok_or_else(|| bad_attribute(node, attribute, expected))
+}
+
+fn optional_u32(
+    node: XmlNode,
+    attribute: &'static str,
+    expected: &'static str,
+) -> Result<Option<u32>, CapabilitiesError> {
+    node.attribute(attribute)
+        .map(|text| {
+            number(text)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad_attribute(node, attribute, expected))
+        })
+        .transpose()
+}
+
+fn text_u64(node: XmlNode, expected: &'static str) -> Result<u64, CapabilitiesError> {
+    let text = node.text().unwrap_or("");
+    number(text).ok_or_else(|| {
+        let (line, column) = position(node);
+        CapabilitiesError::BadValue {
+            line,
+            column,
+            context: element_as_written(node),
+            value: text.to_string(),
+            expected,
+        }
+    })
+}
+
+/// A plain decimal number; unlike `str::parse` this refuses a sign.
+fn number(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse().ok()
+}
+
+fn missing(node: XmlNode, attribute: &'static str) -> CapabilitiesError {
+    let (line, column) = position(node);
+    CapabilitiesError::MissingAttribute {
+        line,
+        column,
+        element: node.tag_name().name().to_string(),
+        attribute,
+    }
+}
+
+fn bad_attribute(
+    node: XmlNode,
+    attribute: &'static str,
+    expected: &'static str,
+) -> CapabilitiesError {
+    let (line, column) = position(node);
+    let value = node.attribute(attribute).unwrap_or("").to_string();
+    CapabilitiesError::BadValue {
+        line,
+        column,
+        context: format!("<{} {attribute}='{value}'>", node.tag_name().name()),
+        value,
+        expected,
+    }
+}
+
+/// The start tag with all its attributes, for errors about element text.
+fn element_as_written(node: XmlNode) -> String {
+    let mut out = format!("<{}", node.tag_name().name());
+    for a in node.attributes() {
+        out.push_str(&format!(" {}='{}'", a.name(), a.value()));
+    }
+    out.push('>');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(cells: &str) -> String {
+        format!(
+            "<capabilities>\n  <host>\n    <cpu>\n      <arch>x86_64</arch>\n    </cpu>\n    \
+             <topology>\n      <cells num='1'>\n{cells}\n      </cells>\n    </topology>\n  \
+             </host>\n</capabilities>\n"
+        )
+    }
+
+    #[test]
+    fn scales_units_like_libvirt() {
+        assert_eq!(to_kib(1, "KiB"), Some(1));
+        assert_eq!(to_kib(1, "k"), Some(1));
+        assert_eq!(to_kib(2048, "bytes"), Some(2));
+        assert_eq!(to_kib(1024, "b"), Some(1));
+        assert_eq!(to_kib(1024, "KB"), Some(1000));
+        assert_eq!(to_kib(1, "MiB"), Some(1024));
+        assert_eq!(to_kib(1, "M"), Some(1024));
+        assert_eq!(to_kib(1, "MB"), Some(976));
+        assert_eq!(to_kib(1, "G"), Some(1024 * 1024));
+        assert_eq!(to_kib(1, "GB"), Some(976_562));
+        assert_eq!(to_kib(1, "TiB"), Some(1 << 30));
+        assert_eq!(to_kib(1, "gib"), Some(1 << 20));
+        assert_eq!(to_kib(1, "parsec"), None);
+        assert_eq!(to_kib(1, ""), None);
+        assert_eq!(to_kib(u64::MAX, "EiB"), None);
+    }
+
+    #[test]
+    fn bad_cpu_id_names_line_element_and_value() {
+        let xml = caps(
+            "        <cell id='0'>\n          <cpus num='1'>\n            <cpu id='x'/>\n          </cpus>\n        </cell>",
+        );
+        let err = parse(&xml).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 10:13: <cpu id='x'>: \"x\" is not a CPU id"
+        );
+    }
+
+    #[test]
+    fn ids_beyond_the_id_set_limit_are_rejected() {
+        let xml = caps(
+            "        <cell id='0'>\n          <cpus num='1'>\n            <cpu id='4000000000'/>\n          </cpus>\n        </cell>",
+        );
+        let msg = parse(&xml).unwrap_err().to_string();
+        assert!(msg.ends_with("\"4000000000\" is not a CPU id"), "{msg}");
+        let msg = parse(&caps("        <cell id='65536'/>"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.ends_with("\"65536\" is not a NUMA node id"), "{msg}");
+    }
+
+    #[test]
+    fn bad_memory_text_and_unit_are_reported() {
+        let xml = caps(
+            "        <cell id='0'>\n          <memory unit='KiB'>12k</memory>\n        </cell>",
+        );
+        let msg = parse(&xml).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "line 9:11: <memory unit='KiB'>: \"12k\" is not a memory size"
+        );
+        let xml = caps(
+            "        <cell id='0'>\n          <memory unit='furlong'>12</memory>\n        </cell>",
+        );
+        let msg = parse(&xml).unwrap_err().to_string();
+        assert!(
+            msg.contains("<memory unit='furlong'>: \"furlong\" is not a size unit"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_and_malformed_attributes() {
+        let msg = parse(&caps("        <cell/>")).unwrap_err().to_string();
+        assert_eq!(msg, "line 8:9: <cell> has no id attribute");
+        let xml = caps(
+            "        <cell id='0'>\n          <cpus num='1'>\n            <cpu id='0' siblings='0,,1'/>\n          </cpus>\n        </cell>",
+        );
+        let msg = parse(&xml).unwrap_err().to_string();
+        assert!(
+            msg.contains("<cpu siblings='0,,1'>: \"0,,1\" is not a CPU list"),
+            "{msg}"
+        );
+        let xml = caps(
+            "        <cell id='0'>\n          <distances>\n            <sibling id='0' value='-10'/>\n          </distances>\n        </cell>",
+        );
+        let msg = parse(&xml).unwrap_err().to_string();
+        assert!(
+            msg.contains("<sibling value='-10'>: \"-10\" is not a NUMA distance"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn rejects_documents_that_are_not_capabilities() {
+        assert!(matches!(
+            parse("<domain/>"),
+            Err(CapabilitiesError::NotCapabilities { .. })
+        ));
+        assert!(matches!(
+            parse("<capabilities/>"),
+            Err(CapabilitiesError::NoHost)
+        ));
+        assert!(matches!(
+            parse("<capabilities><host><cpu/></host></capabilities>"),
+            Err(CapabilitiesError::NoTopology)
+        ));
+        assert!(matches!(
+            parse("<capabilities"),
+            Err(CapabilitiesError::Xml(_))
+        ));
+        assert!(matches!(
+            parse(&caps("")),
+            Err(CapabilitiesError::Topology(TopologyError::NoNodes))
+        ));
+    }
+
+    #[test]
+    fn bare_cpu_next_to_described_ones_is_offline() {
+        let xml = caps(
+            "        <cell id='0'>\n          <cpus num='3'>\n            \
+             <cpu id='0' socket_id='0' core_id='0' siblings='0-1'/>\n            \
+             <cpu id='1'/>\n            \
+             <cpu id='2' socket_id='0' core_id='1' siblings='2'/>\n          </cpus>\n        </cell>",
+        );
+        let topo = parse(&xml).unwrap();
+        assert_eq!(topo.online_cpus().to_string(), "0,2");
+        assert_eq!(topo.offline_cpus.to_string(), "1");
+        assert_eq!(topo.cpu(0).unwrap().siblings.to_string(), "0");
+        assert_eq!(topo.cpu(2).unwrap().die, None);
+    }
+
+    #[test]
+    fn base_pages_are_not_pools() {
+        let xml = caps(
+            "        <cell id='0'>\n          <pages unit='KiB' size='64'>100</pages>\n          \
+             <pages unit='MiB' size='512'>3</pages>\n        </cell>",
+        );
+        let topo = parse(&xml).unwrap();
+        assert_eq!(
+            topo.node(0).unwrap().hugepages,
+            [PagePool {
+                size_kib: 524_288,
+                total: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn host_kind_from_cpu_features() {
+        let cpu = |arch: &str, features: &[&str]| HostCpu {
+            arch: Some(arch.into()),
+            features: features.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(cpu("x86_64", &["hypervisor"]).host_kind().is_virtual());
+        assert_eq!(cpu("x86_64", &[]).host_kind(), HostKind::BareMetal);
+        assert_eq!(cpu("aarch64", &[]).host_kind(), HostKind::Unknown);
+        assert!(cpu("x86_64", &["svm"]).virtualization_extensions());
+        assert!(!cpu("x86_64", &["ht"]).virtualization_extensions());
+    }
 }
