@@ -60,3 +60,50 @@ impl fmt::Display for DomainPolicy {
         f.write_str(Self::NAMES[*self as usize])
     }
 }
+
+/// Why numapin's element inside `<metadata>` could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyElementProblem {
+    #[error("missing attribute 'name'")]
+    MissingName,
+    #[error(transparent)]
+    Unknown(#[from] UnknownPolicy),
+    /// libvirt keeps one element per namespace, so a second one means the
+    /// XML was edited by hand and which one wins would be a guess.
+    #[error("more than one numapin policy element")]
+    Duplicate,
+}
+
+/// A [`PolicyElementProblem`] with the element it was found on, so the
+/// caller can report where it is.
+#[derive(Debug, Clone)]
+pub struct PolicyElementError<'a, 'input> {
+    pub node: roxmltree::Node<'a, 'input>,
+    pub problem: PolicyElementProblem,
+}
+
+/// Reads numapin's policy from the children of a domain's `<metadata>`
+/// element. Elements of other namespaces belong to other tools and are
+/// skipped, as are other numapin elements (room for later additions).
+pub fn policy_in_metadata<'a, 'input>(
+    metadata: roxmltree::Node<'a, 'input>,
+) -> Result<Option<DomainPolicy>, PolicyElementError<'a, 'input>> {
+    let mut found = None;
+    for node in metadata.children().filter(is_policy_element) {
+        let fail = |problem| PolicyElementError { node, problem };
+        if found.is_some() {
+            return Err(fail(PolicyElementProblem::Duplicate));
+        }
+        let name = node
+            .attribute("name")
+            .ok_or(fail(PolicyElementProblem::MissingName))?;
+        found = Some(name.parse().map_err(|e: UnknownPolicy| fail(e.into()))?);
+    }
+    Ok(found)
+}
+
+fn is_policy_element(node: &roxmltree::Node) -> bool {
+    node.is_element()
+        && node.tag_name().namespace() == Some(METADATA_NAMESPACE)
+        && node.tag_name().name() == "policy"
+}
