@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "numapin", version, about = "Keeps every VM's vCPUs and memory on the right NUMA nodes of a KVM host")]
+#[command(
+    name = "numapin",
+    version,
+    about = "Keeps every VM's vCPUs and memory on the right NUMA nodes of a KVM host"
+)]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

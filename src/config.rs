@@ -142,11 +142,13 @@ impl Config {
             // toml's message already carries line, column and the key.
             message: e.to_string().trim_end().replace('\n', "\n  "),
         })?;
-        config.validate().map_err(|(key, reason)| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            reason,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                reason,
+            })?;
         Ok(config)
     }
 
@@ -155,7 +157,10 @@ impl Config {
         let p = &self.planner;
         let bad = |key: &str, reason: String| Err((key.to_string(), reason));
         if !(0.0..=1.0).contains(&p.min_gain) {
-            return bad("planner.min_gain", format!("{} is not between 0 and 1", p.min_gain));
+            return bad(
+                "planner.min_gain",
+                format!("{} is not between 0 and 1", p.min_gain),
+            );
         }
         if !(1.0..=64.0).contains(&p.cpu_overcommit) {
             return bad(
@@ -201,9 +206,10 @@ impl Config {
 
     /// The policy the config assigns to a domain name, if a rule matches.
     pub fn rule_for(&self, name: &str) -> Option<(usize, &DomainRule)> {
-        self.domains.iter().enumerate().find(|(_, r)| {
-            glob::Pattern::new(&r.name).is_ok_and(|p| p.matches(name))
-        })
+        self.domains
+            .iter()
+            .enumerate()
+            .find(|(_, r)| glob::Pattern::new(&r.name).is_ok_and(|p| p.matches(name)))
     }
 
     /// The effective config as TOML, every key with its value.
@@ -243,7 +249,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.host.reserved_cpus.to_string(), "0,32");
         assert_eq!(c.planner.strategy, Strategy::Pack);
-        assert_eq!(c.rule_for("db-01").unwrap().1.policy, DomainPolicy::Dedicated);
+        assert_eq!(
+            c.rule_for("db-01").unwrap().1.policy,
+            DomainPolicy::Dedicated
+        );
         assert!(c.rule_for("web").is_none());
     }
 
@@ -259,10 +268,20 @@ mod tests {
     #[test]
     fn bad_values_name_key_and_reason() {
         let err = load("[planner]\nmin_gain = 1.5\n").unwrap_err().to_string();
-        assert!(err.contains("planner.min_gain: 1.5 is not between 0 and 1"), "{err}");
-        let err = load("[host]\nreserved_cpus = \"0-x\"\n").unwrap_err().to_string();
-        assert!(err.contains("reserved_cpus") && err.contains("\"x\" is not a number"), "{err}");
-        let err = load("[planner]\nstrategy = \"random\"\n").unwrap_err().to_string();
+        assert!(
+            err.contains("planner.min_gain: 1.5 is not between 0 and 1"),
+            "{err}"
+        );
+        let err = load("[host]\nreserved_cpus = \"0-x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("reserved_cpus") && err.contains("\"x\" is not a number"),
+            "{err}"
+        );
+        let err = load("[planner]\nstrategy = \"random\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("strategy") && err.contains("random"), "{err}");
         let err = load("[[domain]]\nname = \"[\"\npolicy = \"exclude\"\n")
             .unwrap_err()

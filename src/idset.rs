@@ -204,9 +204,7 @@ fn parse_id(text: &str) -> Result<u32, IdSetError> {
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return Err(IdSetError::NotANumber(text.to_string()));
     }
-    let value: u64 = t
-        .parse()
-        .map_err(|_| IdSetError::TooLarge(u64::MAX))?;
+    let value: u64 = t.parse().map_err(|_| IdSetError::TooLarge(u64::MAX))?;
     if value > MAX_ID as u64 {
         return Err(IdSetError::TooLarge(value));
     }

@@ -5,14 +5,14 @@
 //! ([`idset`], [`topology`], [`guest`], [`config`], [`observations`],
 //! [`planner`]) and the adapters that read or change a real host.
 
-pub mod idset;
-pub mod topology;
-pub mod guest;
+pub mod cli;
 pub mod config;
+pub mod exit;
+pub mod guest;
+pub mod idset;
 pub mod observations;
 pub mod planner;
-pub mod cli;
-pub mod exit;
 pub mod report;
 pub mod snapshot;
 pub mod synth;
+pub mod topology;

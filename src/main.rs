@@ -21,13 +21,20 @@ struct Failure {
 
 impl Failure {
     fn new(exit: Exit, error: impl Into<Box<dyn Error>>) -> Self {
-        Self { exit, error: error.into() }
+        Self {
+            exit,
+            error: error.into(),
+        }
     }
 }
 
 impl From<SnapshotError> for Failure {
     fn from(e: SnapshotError) -> Self {
-        let exit = if e.is_missing_file() { Exit::NoInput } else { Exit::DataErr };
+        let exit = if e.is_missing_file() {
+            Exit::NoInput
+        } else {
+            Exit::DataErr
+        };
         Failure::new(exit, e)
     }
 }
@@ -43,7 +50,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { Exit::Usage.into() } else { Exit::Ok.into() };
+            return if e.use_stderr() {
+                Exit::Usage.into()
+            } else {
+                Exit::Ok.into()
+            };
         }
     };
     init_logging(cli.verbose);
@@ -64,7 +75,10 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// "outer: inner: innermost", each cause once.
@@ -87,9 +101,10 @@ fn chain(e: &dyn Error) -> String {
 fn load_config(path: Option<&Path>) -> Result<(Config, String), Failure> {
     match path {
         Some(p) => Ok((Config::load(p)?, p.display().to_string())),
-        None if Path::new(config::DEFAULT_PATH).exists() => {
-            Ok((Config::load(Path::new(config::DEFAULT_PATH))?, config::DEFAULT_PATH.to_string()))
-        }
+        None if Path::new(config::DEFAULT_PATH).exists() => Ok((
+            Config::load(Path::new(config::DEFAULT_PATH))?,
+            config::DEFAULT_PATH.to_string(),
+        )),
         None => Ok((Config::default(), "built-in defaults".to_string())),
     }
 }
@@ -98,7 +113,11 @@ fn config_for_host(config: &Config, source: &str, topo: &HostTopology) -> Result
     config.validate_for_host(topo).map_err(|(key, reason)| {
         Failure::new(
             Exit::Config,
-            ConfigError::Invalid { path: PathBuf::from(source), key, reason },
+            ConfigError::Invalid {
+                path: PathBuf::from(source),
+                key,
+                reason,
+            },
         )
     })
 }
@@ -111,7 +130,12 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Plan { snapshot: dir, config, format, rebalance } => {
+        Command::Plan {
+            snapshot: dir,
+            config,
+            format,
+            rebalance,
+        } => {
             let (config, source) = load_config(config.as_deref())?;
             let snap = snapshot::load(&dir)?;
             config_for_host(&config, &source, &snap.topology)?;
@@ -124,12 +148,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
             });
             match format {
                 Format::Json => print_json(&plan)?,
-                Format::Table => print!("{}", plan_table::render(&plan, &snap.topology, &dir.display().to_string())),
+                Format::Table => print!(
+                    "{}",
+                    plan_table::render(&plan, &snap.topology, &dir.display().to_string())
+                ),
             }
         }
-        Command::Topology { snapshot: dir, root, format } => {
+        Command::Topology {
+            snapshot: dir,
+            root,
+            format,
+        } => {
             let (topo, source) = match (dir, root) {
-                (Some(dir), _) => (snapshot::load_topology(&dir)?, dir.join(snapshot::CAPABILITIES).display().to_string()),
+                (Some(dir), _) => (
+                    snapshot::load_topology(&dir)?,
+                    dir.join(snapshot::CAPABILITIES).display().to_string(),
+                ),
                 (None, root) => {
                     let root = root.unwrap_or_else(|| PathBuf::from("/"));
                     let topo = sysfs::read(&root).map_err(|e| Failure::new(Exit::DataErr, e))?;

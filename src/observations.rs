@@ -124,11 +124,12 @@ impl Observations {
                 path: path.to_path_buf(),
                 message: e.to_string().trim_end().replace('\n', "\n  "),
             })?;
-        file.convert().map_err(|(key, reason)| ObservationsError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            reason,
-        })
+        file.convert()
+            .map_err(|(key, reason)| ObservationsError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                reason,
+            })
     }
 }
 
@@ -140,10 +141,12 @@ impl ObservationsFile {
             let node = parse_u32_key(&key, "node").map_err(|r| (at(""), r))?;
             let mut free_hugepages = BTreeMap::new();
             for (size, pages) in entry.free_hugepages {
-                let kib: u64 = size
-                    .trim()
-                    .parse()
-                    .map_err(|_| (at(".free_hugepages"), format!("{size:?} is not a page size in KiB")))?;
+                let kib: u64 = size.trim().parse().map_err(|_| {
+                    (
+                        at(".free_hugepages"),
+                        format!("{size:?} is not a page size in KiB"),
+                    )
+                })?;
                 free_hugepages.insert(kib, pages);
             }
             out.nodes.insert(
@@ -216,12 +219,25 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let e = parse("[nodes.x]\nfree_mib = 1\n").unwrap_err().to_string();
-        assert!(e.contains("nodes.x") && e.contains("\"x\" is not a node id"), "{e}");
-        let e = parse("[domains.a]\nvcpu_load = [0.5, 2.0]\n").unwrap_err().to_string();
-        assert!(e.contains("vcpu_load[1]") && e.contains("2 is not a fraction"), "{e}");
-        let e = parse("[cpu_steal]\n\"0-\" = 0.1\n").unwrap_err().to_string();
+        assert!(
+            e.contains("nodes.x") && e.contains("\"x\" is not a node id"),
+            "{e}"
+        );
+        let e = parse("[domains.a]\nvcpu_load = [0.5, 2.0]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vcpu_load[1]") && e.contains("2 is not a fraction"),
+            "{e}"
+        );
+        let e = parse("[cpu_steal]\n\"0-\" = 0.1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cpu_steal"), "{e}");
         let e = parse("[nodes.0]\nfree = 1\n").unwrap_err().to_string();
-        assert!(e.contains("snap/observations.toml") && e.contains("free"), "{e}");
+        assert!(
+            e.contains("snap/observations.toml") && e.contains("free"),
+            "{e}"
+        );
     }
 }

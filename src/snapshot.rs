@@ -79,7 +79,8 @@ fn read(path: &Path) -> Result<String, SnapshotError> {
 
 pub fn load_topology(dir: &Path) -> Result<HostTopology, SnapshotError> {
     let path = dir.join(CAPABILITIES);
-    capabilities::parse(&read(&path)?).map_err(|source| SnapshotError::Capabilities { path, source })
+    capabilities::parse(&read(&path)?)
+        .map_err(|source| SnapshotError::Capabilities { path, source })
 }
 
 fn parse_domain(path: &Path) -> Result<crate::guest::Domain, SnapshotError> {
@@ -113,7 +114,10 @@ pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
     let mut by_name: BTreeMap<String, (PathBuf, DomainInput)> = BTreeMap::new();
     for path in files.iter().filter(|p| !is_inactive(p)) {
         let live = parse_domain(path)?;
-        let inactive_path = PathBuf::from(format!("{}{INACTIVE_SUFFIX}", path.with_extension("").display()));
+        let inactive_path = PathBuf::from(format!(
+            "{}{INACTIVE_SUFFIX}",
+            path.with_extension("").display()
+        ));
         let persistent = if inactive_path.exists() {
             Some(parse_domain(&inactive_path)?)
         } else {
@@ -126,13 +130,22 @@ pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
                 name: live.name,
             });
         }
-        by_name.insert(live.name.clone(), (path.clone(), DomainInput { live, persistent }));
+        by_name.insert(
+            live.name.clone(),
+            (path.clone(), DomainInput { live, persistent }),
+        );
     }
     for path in files.iter().filter(|p| is_inactive(p)) {
         let text = path.to_string_lossy();
-        let live = PathBuf::from(format!("{}.xml", &text[..text.len() - INACTIVE_SUFFIX.len()]));
+        let live = PathBuf::from(format!(
+            "{}.xml",
+            &text[..text.len() - INACTIVE_SUFFIX.len()]
+        ));
         if !live.exists() {
-            return Err(SnapshotError::OrphanInactive { path: path.clone(), live });
+            return Err(SnapshotError::OrphanInactive {
+                path: path.clone(),
+                live,
+            });
         }
     }
     let obs_path = dir.join(OBSERVATIONS);

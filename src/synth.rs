@@ -25,7 +25,12 @@ pub struct HostShape {
 }
 
 impl HostShape {
-    pub fn new(nodes: u32, cores_per_node: u32, threads_per_core: u32, mem_mib_per_node: u64) -> Self {
+    pub fn new(
+        nodes: u32,
+        cores_per_node: u32,
+        threads_per_core: u32,
+        mem_mib_per_node: u64,
+    ) -> Self {
         Self {
             nodes,
             cores_per_node,
@@ -44,7 +49,9 @@ impl HostShape {
         for node in 0..self.nodes {
             for core in 0..self.cores_per_node {
                 let first = node * self.cores_per_node + core;
-                let siblings: CpuSet = (0..self.threads_per_core).map(|t| first + t * cores_total).collect();
+                let siblings: CpuSet = (0..self.threads_per_core)
+                    .map(|t| first + t * cores_total)
+                    .collect();
                 for t in 0..self.threads_per_core {
                     cpus.push(Cpu {
                         id: first + t * cores_total,
@@ -62,7 +69,10 @@ impl HostShape {
                 id,
                 memory_mib: self.mem_mib_per_node,
                 hugepages: if self.hugepages_2m_per_node > 0 {
-                    vec![PagePool { size_kib: 2048, total: self.hugepages_2m_per_node }]
+                    vec![PagePool {
+                        size_kib: 2048,
+                        total: self.hugepages_2m_per_node,
+                    }]
                 } else {
                     Vec::new()
                 },
@@ -118,7 +128,9 @@ pub fn domain(name: &str, vcpus: u32, mem_mib: u64) -> Domain {
 }
 
 fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)) & 0xffff_ffff_ffff
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    }) & 0xffff_ffff_ffff
 }
 
 /// Builder-style tweaks for synthetic domains.
@@ -142,9 +154,18 @@ impl DomainExt for Domain {
         self.cpu.cells = (0..cells)
             .map(|c| GuestCell {
                 id: c,
-                cpus: CpuSet::from_range(c * per, if c == cells - 1 { self.vcpus_max } else { (c + 1) * per }),
+                cpus: CpuSet::from_range(
+                    c * per,
+                    if c == cells - 1 {
+                        self.vcpus_max
+                    } else {
+                        (c + 1) * per
+                    },
+                ),
                 memory_kib: self.memory_kib / cells as u64,
-                distances: (0..cells).map(|o| (o, if o == c { 10 } else { 20 })).collect::<BTreeMap<_, _>>(),
+                distances: (0..cells)
+                    .map(|o| (o, if o == c { 10 } else { 20 }))
+                    .collect::<BTreeMap<_, _>>(),
             })
             .collect();
         self
@@ -152,7 +173,10 @@ impl DomainExt for Domain {
 
     fn nested(mut self) -> Self {
         self.cpu.mode = Some(CpuMode::HostPassthrough);
-        self.cpu.features.push(CpuFeature { name: "vmx".into(), policy: FeaturePolicy::Require });
+        self.cpu.features.push(CpuFeature {
+            name: "vmx".into(),
+            policy: FeaturePolicy::Require,
+        });
         self
     }
 
@@ -172,7 +196,10 @@ impl DomainExt for Domain {
     }
 
     fn with_hugepages(mut self, size_kib: u64) -> Self {
-        self.hugepages.push(HugepageBacking { size_kib: Some(size_kib), nodeset: None });
+        self.hugepages.push(HugepageBacking {
+            size_kib: Some(size_kib),
+            nodeset: None,
+        });
         self
     }
 

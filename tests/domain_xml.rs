@@ -177,7 +177,8 @@ fn restrictive_numatune_with_memnodes() {
         })
     );
     assert_eq!(d.nested_hypervisor(true), None);
-    assert!(d.has_manual_pinning());
+    // A memory binding is not CPU pinning: numapin moves restrictive ones.
+    assert!(!d.has_manual_pinning());
 }
 
 #[test]
@@ -246,7 +247,8 @@ fn hugepages_per_cell() {
             memnode(1, MemoryMode::Strict, "1")
         ]
     );
-    assert!(d.has_manual_pinning());
+    // Strict memory stays put, but no CPU is pinned by hand.
+    assert!(!d.has_manual_pinning());
     assert_eq!(
         d.nested_hypervisor(true),
         Some(NestedReason::InheritedFromHost)
@@ -289,10 +291,22 @@ fn vcpu_hotplug_list_gives_the_current_count() {
     let d = parsed(HOTPLUG);
     assert_eq!((d.name.as_str(), d.id), ("hotplug", Some(6)));
     assert_eq!((d.vcpus_max, d.vcpus_current), (4, 2));
+    assert_eq!(d.online_vcpus.to_string(), "0-1");
     assert_eq!(d.cpu.topology, topology(4, 1, 1, 1));
     assert_eq!(d.cpu.model.as_deref(), Some("qemu64"));
     assert_eq!(d.nested_hypervisor(true), None);
     assert!(!d.has_manual_pinning());
+}
+
+#[test]
+fn online_vcpu_ids_follow_the_enabled_entries() {
+    // After `setvcpu 1 --disable` the online vCPUs are not 0..current.
+    let xml = HOTPLUG
+        .replace("<vcpu id='1' enabled='yes'", "<vcpu id='1' enabled='no'")
+        .replace("<vcpu id='2' enabled='no'", "<vcpu id='2' enabled='yes'");
+    let d = parsed(&xml);
+    assert_eq!(d.vcpus_current, 2);
+    assert_eq!(d.online_vcpus.to_string(), "0,2");
 }
 
 #[test]

@@ -13,7 +13,13 @@ use numapin::topology::HostTopology;
 use proptest::prelude::*;
 
 fn inputs(domains: Vec<Domain>) -> Vec<DomainInput> {
-    domains.into_iter().map(|live| DomainInput { live, persistent: None }).collect()
+    domains
+        .into_iter()
+        .map(|live| DomainInput {
+            live,
+            persistent: None,
+        })
+        .collect()
 }
 
 fn run(topo: &HostTopology, domains: Vec<Domain>, obs: &Observations, config: &Config) -> Plan {
@@ -31,7 +37,10 @@ fn simple(topo: &HostTopology, domains: Vec<Domain>) -> Plan {
 }
 
 fn get<'a>(plan: &'a Plan, name: &str) -> &'a DomainPlan {
-    plan.domains.iter().find(|d| d.name == name).unwrap_or_else(|| panic!("{name} not in plan"))
+    plan.domains
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap_or_else(|| panic!("{name} not in plan"))
 }
 
 /// Two sockets, 16 cores x 2 threads each, 64 GiB per node.
@@ -44,7 +53,10 @@ fn observed_memory(entries: &[(&str, &[(u32, u64)])]) -> Observations {
     for (name, mem) in entries {
         obs.domains.insert(
             name.to_string(),
-            DomainObservation { memory_mib: mem.iter().copied().collect(), vcpu_load: Vec::new() },
+            DomainObservation {
+                memory_mib: mem.iter().copied().collect(),
+                vcpu_load: Vec::new(),
+            },
         );
     }
     obs
@@ -59,17 +71,33 @@ fn a_guest_that_fits_one_node_gets_one_node_for_everything() {
     assert_eq!(d.nodes.len(), 1);
     let node = topo.node(d.nodes.first().unwrap()).unwrap();
     assert_eq!(d.vcpupin.len(), 4);
-    for cpus in d.vcpupin.values().chain([&d.emulatorpin]).chain(d.iothreadpin.values()) {
-        assert_eq!(cpus, &node.cpus, "vCPUs, emulator and iothreads share the node");
+    for cpus in d
+        .vcpupin
+        .values()
+        .chain([&d.emulatorpin])
+        .chain(d.iothreadpin.values())
+    {
+        assert_eq!(
+            cpus, &node.cpus,
+            "vCPUs, emulator and iothreads share the node"
+        );
     }
     assert_eq!(d.nodeset, d.nodes);
-    assert!(d.actions.iter().any(|a| matches!(a, Action::MigratePages { .. })));
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::MigratePages { .. }))
+    );
 }
 
 #[test]
 fn spread_balances_and_pack_consolidates() {
     let topo = two_socket();
-    let guests = || (0..4).map(|i| domain(&format!("g{i}"), 4, 8192)).collect::<Vec<_>>();
+    let guests = || {
+        (0..4)
+            .map(|i| domain(&format!("g{i}"), 4, 8192))
+            .collect::<Vec<_>>()
+    };
     let p = simple(&topo, guests());
     let per_node = |p: &Plan| {
         let mut count = BTreeMap::new();
@@ -78,7 +106,10 @@ fn spread_balances_and_pack_consolidates() {
         }
         count
     };
-    assert_eq!(per_node(&p), BTreeMap::from([("0".to_string(), 2), ("1".to_string(), 2)]));
+    assert_eq!(
+        per_node(&p),
+        BTreeMap::from([("0".to_string(), 2), ("1".to_string(), 2)])
+    );
     let mut pack = Config::default();
     pack.planner.strategy = Placement::Pack;
     let p = run(&topo, guests(), &Observations::default(), &pack);
@@ -94,8 +125,16 @@ fn a_guest_larger_than_a_node_spans_the_closest_nodes_and_gets_advice() {
     let d = get(&p, "wide");
     assert_eq!(d.nodes.len(), 2, "{d:?}");
     let n: Vec<u32> = d.nodes.iter().collect();
-    assert_eq!(topo.distance(n[0], n[1]), 12, "same-socket nodes are closest");
-    assert!(d.advice.iter().any(|a| a.contains("vNUMA cells")), "{:?}", d.advice);
+    assert_eq!(
+        topo.distance(n[0], n[1]),
+        12,
+        "same-socket nodes are closest"
+    );
+    assert!(
+        d.advice.iter().any(|a| a.contains("vNUMA cells")),
+        "{:?}",
+        d.advice
+    );
     assert!(d.reason.contains("larger than any node"), "{}", d.reason);
 }
 
@@ -109,7 +148,10 @@ fn guest_cells_map_whole_onto_distinct_nodes() {
     for (cell, node) in &d.cells {
         let node_cpus = &topo.node(*node).unwrap().cpus;
         for v in (cell * 4)..(cell * 4 + 4) {
-            assert!(d.vcpupin[&v].is_subset(node_cpus), "cell {cell} vCPU {v} off node {node}");
+            assert!(
+                d.vcpupin[&v].is_subset(node_cpus),
+                "cell {cell} vCPU {v} off node {node}"
+            );
         }
     }
 }
@@ -139,9 +181,15 @@ fn nested_hypervisors_get_exclusive_cpus_with_smt_pairs_on_siblings() {
         for pair in 0..4 {
             let a = d.vcpupin[&(pair * 2)].first().unwrap();
             let b = d.vcpupin[&(pair * 2 + 1)].first().unwrap();
-            assert!(topo.cpu(a).unwrap().siblings.contains(b), "{name}: guest core {pair} on host siblings");
+            assert!(
+                topo.cpu(a).unwrap().siblings.contains(b),
+                "{name}: guest core {pair} on host siblings"
+            );
         }
-        assert!(!d.emulatorpin.intersects(&all), "emulator stays off dedicated CPUs");
+        assert!(
+            !d.emulatorpin.intersects(&all),
+            "emulator stays off dedicated CPUs"
+        );
     }
     for cpus in get(&p, "plain").vcpupin.values() {
         assert!(!cpus.intersects(&all), "shared vCPUs avoid dedicated CPUs");
@@ -152,14 +200,21 @@ fn nested_hypervisors_get_exclusive_cpus_with_smt_pairs_on_siblings() {
 fn excluded_and_hand_pinned_domains_are_left_alone() {
     let topo = two_socket();
     let mut config = Config::default();
-    config.domains.push(DomainRule { name: "legacy-*".into(), policy: DomainPolicy::Exclude });
+    config.domains.push(DomainRule {
+        name: "legacy-*".into(),
+        policy: DomainPolicy::Exclude,
+    });
     let domains = vec![
         domain("meta", 2, 1024).with_policy(DomainPolicy::Exclude),
         domain("legacy-1", 2, 1024),
         domain("hand", 2, 1024).pinned_to("3"),
     ];
     let p = run(&topo, domains.clone(), &Observations::default(), &config);
-    for (name, why) in [("meta", "metadata"), ("legacy-1", "legacy-*"), ("hand", "by hand")] {
+    for (name, why) in [
+        ("meta", "metadata"),
+        ("legacy-1", "legacy-*"),
+        ("hand", "by hand"),
+    ] {
         let d = get(&p, name);
         assert!(!d.managed && d.status == Status::LeftAlone && d.actions.is_empty());
         assert!(d.reason.contains(why), "{name}: {}", d.reason);
@@ -182,7 +237,12 @@ fn a_well_placed_domain_stays_unless_the_gain_passes_the_threshold() {
     let mut config = Config::default();
     config.planner.manage_pinned = true;
     let p = run(&topo, domains.clone(), &obs, &config);
-    assert!(p.domains.iter().all(|d| d.status == Status::Kept && d.actions.is_empty()), "{p:#?}");
+    assert!(
+        p.domains
+            .iter()
+            .all(|d| d.status == Status::Kept && d.actions.is_empty()),
+        "{p:#?}"
+    );
     // A rebalance request reconsiders them.
     let p = plan(&PlanInput {
         topology: &topo,
@@ -198,17 +258,32 @@ fn a_well_placed_domain_stays_unless_the_gain_passes_the_threshold() {
 fn moves_per_cycle_are_bounded() {
     let topo = two_socket();
     let node0 = topo.node(0).unwrap().cpus.to_string();
-    let domains: Vec<Domain> = (0..6).map(|i| domain(&format!("d{i}"), 8, 4096).pinned_to(&node0)).collect();
-    let obs = observed_memory(&(0..6).map(|_| ("", &[(0u32, 4096u64)][..])).collect::<Vec<_>>());
+    let domains: Vec<Domain> = (0..6)
+        .map(|i| domain(&format!("d{i}"), 8, 4096).pinned_to(&node0))
+        .collect();
+    let obs = observed_memory(
+        &(0..6)
+            .map(|_| ("", &[(0u32, 4096u64)][..]))
+            .collect::<Vec<_>>(),
+    );
     let mut obs2 = Observations::default();
     for i in 0..6 {
-        obs2.domains.insert(format!("d{i}"), obs.domains[""].clone());
+        obs2.domains
+            .insert(format!("d{i}"), obs.domains[""].clone());
     }
     let mut config = Config::default();
     config.planner.manage_pinned = true;
     config.planner.max_moves_per_cycle = 1;
     let p = run(&topo, domains, &obs2, &config);
-    assert_eq!(p.score.moves, 1, "{:#?}", p.domains.iter().map(|d| (&d.name, d.status, &d.reason)).collect::<Vec<_>>());
+    assert_eq!(
+        p.score.moves,
+        1,
+        "{:#?}",
+        p.domains
+            .iter()
+            .map(|d| (&d.name, d.status, &d.reason))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -224,11 +299,20 @@ fn reserved_cpus_and_memory_only_nodes_never_get_vcpus() {
     });
     let mut config = Config::default();
     config.host.reserved_cpus = "0,32".parse().unwrap();
-    let p = run(&topo, (0..6).map(|i| domain(&format!("g{i}"), 2, 2048)).collect(), &Observations::default(), &config);
+    let p = run(
+        &topo,
+        (0..6).map(|i| domain(&format!("g{i}"), 2, 2048)).collect(),
+        &Observations::default(),
+        &config,
+    );
     for d in &p.domains {
         assert!(!d.nodes.contains(2));
         for cpus in d.vcpupin.values().chain([&d.emulatorpin]) {
-            assert!(!cpus.contains(0) && !cpus.contains(32), "{}: {cpus}", d.name);
+            assert!(
+                !cpus.contains(0) && !cpus.contains(32),
+                "{}: {cpus}",
+                d.name
+            );
         }
     }
 }
@@ -246,7 +330,11 @@ fn hugepage_guests_count_against_their_pool() {
             domain("hp-c", 2, 6 * 1024).with_hugepages(2048),
         ],
     );
-    let placed: Vec<_> = p.domains.iter().filter(|d| d.status == Status::Placed).collect();
+    let placed: Vec<_> = p
+        .domains
+        .iter()
+        .filter(|d| d.status == Status::Placed)
+        .collect();
     assert_eq!(placed.len(), 2, "two pools of 8 GiB hold two 6 GiB guests");
     assert_ne!(placed[0].nodes, placed[1].nodes);
     assert_eq!(get(&p, "hp-c").status, Status::NoFit);
@@ -263,13 +351,23 @@ fn memory_binding_decides_how_memory_moves() {
         ],
     );
     let strict = get(&p, "strict");
-    assert_eq!(strict.nodes.to_string(), "1", "vCPUs follow memory that cannot move");
-    assert!(!strict.actions.iter().any(|a| matches!(a, Action::SetMemoryNodeset { .. } | Action::MigratePages { .. })));
+    assert_eq!(
+        strict.nodes.to_string(),
+        "1",
+        "vCPUs follow memory that cannot move"
+    );
+    assert!(!strict.actions.iter().any(|a| matches!(
+        a,
+        Action::SetMemoryNodeset { .. } | Action::MigratePages { .. }
+    )));
     assert!(strict.advice.iter().any(|a| a.contains("restrictive")));
     let r = get(&p, "restrictive");
     let wants = r.nodeset.to_string();
     assert!(
-        wants == "1" || r.actions.contains(&Action::SetMemoryNodeset { nodeset: r.nodeset.clone() }),
+        wants == "1"
+            || r.actions.contains(&Action::SetMemoryNodeset {
+                nodeset: r.nodeset.clone()
+            }),
         "{r:?}"
     );
 }
@@ -303,21 +401,40 @@ struct GuestSpec {
 }
 
 fn guest_spec() -> impl Strategy<Value = GuestSpec> {
-    (1u32..=12, 256u64..=24 * 1024, 0u32..=2, any::<bool>(), 1u32..=2, prop::bool::weighted(0.2))
+    (
+        1u32..=12,
+        256u64..=24 * 1024,
+        0u32..=2,
+        any::<bool>(),
+        1u32..=2,
+        prop::bool::weighted(0.2),
+    )
         .prop_map(|(vcpus, mem_mib, cells, nested, threads, dedicated)| {
             let vcpus = if threads == 2 { vcpus * 2 } else { vcpus };
-            let cells = if cells > 1 && vcpus >= cells * threads { cells } else { 0 };
-            GuestSpec { vcpus, mem_mib, cells, nested, threads, dedicated }
+            let cells = if cells > 1 && vcpus >= cells * threads {
+                cells
+            } else {
+                0
+            };
+            GuestSpec {
+                vcpus,
+                mem_mib,
+                cells,
+                nested,
+                threads,
+                dedicated,
+            }
         })
 }
 
 fn host_shape() -> impl Strategy<Value = HostShape> {
-    (1u32..=4, 1u32..=8, 1u32..=2, 2048u64..=64 * 1024, 1u32..=2)
-        .prop_map(|(nodes, cores, threads, mem, per_socket)| {
+    (1u32..=4, 1u32..=8, 1u32..=2, 2048u64..=64 * 1024, 1u32..=2).prop_map(
+        |(nodes, cores, threads, mem, per_socket)| {
             let mut s = HostShape::new(nodes, cores, threads, mem);
             s.nodes_per_socket = per_socket;
             s
-        })
+        },
+    )
 }
 
 fn build_guests(specs: &[GuestSpec]) -> Vec<Domain> {
@@ -350,11 +467,32 @@ fn check_invariants(topo: &HostTopology, config: &Config, p: &Plan) -> Result<()
         if !matches!(d.status, Status::Placed | Status::Moved | Status::Kept) {
             continue;
         }
-        prop_assert_eq!(d.vcpupin.len() as u32, d.vcpus, "{} has a pin per vCPU", &d.name);
-        for (v, cpus) in d.vcpupin.iter().map(|(v, c)| (Some(*v), c)).chain([(None, &d.emulatorpin)]) {
+        prop_assert_eq!(
+            d.vcpupin.len() as u32,
+            d.vcpus,
+            "{} has a pin per vCPU",
+            &d.name
+        );
+        for (v, cpus) in d
+            .vcpupin
+            .iter()
+            .map(|(v, c)| (Some(*v), c))
+            .chain([(None, &d.emulatorpin)])
+        {
             prop_assert!(!cpus.is_empty(), "{} {:?}: empty pin", &d.name, v);
-            prop_assert!(cpus.is_subset(&usable), "{} {:?}: {} not usable", &d.name, v, cpus);
-            prop_assert!(topo.nodes_of_cpus(cpus).is_subset(&d.nodes), "{} {:?}: pin off its nodes", &d.name, v);
+            prop_assert!(
+                cpus.is_subset(&usable),
+                "{} {:?}: {} not usable",
+                &d.name,
+                v,
+                cpus
+            );
+            prop_assert!(
+                topo.nodes_of_cpus(cpus).is_subset(&d.nodes),
+                "{} {:?}: pin off its nodes",
+                &d.name,
+                v
+            );
         }
         if d.policy == Some(CpuPolicy::Dedicated) {
             for cpus in d.vcpupin.values() {
@@ -372,15 +510,28 @@ fn check_invariants(topo: &HostTopology, config: &Config, p: &Plan) -> Result<()
             prop_assert_eq!(&d.nodeset, &d.nodes, "{}: memory with its vCPUs", &d.name);
         }
     }
-    for d in p.domains.iter().filter(|d| d.policy != Some(CpuPolicy::Dedicated)) {
+    for d in p
+        .domains
+        .iter()
+        .filter(|d| d.policy != Some(CpuPolicy::Dedicated))
+    {
         if matches!(d.status, Status::Placed | Status::Moved | Status::Kept) {
             for cpus in d.vcpupin.values() {
-                prop_assert!(!cpus.intersects(&dedicated), "{} shares a dedicated CPU", &d.name);
+                prop_assert!(
+                    !cpus.intersects(&dedicated),
+                    "{} shares a dedicated CPU",
+                    &d.name
+                );
             }
         }
     }
     for n in &p.nodes {
-        prop_assert!(n.free_mib_after >= 0, "node {} over-committed: {}", n.id, n.free_mib_after);
+        prop_assert!(
+            n.free_mib_after >= 0,
+            "node {} over-committed: {}",
+            n.id,
+            n.free_mib_after
+        );
     }
     Ok(())
 }

@@ -123,6 +123,7 @@ fn domain(root: Node) -> Result<Domain> {
         id: attr_number(root, "id")?,
         vcpus_max: vcpus.max,
         vcpus_current: vcpus.current,
+        online_vcpus: vcpus.online,
         vcpu_placement_auto,
         vcpu_cpuset: vcpus.cpuset,
         memory_kib,
@@ -343,6 +344,8 @@ fn uuid(root: Node) -> Result<String> {
 struct Vcpus {
     max: u32,
     current: u32,
+    /// Ids of the online vCPUs.
+    online: IdSet,
     /// Explicit `placement=`, as `Some(is_auto)`.
     placement: Option<bool>,
     cpuset: Option<IdSet>,
@@ -354,6 +357,7 @@ fn vcpus(root: Node) -> Result<Vcpus> {
         return Ok(Vcpus {
             max: 1,
             current: 1,
+            online: IdSet::single(0),
             placement: None,
             cpuset: None,
         });
@@ -375,22 +379,23 @@ fn vcpus(root: Node) -> Result<Vcpus> {
         return Err(attr_problem(node, "current", msg));
     }
     // The per-vCPU list, when present, is the state libvirt really tracks.
-    let current = match child(root, "vcpus") {
+    let online = match child(root, "vcpus") {
         Some(list) => enabled_vcpus(list, max)?,
-        None => current,
+        None => IdSet::first_n(current),
     };
     Ok(Vcpus {
         max,
-        current,
+        current: online.len() as u32,
+        online,
         placement: placement(node)?,
         cpuset: attr_set(node, "cpuset")?,
     })
 }
 
-/// Counts `<vcpus><vcpu id= enabled='yes'/>` entries.
-fn enabled_vcpus(list: Node, max: u32) -> Result<u32> {
+/// Ids of the `<vcpus><vcpu id= enabled='yes'/>` entries.
+fn enabled_vcpus(list: Node, max: u32) -> Result<IdSet> {
     let mut seen = BTreeSet::new();
-    let mut enabled = 0;
+    let mut enabled = IdSet::new();
     for node in children(list, "vcpu") {
         let id: u32 = required_number(node, "id")?;
         if id >= max {
@@ -409,7 +414,7 @@ fn enabled_vcpus(list: Node, max: u32) -> Result<u32> {
             _ => None,
         })?;
         match on {
-            Some(true) => enabled += 1,
+            Some(true) => enabled.insert(id),
             Some(false) => {}
             None => {
                 return Err(problem(
@@ -421,7 +426,7 @@ fn enabled_vcpus(list: Node, max: u32) -> Result<u32> {
             }
         }
     }
-    if enabled == 0 {
+    if enabled.is_empty() {
         return Err(problem(list, None, None, "no vCPU is enabled"));
     }
     Ok(enabled)

@@ -14,13 +14,27 @@ use super::domain_info::{DomainInfo, MemoryHandling};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    Emulatorpin { cpus: CpuSet },
-    Iothreadpin { iothread: u32, cpus: CpuSet },
-    Vcpupin { vcpu: u32, cpus: CpuSet },
+    Emulatorpin {
+        cpus: CpuSet,
+    },
+    Iothreadpin {
+        iothread: u32,
+        cpus: CpuSet,
+    },
+    Vcpupin {
+        vcpu: u32,
+        cpus: CpuSet,
+    },
     /// `virsh numatune --nodeset --live` on a restrictive domain.
-    SetMemoryNodeset { nodeset: NodeSet },
+    SetMemoryNodeset {
+        nodeset: NodeSet,
+    },
     /// migrate_pages(2) on the QEMU process, for unbound domains.
-    MigratePages { from: NodeSet, to: NodeSet, mib: u64 },
+    MigratePages {
+        from: NodeSet,
+        to: NodeSet,
+        mib: u64,
+    },
 }
 
 impl fmt::Display for Action {
@@ -29,7 +43,9 @@ impl fmt::Display for Action {
             Action::Emulatorpin { cpus } => write!(f, "emulatorpin {cpus}"),
             Action::Iothreadpin { iothread, cpus } => write!(f, "iothreadpin {iothread} {cpus}"),
             Action::Vcpupin { vcpu, cpus } => write!(f, "vcpupin {vcpu} {cpus}"),
-            Action::SetMemoryNodeset { nodeset } => write!(f, "numatune --nodeset {nodeset} (restrictive, live)"),
+            Action::SetMemoryNodeset { nodeset } => {
+                write!(f, "numatune --nodeset {nodeset} (restrictive, live)")
+            }
             Action::MigratePages { from, to, mib } => {
                 write!(f, "migrate_pages {from} -> {to} (~{mib} MiB)")
             }
@@ -64,7 +80,11 @@ pub fn actions_for(info: &DomainInfo, pins: &Pins, nodeset: &NodeSet) -> Vec<Act
     }
     match info.memory {
         MemoryHandling::Restrictive => {
-            let now = info.domain.numatune.as_ref().and_then(|n| n.nodeset.clone());
+            let now = info
+                .domain
+                .numatune
+                .as_ref()
+                .and_then(|n| n.nodeset.clone());
             if now.as_ref() != Some(nodeset) {
                 out.push(Action::SetMemoryNodeset {
                     nodeset: nodeset.clone(),

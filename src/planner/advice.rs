@@ -33,10 +33,20 @@ pub fn advice_for(
                 cpu_nodes
             ));
         }
-        if !d.cpu.cells.is_empty() && matches!(info.memory, MemoryHandling::Migrate) && nodes.len() > 1 {
+        if !d.cpu.cells.is_empty()
+            && matches!(info.memory, MemoryHandling::Migrate)
+            && nodes.len() > 1
+        {
             let map: Vec<String> = parts
                 .iter()
-                .filter_map(|p| p.cell.map(|c| format!("<memnode cellid='{c}' mode='restrictive' nodeset='{}'/>", p.node)))
+                .filter_map(|p| {
+                    p.cell.map(|c| {
+                        format!(
+                            "<memnode cellid='{c}' mode='restrictive' nodeset='{}'/>",
+                            p.node
+                        )
+                    })
+                })
                 .collect();
             out.push(format!(
                 "bind each cell's memory to its node at start: <numatune> with {}",
@@ -72,7 +82,10 @@ pub fn advice_for(
                 "the guest declares {threads} threads per core but the host has {host_smt}: declare threads='{host_smt}' so the guest's view matches the hardware"
             ));
         } else if pins.is_some_and(|p| p.smt_unmatched) {
-            out.push("not enough whole free cores: some guest SMT siblings are on different host cores".into());
+            out.push(
+                "not enough whole free cores: some guest SMT siblings are on different host cores"
+                    .into(),
+            );
         }
     }
     out

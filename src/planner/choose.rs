@@ -97,10 +97,10 @@ impl Chooser<'_> {
     pub fn decide(&mut self, infos: &[DomainInfo], order: &[usize]) -> Vec<Option<Decision>> {
         let mut decisions: Vec<Option<Decision>> = vec![None; infos.len()];
         for &i in order {
-            if let Some(parts) = self.settled_parts(&infos[i]) {
-                if self.try_reserve(&parts, policy(&infos[i])) {
-                    decisions[i] = Some(Decision::Kept(parts));
-                }
+            if let Some(parts) = self.settled_parts(&infos[i])
+                && self.try_reserve(&parts, policy(&infos[i]))
+            {
+                decisions[i] = Some(Decision::Kept(parts));
             }
         }
         for &i in order {
@@ -167,10 +167,10 @@ impl Chooser<'_> {
         if info.current.memory_observed && info.memory_share_on(&nodes) < 0.9 {
             return None;
         }
-        if let Some(fixed) = info.fixed_nodes() {
-            if !nodes.is_subset(&fixed) {
-                return None;
-            }
+        if let Some(fixed) = info.fixed_nodes()
+            && !nodes.is_subset(&fixed)
+        {
+            return None;
         }
         Some(parts)
     }
@@ -181,7 +181,11 @@ impl Chooser<'_> {
         let fixed = info.fixed_nodes();
         (0..self.ledger.ids.len())
             .filter(|&i| self.ledger.has_cpus(i))
-            .filter(|&i| fixed.as_ref().is_none_or(|f| f.contains(self.ledger.ids[i])))
+            .filter(|&i| {
+                fixed
+                    .as_ref()
+                    .is_none_or(|f| f.contains(self.ledger.ids[i]))
+            })
             .collect()
     }
 
@@ -309,13 +313,20 @@ impl Chooser<'_> {
             .iter()
             .map(|p| format!("{}->{}", p.cell.unwrap_or(0), p.node))
             .collect();
-        Ok((parts, format!("guest cells on host nodes {}", map.join(", "))))
+        Ok((
+            parts,
+            format!("guest cells on host nodes {}", map.join(", ")),
+        ))
     }
 
     /// Splits a domain no single node can take over the fewest, closest
     /// nodes: grow a set from each seed by nearest node until it has room,
     /// keep the smallest set, then the one with the least total distance.
-    fn place_split(&mut self, info: &DomainInfo, piece: &Piece) -> Result<(Vec<Part>, String), String> {
+    fn place_split(
+        &mut self,
+        info: &DomainInfo,
+        piece: &Piece,
+    ) -> Result<(Vec<Part>, String), String> {
         let candidates = self.candidates(info);
         let pol = policy(info);
         let mut best: Option<(usize, u32, Vec<Part>)> = None;
@@ -328,7 +339,10 @@ impl Chooser<'_> {
                         .flat_map(|&a| set.iter().map(move |&b| (a, b)))
                         .map(|(a, b)| self.topo.distance(self.ledger.ids[a], self.ledger.ids[b]))
                         .sum();
-                    if best.as_ref().is_none_or(|(k, d, _)| (set.len(), spread) < (*k, *d)) {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(k, d, _)| (set.len(), spread) < (*k, *d))
+                    {
                         best = Some((set.len(), spread, parts));
                     }
                     break;
@@ -396,9 +410,10 @@ impl Chooser<'_> {
             .iter()
             .map(|&i| {
                 let free = match piece.hugepage_kib {
-                    Some(size) => self.ledger.pages_free[i].get(&size).copied().unwrap_or(0)
-                        * size as i64
-                        / 1024,
+                    Some(size) => {
+                        self.ledger.pages_free[i].get(&size).copied().unwrap_or(0) * size as i64
+                            / 1024
+                    }
                     None => self.ledger.mem_free[i],
                 };
                 (i as u32, free.max(0) as u64)
@@ -431,7 +446,12 @@ impl Chooser<'_> {
 
     /// Moves single-node domains from the most to the least pressed node
     /// while that narrows the gap by more than the threshold.
-    fn improve(&mut self, infos: &[DomainInfo], order: &[usize], decisions: &mut [Option<Decision>]) {
+    fn improve(
+        &mut self,
+        infos: &[DomainInfo],
+        order: &[usize],
+        decisions: &mut [Option<Decision>],
+    ) {
         let mut moved = vec![false; infos.len()];
         loop {
             let cpu_nodes: Vec<usize> = (0..self.ledger.ids.len())
@@ -440,11 +460,17 @@ impl Chooser<'_> {
             let by_pressure = |l: &Ledger, pick_max: bool| {
                 cpu_nodes.iter().copied().reduce(|a, b| {
                     let (pa, pb) = (l.pressure(a), l.pressure(b));
-                    if (pick_max && pb > pa + 1e-12) || (!pick_max && pb < pa - 1e-12) { b } else { a }
+                    if (pick_max && pb > pa + 1e-12) || (!pick_max && pb < pa - 1e-12) {
+                        b
+                    } else {
+                        a
+                    }
                 })
             };
-            let (Some(hot), Some(cold)) = (by_pressure(&self.ledger, true), by_pressure(&self.ledger, false))
-            else {
+            let (Some(hot), Some(cold)) = (
+                by_pressure(&self.ledger, true),
+                by_pressure(&self.ledger, false),
+            ) else {
                 return;
             };
             let gap = self.ledger.pressure(hot) - self.ledger.pressure(cold);
@@ -454,18 +480,23 @@ impl Chooser<'_> {
             let mut best: Option<(f64, u64, usize)> = None;
             for &d in order {
                 let info = &infos[d];
-                let Some(parts) = decisions[d].as_ref().and_then(|x| x.parts()) else { continue };
+                let Some(parts) = decisions[d].as_ref().and_then(|x| x.parts()) else {
+                    continue;
+                };
                 if moved[d] || parts.len() != 1 || parts[0].node != self.ledger.ids[hot] {
                     continue;
                 }
-                if let Some(fixed) = info.fixed_nodes() {
-                    if !fixed.contains(self.ledger.ids[cold]) {
-                        continue;
-                    }
+                if let Some(fixed) = info.fixed_nodes()
+                    && !fixed.contains(self.ledger.ids[cold])
+                {
+                    continue;
                 }
                 let pol = policy(info);
                 let from = parts[0].clone();
-                let to = Part { node: self.ledger.ids[cold], ..from.clone() };
+                let to = Part {
+                    node: self.ledger.ids[cold],
+                    ..from.clone()
+                };
                 self.ledger.release(hot, &from, pol);
                 let fits = self.ledger.fits(cold, &to, pol);
                 let after = if fits {
@@ -479,9 +510,11 @@ impl Chooser<'_> {
                 self.ledger.reserve(hot, &from, pol);
                 let gain = self.ledger.pressure(hot) - after;
                 let mib = info.migrate_mib_to(&NodeSet::single(to.node));
-                let is_move = matches!(decisions[d], Some(Decision::Kept(_))) || info.current.pinned;
+                let is_move =
+                    matches!(decisions[d], Some(Decision::Kept(_))) || info.current.pinned;
                 if fits && gain > self.min_gain && self.budget.affords(is_move, mib) {
-                    let better = best.is_none_or(|(g, m, _)| gain > g + 1e-12 || (gain > g - 1e-12 && mib < m));
+                    let better = best
+                        .is_none_or(|(g, m, _)| gain > g + 1e-12 || (gain > g - 1e-12 && mib < m));
                     if better {
                         best = Some((gain, mib, d));
                     }
@@ -490,8 +523,15 @@ impl Chooser<'_> {
             let Some((gain, mib, d)) = best else { return };
             let info = &infos[d];
             let pol = policy(info);
-            let from = decisions[d].as_ref().and_then(|x| x.parts()).expect("chosen above")[0].clone();
-            let to = Part { node: self.ledger.ids[cold], ..from.clone() };
+            let from = decisions[d]
+                .as_ref()
+                .and_then(|x| x.parts())
+                .expect("chosen above")[0]
+                .clone();
+            let to = Part {
+                node: self.ledger.ids[cold],
+                ..from.clone()
+            };
             let (hot_before, cold_before) = (self.ledger.pressure(hot), self.ledger.pressure(cold));
             self.ledger.release(hot, &from, pol);
             self.ledger.reserve(cold, &to, pol);

@@ -33,12 +33,24 @@ impl CpuAssigner<'_> {
     /// Serves dedicated domains first (kept ones keep their CPUs when still
     /// exclusive), then derives every domain's pins. Returns pins per
     /// domain index; `None` for domains without a placement.
-    pub fn assign(&mut self, infos: &[DomainInfo], order: &[usize], decisions: &[Option<Decision>]) -> Vec<Option<Pins>> {
+    pub fn assign(
+        &mut self,
+        infos: &[DomainInfo],
+        order: &[usize],
+        decisions: &[Option<Decision>],
+    ) -> Vec<Option<Pins>> {
         let mut dedicated: BTreeMap<usize, (BTreeMap<u32, CpuSet>, bool)> = BTreeMap::new();
         // Kept dedicated domains first, so a newcomer cannot take their CPUs.
-        let kept_first = order.iter().copied().filter(|&i| infos[i].is_dedicated()).filter_map(|i| {
-            decisions[i].as_ref().and_then(|d| d.parts()).map(|p| (i, p))
-        });
+        let kept_first = order
+            .iter()
+            .copied()
+            .filter(|&i| infos[i].is_dedicated())
+            .filter_map(|i| {
+                decisions[i]
+                    .as_ref()
+                    .and_then(|d| d.parts())
+                    .map(|p| (i, p))
+            });
         let (mut kept, mut fresh): (Vec<_>, Vec<_>) =
             kept_first.partition(|(i, _)| matches!(decisions[*i], Some(Decision::Kept(_))));
         kept.append(&mut fresh);
@@ -71,7 +83,11 @@ impl CpuAssigner<'_> {
         for set in info.current.vcpu_affinity.values() {
             let cpu = set.first()?;
             let node = self.topo.cpu(cpu)?.node;
-            if set.len() != 1 || mine.contains(cpu) || self.claimed.contains(cpu) || !self.usable.get(&node)?.contains(cpu) {
+            if set.len() != 1
+                || mine.contains(cpu)
+                || self.claimed.contains(cpu)
+                || !self.usable.get(&node)?.contains(cpu)
+            {
                 return None;
             }
             mine.insert(cpu);
@@ -86,7 +102,12 @@ impl CpuAssigner<'_> {
         let mut pins = BTreeMap::new();
         let mut unmatched = false;
         for part in parts {
-            let free = self.usable.get(&part.node).cloned().unwrap_or_default().difference(&self.claimed);
+            let free = self
+                .usable
+                .get(&part.node)
+                .cloned()
+                .unwrap_or_default()
+                .difference(&self.claimed);
             let (assigned, honoured) = self.pick_cpus(&free, &part.vcpus, threads);
             unmatched |= !honoured;
             for (v, cpu) in assigned {
@@ -105,7 +126,10 @@ impl CpuAssigner<'_> {
             if seen.contains(cpu) {
                 continue;
             }
-            let siblings = self.topo.cpu(cpu).map_or_else(|| CpuSet::single(cpu), |c| c.siblings.clone());
+            let siblings = self
+                .topo
+                .cpu(cpu)
+                .map_or_else(|| CpuSet::single(cpu), |c| c.siblings.clone());
             seen.union_with(&siblings);
             cores.push(siblings.intersection(free).iter().collect());
         }
@@ -184,7 +208,12 @@ impl CpuAssigner<'_> {
         } else {
             shared
         };
-        let iothreadpin = info.domain.iothreads.iter().map(|&id| (id, emulatorpin.clone())).collect();
+        let iothreadpin = info
+            .domain
+            .iothreads
+            .iter()
+            .map(|&id| (id, emulatorpin.clone()))
+            .collect();
         Pins {
             vcpupin,
             emulatorpin,

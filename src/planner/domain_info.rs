@@ -194,7 +194,9 @@ impl<'a> Analyzer<'a> {
 
     pub fn analyze(&self, input: &'a DomainInput) -> DomainInfo<'a> {
         let d = &input.live;
-        let nested = d.nested_hypervisor(self.topo.virtualization_extensions).is_some();
+        let nested = d
+            .nested_hypervisor(self.topo.virtualization_extensions)
+            .is_some();
         let online_vcpus = online_vcpus(d);
         let loads = self.vcpu_loads(d, &online_vcpus);
         let hugepage_kib = d.hugepage_size_for_cell(None, self.default_hugepage_kib);
@@ -290,7 +292,8 @@ impl<'a> Analyzer<'a> {
                     load: vcpus.iter().map(|v| loads[v]).sum(),
                     vcpus,
                     mem_mib: cell.memory_kib.div_ceil(1024),
-                    hugepage_kib: d.hugepage_size_for_cell(Some(cell.id), self.default_hugepage_kib),
+                    hugepage_kib: d
+                        .hugepage_size_for_cell(Some(cell.id), self.default_hugepage_kib),
                 }
             })
             .collect()

@@ -82,7 +82,11 @@ impl Ledger {
             .collect();
         for node in &topo.nodes {
             let seen = obs.nodes.get(&node.id);
-            let pool_mib: u64 = node.hugepages.iter().map(|p| p.total * p.size_kib / 1024).sum();
+            let pool_mib: u64 = node
+                .hugepages
+                .iter()
+                .map(|p| p.total * p.size_kib / 1024)
+                .sum();
             let mut free = match seen.and_then(|o| o.free_mib) {
                 Some(free) => free as i64,
                 None => node.memory_mib.saturating_sub(pool_mib) as i64,
@@ -107,7 +111,8 @@ impl Ledger {
                 };
                 match d.hugepage_kib {
                     Some(size) => {
-                        let observed_pages = seen.is_some_and(|o| o.free_hugepages.contains_key(&size));
+                        let observed_pages =
+                            seen.is_some_and(|o| o.free_hugepages.contains_key(&size));
                         let sign = match (observed_pages, d.is_managed()) {
                             (true, true) => 1,
                             (false, false) => -1,
@@ -133,9 +138,11 @@ impl Ledger {
     /// use, in proportion to their CPUs.
     fn add_unmanaged_load(&mut self, topo: &HostTopology, d: &DomainInfo) {
         for (v, affinity) in &d.current.vcpu_affinity {
-            let load = d.pieces.iter().find(|p| p.vcpus.contains(v)).map_or(1.0, |p| {
-                p.load / p.vcpus.len().max(1) as f64
-            });
+            let load = d
+                .pieces
+                .iter()
+                .find(|p| p.vcpus.contains(v))
+                .map_or(1.0, |p| p.load / p.vcpus.len().max(1) as f64);
             let total = affinity.len().max(1) as f64;
             for (i, &id) in self.ids.iter().enumerate() {
                 let node = topo.node(id).expect("ledger ids come from the topology");
@@ -155,7 +162,9 @@ impl Ledger {
 
     /// CPUs left for shared vCPUs once dedicated ones are served.
     pub fn shared_cpus(&self, i: usize) -> usize {
-        self.usable[i].len().saturating_sub(self.dedicated[i] as usize)
+        self.usable[i]
+            .len()
+            .saturating_sub(self.dedicated[i] as usize)
     }
 
     /// Whether the node can take the part under the given CPU policy.
@@ -180,7 +189,11 @@ impl Ledger {
                 let left = self.usable[i].len() as i64 - self.dedicated[i] as i64 - n as i64;
                 // Shared vCPUs already there must keep enough CPUs.
                 let needed = (self.shared_load[i] / self.overcommit).ceil() as i64;
-                let needed = if self.shared_load[i] > 0.0 { needed.max(1) } else { 0 };
+                let needed = if self.shared_load[i] > 0.0 {
+                    needed.max(1)
+                } else {
+                    0
+                };
                 left >= needed
             }
             CpuPolicy::Shared => {
@@ -211,7 +224,8 @@ impl Ledger {
         }
         match policy {
             CpuPolicy::Dedicated => {
-                self.dedicated[i] = (self.dedicated[i] as i64 + sign * part.vcpus.len() as i64) as u32
+                self.dedicated[i] =
+                    (self.dedicated[i] as i64 + sign * part.vcpus.len() as i64) as u32
             }
             CpuPolicy::Shared => self.shared_load[i] += sign as f64 * part.load,
         }

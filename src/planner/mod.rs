@@ -140,7 +140,13 @@ pub fn memory_label(m: MemoryHandling) -> String {
     match m {
         MemoryHandling::Migrate => "migrate_pages".into(),
         MemoryHandling::Restrictive => "restrictive".into(),
-        MemoryHandling::Fixed(mode) => format!("fixed ({})", serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
+        MemoryHandling::Fixed(mode) => format!(
+            "fixed ({})",
+            serde_json::to_value(mode)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        ),
     }
 }
 
@@ -159,7 +165,11 @@ pub fn plan(input: &PlanInput) -> Plan {
     let mut chooser = Chooser {
         topo,
         strategy: p.strategy,
-        min_gain: if input.rebalance_all { 0.01 } else { p.min_gain },
+        min_gain: if input.rebalance_all {
+            0.01
+        } else {
+            p.min_gain
+        },
         ledger: base,
         budget: Budget {
             moves_left: p.max_moves_per_cycle,
@@ -170,18 +180,26 @@ pub fn plan(input: &PlanInput) -> Plan {
     let mut decisions = chooser.decide(&infos, &order);
     let mut assigner = CpuAssigner {
         topo,
-        usable: chooser.ledger.ids.iter().copied().zip(chooser.ledger.usable.iter().cloned()).collect(),
+        usable: chooser
+            .ledger
+            .ids
+            .iter()
+            .copied()
+            .zip(chooser.ledger.usable.iter().cloned())
+            .collect(),
         claimed: CpuSet::new(),
     };
     let mut pins = assigner.assign(&infos, &order, &decisions);
     // The ledger guarantees enough CPUs; should a dedicated domain still
     // come up short, it is not half-pinned but left as it is.
     for i in 0..infos.len() {
-        if let Some(p) = &pins[i] {
-            if p.vcpupin.len() != infos[i].vcpu_count() {
-                decisions[i] = Some(Decision::NoFit("not enough free CPUs for its dedicated vCPUs".into()));
-                pins[i] = None;
-            }
+        if let Some(p) = &pins[i]
+            && p.vcpupin.len() != infos[i].vcpu_count()
+        {
+            decisions[i] = Some(Decision::NoFit(
+                "not enough free CPUs for its dedicated vCPUs".into(),
+            ));
+            pins[i] = None;
         }
     }
 
@@ -206,14 +224,20 @@ pub fn plan(input: &PlanInput) -> Plan {
         })
         .collect();
     let score = score_of(&infos, &domains, &before, after);
-    Plan { domains, nodes, score }
+    Plan {
+        domains,
+        nodes,
+        score,
+    }
 }
 
 /// Managed domains in the order they are served: the most constrained
 /// first (dedicated, then those with cells or bound memory), then larger
 /// before smaller, then by name.
 fn service_order(infos: &[DomainInfo]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..infos.len()).filter(|&i| infos[i].is_managed()).collect();
+    let mut order: Vec<usize> = (0..infos.len())
+        .filter(|&i| infos[i].is_managed())
+        .collect();
     order.sort_by_key(|&i| {
         let d = &infos[i];
         (
@@ -233,7 +257,14 @@ fn ledger_as_is(mut ledger: Ledger, topo: &HostTopology, infos: &[DomainInfo]) -
     for d in infos.iter().filter(|d| d.is_managed()) {
         for (&node, &mib) in &d.current.memory_mib {
             if let Some(i) = ledger.index(node) {
-                let part = Part { node, cell: None, vcpus: Vec::new(), mem_mib: mib, hugepage_kib: d.hugepage_kib, load: 0.0 };
+                let part = Part {
+                    node,
+                    cell: None,
+                    vcpus: Vec::new(),
+                    mem_mib: mib,
+                    hugepage_kib: d.hugepage_kib,
+                    load: 0.0,
+                };
                 ledger.reserve(i, &part, CpuPolicy::Shared);
             }
         }
@@ -248,7 +279,12 @@ fn ledger_as_is(mut ledger: Ledger, topo: &HostTopology, infos: &[DomainInfo]) -
     ledger
 }
 
-fn domain_plan(topo: &HostTopology, info: &DomainInfo, decision: Option<&Decision>, pins: Option<&Pins>) -> DomainPlan {
+fn domain_plan(
+    topo: &HostTopology,
+    info: &DomainInfo,
+    decision: Option<&Decision>,
+    pins: Option<&Pins>,
+) -> DomainPlan {
     let d = info.domain;
     let cur = &info.current;
     let weights_now = vcpu_node_weights(topo, cur.vcpu_affinity.values());
@@ -273,7 +309,11 @@ fn domain_plan(topo: &HostTopology, info: &DomainInfo, decision: Option<&Decisio
         vcpupin: cur.vcpu_affinity.clone(),
         emulatorpin: cur.emulator_affinity.clone(),
         iothreadpin: cur.iothread_affinity.clone(),
-        nodeset: d.numatune.as_ref().and_then(|n| n.nodeset.clone()).unwrap_or_default(),
+        nodeset: d
+            .numatune
+            .as_ref()
+            .and_then(|n| n.nodeset.clone())
+            .unwrap_or_default(),
         memory: info.is_managed().then_some(info.memory),
         cells: BTreeMap::new(),
         actions: Vec::new(),
@@ -303,7 +343,14 @@ fn domain_plan(topo: &HostTopology, info: &DomainInfo, decision: Option<&Decisio
     plan
 }
 
-fn fill_target(topo: &HostTopology, info: &DomainInfo, decision: &Decision, parts: &[Part], pins: &Pins, plan: &mut DomainPlan) {
+fn fill_target(
+    topo: &HostTopology,
+    info: &DomainInfo,
+    decision: &Decision,
+    parts: &[Part],
+    pins: &Pins,
+    plan: &mut DomainPlan,
+) {
     let nodes = nodes_of(parts);
     plan.nodes = nodes.clone();
     plan.vcpupin = pins.vcpupin.clone();
@@ -313,15 +360,27 @@ fn fill_target(topo: &HostTopology, info: &DomainInfo, decision: &Decision, part
         Some(fixed) => fixed,
         None => nodes.clone(),
     };
-    plan.cells = parts.iter().filter_map(|p| p.cell.map(|c| (c, p.node))).collect();
+    plan.cells = parts
+        .iter()
+        .filter_map(|p| p.cell.map(|c| (c, p.node)))
+        .collect();
     plan.actions = actions::actions_for(info, pins, &plan.nodeset);
     plan.migrate_mib = info.migrate_mib_to(&plan.nodeset);
     plan.locality_after = round3(planned_locality(topo, info, parts, pins));
     let moved = info.current.pinned && nodes != info.current.nodes;
     let (status, reason) = match decision {
-        Decision::Kept(_) if plan.actions.is_empty() => (Status::Kept, format!("stays on node(s) {nodes}: already placed")),
-        Decision::Kept(_) => (Status::Kept, format!("stays on node(s) {nodes}; pins refreshed")),
-        Decision::Placed { why, .. } if moved => (Status::Moved, format!("{} -> {nodes}: {why}", info.current.nodes)),
+        Decision::Kept(_) if plan.actions.is_empty() => (
+            Status::Kept,
+            format!("stays on node(s) {nodes}: already placed"),
+        ),
+        Decision::Kept(_) => (
+            Status::Kept,
+            format!("stays on node(s) {nodes}; pins refreshed"),
+        ),
+        Decision::Placed { why, .. } if moved => (
+            Status::Moved,
+            format!("{} -> {nodes}: {why}", info.current.nodes),
+        ),
         Decision::Placed { why, .. } if plan.actions.is_empty() => (Status::Kept, why.clone()),
         Decision::Placed { why, .. } => (Status::Placed, why.clone()),
         _ => unreachable!("only placed decisions reach here"),
@@ -340,7 +399,11 @@ fn planned_locality(topo: &HostTopology, info: &DomainInfo, parts: &[Part], pins
     let (mut sum, mut total) = (0.0, 0u64);
     for part in parts {
         let w = vcpu_node_weights(topo, part.vcpus.iter().filter_map(|v| pins.vcpupin.get(v)));
-        let w = if w.is_empty() { vcpu_node_weights(topo, pins.vcpupin.values()) } else { w };
+        let w = if w.is_empty() {
+            vcpu_node_weights(topo, pins.vcpupin.values())
+        } else {
+            w
+        };
         let (l, mib) = locality(topo, &w, &BTreeMap::from([(part.node, part.mem_mib)]));
         sum += l * mib as f64;
         total += mib;
@@ -350,7 +413,9 @@ fn planned_locality(topo: &HostTopology, info: &DomainInfo, parts: &[Part], pins
 
 fn score_of(infos: &[DomainInfo], plans: &[DomainPlan], before: &Ledger, after: &Ledger) -> Score {
     let fits_one = |info: &DomainInfo| {
-        (0..after.ids.len()).any(|i| after.usable[i].len() >= info.vcpu_count() && after.mem_capacity[i] >= info.mem_mib)
+        (0..after.ids.len()).any(|i| {
+            after.usable[i].len() >= info.vcpu_count() && after.mem_capacity[i] >= info.mem_mib
+        })
     };
     let mut score = Score::default();
     let (mut lb, mut la, mut weight) = (0.0, 0.0, 0.0);
@@ -370,7 +435,10 @@ fn score_of(infos: &[DomainInfo], plans: &[DomainPlan], before: &Ledger, after: 
             if info.current.nodes.union(&mem_nodes).len() > 1 {
                 score.spanning_before += 1;
             }
-            let after_nodes = if plan.status == Status::LeftAlone || plan.status == Status::Deferred || plan.status == Status::NoFit {
+            let after_nodes = if plan.status == Status::LeftAlone
+                || plan.status == Status::Deferred
+                || plan.status == Status::NoFit
+            {
                 info.current.nodes.union(&mem_nodes)
             } else {
                 plan.nodes.union(&plan.nodeset)

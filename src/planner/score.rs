@@ -54,7 +54,11 @@ pub fn vcpu_node_weights<'a>(
 
 /// Locality (0-1) of memory placed as `memory` for vCPUs weighted as
 /// `weights`, and the MiB it covers.
-pub fn locality(topo: &HostTopology, weights: &BTreeMap<u32, f64>, memory: &BTreeMap<u32, u64>) -> (f64, u64) {
+pub fn locality(
+    topo: &HostTopology,
+    weights: &BTreeMap<u32, f64>,
+    memory: &BTreeMap<u32, u64>,
+) -> (f64, u64) {
     let total: u64 = memory.values().sum();
     if total == 0 || weights.is_empty() {
         return (1.0, 0);

@@ -21,7 +21,11 @@ fn status_word(s: Status) -> &'static str {
 }
 
 fn nodes_text(nodes: &crate::idset::NodeSet) -> String {
-    if nodes.is_empty() { "-".into() } else { nodes.to_string() }
+    if nodes.is_empty() {
+        "-".into()
+    } else {
+        nodes.to_string()
+    }
 }
 
 /// Consecutive vcpupin steps with the same CPUs read as one line.
@@ -63,7 +67,13 @@ pub fn render(plan: &Plan, topo: &HostTopology, source: &str) -> String {
         mib(topo.total_memory_mib()),
         topo.kind
     );
-    let name_w = plan.domains.iter().map(|d| d.name.len()).max().unwrap_or(6).max(6);
+    let name_w = plan
+        .domains
+        .iter()
+        .map(|d| d.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let _ = writeln!(
         s,
         "{:<name_w$}  {:>5}  {:>8}  {:<9}  {:<6} {:>5}    {:<6} {:>5}  {:<10}  WHY",
@@ -90,7 +100,10 @@ pub fn render(plan: &Plan, topo: &HostTopology, source: &str) -> String {
             d.reason
         );
     }
-    let _ = writeln!(s, "\nNOW/PLAN: host nodes the vCPUs may run on; LOCAL: distance-weighted memory locality; * nested hypervisor");
+    let _ = writeln!(
+        s,
+        "\nNOW/PLAN: host nodes the vCPUs may run on; LOCAL: distance-weighted memory locality; * nested hypervisor"
+    );
     render_cells(&mut s, &plan.domains);
     render_advice(&mut s, &plan.domains);
     render_actions(&mut s, &plan.domains);
@@ -99,7 +112,10 @@ pub fn render(plan: &Plan, topo: &HostTopology, source: &str) -> String {
 }
 
 fn serde_plain<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 fn render_cells(s: &mut String, domains: &[DomainPlan]) {
@@ -109,7 +125,11 @@ fn render_cells(s: &mut String, domains: &[DomainPlan]) {
     }
     let _ = writeln!(s, "\nGuest NUMA cells -> host nodes:");
     for d in with_cells {
-        let map: Vec<String> = d.cells.iter().map(|(c, n)| format!("cell {c} -> node {n}")).collect();
+        let map: Vec<String> = d
+            .cells
+            .iter()
+            .map(|(c, n)| format!("cell {c} -> node {n}"))
+            .collect();
         let _ = writeln!(s, "  {}: {}", d.name, map.join(", "));
     }
 }
@@ -159,7 +179,14 @@ fn render_score(s: &mut String, plan: &Plan) {
         .nodes
         .iter()
         .filter(|n| !n.cpus.is_empty())
-        .map(|n| format!("node {} {} -> {}", n.id, percent(n.pressure_before), percent(n.pressure_after)))
+        .map(|n| {
+            format!(
+                "node {} {} -> {}",
+                n.id,
+                percent(n.pressure_before),
+                percent(n.pressure_after)
+            )
+        })
         .collect();
     let _ = writeln!(s, "Node load: {}", loads.join(", "));
 }
@@ -174,10 +201,22 @@ mod tests {
         let other: CpuSet = "4".parse().unwrap();
         let actions = vec![
             Action::Emulatorpin { cpus: cpus.clone() },
-            Action::Vcpupin { vcpu: 0, cpus: cpus.clone() },
-            Action::Vcpupin { vcpu: 1, cpus: cpus.clone() },
-            Action::Vcpupin { vcpu: 2, cpus: other.clone() },
+            Action::Vcpupin {
+                vcpu: 0,
+                cpus: cpus.clone(),
+            },
+            Action::Vcpupin {
+                vcpu: 1,
+                cpus: cpus.clone(),
+            },
+            Action::Vcpupin {
+                vcpu: 2,
+                cpus: other.clone(),
+            },
         ];
-        assert_eq!(compact_actions(&actions), ["emulatorpin 0-3", "vcpupin 0-1 -> 0-3", "vcpupin 2 -> 4"]);
+        assert_eq!(
+            compact_actions(&actions),
+            ["emulatorpin 0-3", "vcpupin 0-1 -> 0-3", "vcpupin 2 -> 4"]
+        );
     }
 }

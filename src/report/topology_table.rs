@@ -17,13 +17,21 @@ pub fn render(topo: &HostTopology, source: &str) -> String {
         topo.cpus.len(),
         topo.smt_width(),
         mib(topo.total_memory_mib()),
-        if topo.virtualization_extensions { "yes" } else { "no" }
+        if topo.virtualization_extensions {
+            "yes"
+        } else {
+            "no"
+        }
     );
     if !topo.offline_cpus.is_empty() {
         let _ = writeln!(s, "offline CPUs: {}", topo.offline_cpus);
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "{:<5} {:>5}  {:<24} {:<8} {:>10}  HUGEPAGES", "NODE", "CPUS", "CPU LIST", "SOCKETS", "MEMORY");
+    let _ = writeln!(
+        s,
+        "{:<5} {:>5}  {:<24} {:<8} {:>10}  HUGEPAGES",
+        "NODE", "CPUS", "CPU LIST", "SOCKETS", "MEMORY"
+    );
     for n in &topo.nodes {
         let sockets: crate::idset::IdSet = n
             .cpus
@@ -35,16 +43,28 @@ pub fn render(topo: &HostTopology, source: &str) -> String {
             .iter()
             .map(|p| format!("{} x {}", p.total, mib_or_kib(p.size_kib)))
             .collect();
-        let cpulist = if n.cpus.is_empty() { "(memory only)".to_string() } else { n.cpus.to_string() };
+        let cpulist = if n.cpus.is_empty() {
+            "(memory only)".to_string()
+        } else {
+            n.cpus.to_string()
+        };
         let _ = writeln!(
             s,
             "{:<5} {:>5}  {:<24} {:<8} {:>10}  {}",
             n.id,
             n.cpus.len(),
             cpulist,
-            if sockets.is_empty() { "-".into() } else { sockets.to_string() },
+            if sockets.is_empty() {
+                "-".into()
+            } else {
+                sockets.to_string()
+            },
             mib(n.memory_mib),
-            if pages.is_empty() { "-".into() } else { pages.join(", ") }
+            if pages.is_empty() {
+                "-".into()
+            } else {
+                pages.join(", ")
+            }
         );
     }
     if topo.smt_width() > 1 {
@@ -78,5 +98,9 @@ pub fn render(topo: &HostTopology, source: &str) -> String {
 }
 
 fn mib_or_kib(kib: u64) -> String {
-    if kib >= 1024 { mib(kib / 1024) } else { format!("{kib} KiB") }
+    if kib >= 1024 {
+        mib(kib / 1024)
+    } else {
+        format!("{kib} KiB")
+    }
 }

@@ -99,7 +99,9 @@ pub enum TopologyError {
     DuplicateCpu(u32),
     #[error("CPU {cpu} belongs to node {node}, which does not exist")]
     CpuOnUnknownNode { cpu: u32, node: u32 },
-    #[error("node {from} gives distance {value} to node {to}; distances must be 10-254 and 10 only to itself")]
+    #[error(
+        "node {from} gives distance {value} to node {to}; distances must be 10-254 and 10 only to itself"
+    )]
     BadDistance { from: u32, to: u32, value: u32 },
 }
 
@@ -165,7 +167,11 @@ impl HostTopology {
             hugepages.sort_by_key(|p| p.size_kib);
             nodes.push(Node {
                 id: raw.id,
-                cpus: cpus.iter().filter(|c| c.node == raw.id).map(|c| c.id).collect(),
+                cpus: cpus
+                    .iter()
+                    .filter(|c| c.node == raw.id)
+                    .map(|c| c.id)
+                    .collect(),
                 memory_mib: raw.memory_mib,
                 hugepages,
                 distances,
@@ -233,7 +239,11 @@ impl HostTopology {
 
     /// Most SMT threads any core has (1 when there is no SMT).
     pub fn smt_width(&self) -> usize {
-        self.cpus.iter().map(|c| c.siblings.len()).max().unwrap_or(1)
+        self.cpus
+            .iter()
+            .map(|c| c.siblings.len())
+            .max()
+            .unwrap_or(1)
     }
 
     pub fn total_memory_mib(&self) -> u64 {
