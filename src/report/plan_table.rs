@@ -76,7 +76,7 @@ pub fn render(plan: &Plan, topo: &HostTopology, source: &str) -> String {
         .max(6);
     let _ = writeln!(
         s,
-        "{:<name_w$}  {:>5}  {:>8}  {:<9}  {:<6} {:>5}    {:<6} {:>5}  {:<10}  WHY",
+        "{:<name_w$}  {:>5}  {:>8}  {:<10}  {:<6} {:>5}    {:<6} {:>5}  {:<10}  WHY",
         "DOMAIN", "VCPUS", "MEMORY", "POLICY", "NOW", "LOCAL", "PLAN", "LOCAL", "STATUS"
     );
     for d in &plan.domains {
@@ -87,7 +87,7 @@ pub fn render(plan: &Plan, topo: &HostTopology, source: &str) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<name_w$}  {:>5}  {:>8}  {:<9}  {:<6} {:>5} -> {:<6} {:>5}  {:<10}  {}",
+            "{:<name_w$}  {:>5}  {:>8}  {:<10}  {:<6} {:>5} -> {:<6} {:>5}  {:<10}  {}",
             d.name,
             d.vcpus,
             mib(d.memory_mib),
