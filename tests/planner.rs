@@ -594,3 +594,9 @@ proptest! {
         prop_assert_eq!(&d.nodeset, &d.nodes);
     }
 }
+
+#[test]
+fn the_documented_example_config_is_the_default() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/numapin.toml");
+    assert_eq!(Config::load(&path).unwrap(), Config::default());
+}

@@ -1,0 +1,269 @@
+//! `numapin plan` and `numapin topology` end to end, through the binary and
+//! the file readers: snapshot tests on several host shapes, and the errors
+//! and exit codes bad input gets.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DOMAINS: &[&str] = &[
+    "minimal",
+    "nested_hypervisor",
+    "restrictive_memnodes",
+    "auto_placement",
+    "hugepages",
+    "iothreads_pinned",
+    "metadata_exclude",
+    "vcpus_hotplug",
+];
+
+fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
+}
+
+/// A snapshot directory: one host's capabilities and the common domains.
+fn snapshot(caps: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        data(&format!("caps/{caps}.xml")),
+        dir.path().join("capabilities.xml"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("domains")).unwrap();
+    for d in DOMAINS {
+        std::fs::copy(
+            data(&format!("domains/{d}.xml")),
+            dir.path().join(format!("domains/{d}.xml")),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+fn numapin(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_numapin"))
+        .args(args)
+        // Never pick up the machine's own config.
+        .args(if args.first() == Some(&"plan") {
+            vec!["--config", "/dev/null"]
+        } else {
+            vec![]
+        })
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn plan_json(caps: &str) -> serde_json::Value {
+    let dir = snapshot(caps);
+    let (code, out, err) = numapin(&[
+        "plan",
+        "--snapshot",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The fields the plan's JSON promises for every domain.
+fn assert_contract(plan: &serde_json::Value) {
+    for d in plan["domains"].as_array().unwrap() {
+        for key in ["name", "uuid", "reason", "emulatorpin", "nodeset"] {
+            assert!(d[key].is_string(), "{key} in {d}");
+        }
+        assert!(d["managed"].is_boolean());
+        assert!(d["nodes"].as_array().unwrap().iter().all(|n| n.is_u64()));
+        for key in ["vcpupin", "cells"] {
+            assert!(d[key].is_object(), "{key} in {d}");
+        }
+        assert!(d["advice"].is_array());
+    }
+    assert!(plan["score"]["locality_after"].is_number());
+}
+
+macro_rules! host_shape_snapshot {
+    ($test:ident, $caps:literal) => {
+        #[test]
+        fn $test() {
+            let plan = plan_json($caps);
+            assert_contract(&plan);
+            insta::assert_json_snapshot!($caps, plan);
+        }
+    };
+}
+
+host_shape_snapshot!(intel_two_socket_with_smt, "intel-2s-smt");
+host_shape_snapshot!(epyc_like_eight_nodes, "epyc-8node");
+host_shape_snapshot!(memory_only_cxl_node, "cxl-memory-node");
+host_shape_snapshot!(sparse_node_ids_and_offline_cpu, "sparse-ids");
+host_shape_snapshot!(interleaved_cpu_ids, "libvirt-caps-interleaved-2node");
+host_shape_snapshot!(single_node, "one-node");
+host_shape_snapshot!(nested_virtual_host, "nested-virtual-host");
+
+#[test]
+fn no_vcpu_lands_on_a_memory_only_node() {
+    let plan = plan_json("cxl-memory-node");
+    for d in plan["domains"].as_array().unwrap() {
+        assert!(
+            !d["nodes"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!(2)),
+            "{}",
+            d["name"]
+        );
+    }
+}
+
+#[test]
+fn table_reads_per_domain_now_plan_and_why() {
+    let dir = snapshot("intel-2s-smt");
+    let (code, out, _) = numapin(&["plan", "--snapshot", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let out = out.replace(dir.path().to_str().unwrap(), "SNAPSHOT");
+    insta::assert_snapshot!("intel-2s-smt-table", out);
+}
+
+#[test]
+fn topology_prints_nodes_smt_and_distances() {
+    let (code, out, _) = numapin(&[
+        "topology",
+        "--snapshot",
+        data("caps").join("..").join("caps").to_str().unwrap(),
+    ]);
+    // The caps folder is not a snapshot: capabilities.xml is missing.
+    assert_eq!(code, 66, "{out}");
+    let dir = snapshot("epyc-8node");
+    let (code, out, err) = numapin(&["topology", "--snapshot", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let out = out.replace(dir.path().to_str().unwrap(), "SNAPSHOT");
+    insta::assert_snapshot!("epyc-8node-topology", out);
+}
+
+#[test]
+fn topology_of_a_captured_sysfs_tree_shows_a_virtual_host() {
+    let (code, out, err) = numapin(&[
+        "topology",
+        "--root",
+        data("sysfs/this-machine").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("virtual machine"), "{out}");
+}
+
+#[test]
+fn a_missing_snapshot_exits_66_naming_the_file() {
+    let (code, _, err) = numapin(&["plan", "--snapshot", "/nonexistent/snap"]);
+    assert_eq!(code, 66);
+    assert!(err.contains("/nonexistent/snap/capabilities.xml"), "{err}");
+}
+
+#[test]
+fn malformed_domain_xml_exits_65_naming_file_and_position() {
+    let dir = snapshot("one-node");
+    let broken = dir.path().join("domains/broken.xml");
+    std::fs::write(
+        &broken,
+        "<domain type='kvm'><name>x</name>\n<vcpu>two</vcpu></domain>",
+    )
+    .unwrap();
+    let (code, _, err) = numapin(&["plan", "--snapshot", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("broken.xml") && err.contains("line 2") && err.contains("two"),
+        "{err}"
+    );
+    std::fs::write(&broken, "<domain type='kvm'><name>x</name>").unwrap();
+    let (code, _, err) = numapin(&["plan", "--snapshot", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("broken.xml") && err.contains("not well-formed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_observations_exit_65_naming_the_key() {
+    let dir = snapshot("one-node");
+    std::fs::write(
+        dir.path().join("observations.toml"),
+        "[nodes.zero]\nfree_mib = 1\n",
+    )
+    .unwrap();
+    let (code, _, err) = numapin(&["plan", "--snapshot", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("nodes.zero"), "{err}");
+}
+
+#[test]
+fn a_bad_config_exits_78_naming_key_and_reason() {
+    let dir = snapshot("one-node");
+    let config = dir.path().join("numapin.toml");
+    let snap = dir.path().to_str().unwrap();
+    std::fs::write(&config, "[planner]\nmin_gain = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_numapin"))
+        .args([
+            "plan",
+            "--snapshot",
+            snap,
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("planner.min_gain") && err.contains("numapin.toml"),
+        "{err}"
+    );
+    // A config that reserves CPUs the host does not have is impossible too.
+    std::fs::write(&config, "[host]\nreserved_cpus = \"0-99\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_numapin"))
+        .args([
+            "plan",
+            "--snapshot",
+            snap,
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("host.reserved_cpus") && err.contains("CPU 8 does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_command_line_exits_64() {
+    let (code, _, _) = numapin(&["plan"]);
+    assert_eq!(code, 64);
+    let (code, _, _) = numapin(&["frobnicate"]);
+    assert_eq!(code, 64);
+}
+
+#[test]
+fn check_config_prints_every_key() {
+    let (code, out, _) = numapin(&["check-config", "--config", "/dev/null"]);
+    assert_eq!(code, 0);
+    for key in [
+        "reserved_cpus",
+        "memory_headroom_mib",
+        "strategy",
+        "min_gain",
+        "max_moves_per_cycle",
+        "cpu_overcommit",
+    ] {
+        assert!(out.contains(key), "{key} missing from\n{out}");
+    }
+}
