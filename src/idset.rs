@@ -176,6 +176,15 @@ impl IdSet {
             .all(|(i, w)| w & !other.words.get(i).copied().unwrap_or(0) == 0)
     }
 
+    /// Size of the intersection, without building it.
+    pub fn intersection_len(&self, other: &Self) -> usize {
+        self.words
+            .iter()
+            .zip(&other.words)
+            .map(|(a, b)| (a & b).count_ones() as usize)
+            .sum()
+    }
+
     pub fn intersects(&self, other: &Self) -> bool {
         self.words.iter().zip(&other.words).any(|(a, b)| a & b != 0)
     }
@@ -373,6 +382,7 @@ mod tests {
         assert!(set("1-2").is_subset(&a));
         assert!(!b.is_subset(&a));
         assert!(a.intersects(&b));
+        assert_eq!(a.intersection_len(&b), 4);
         assert!(!set("0").intersects(&set("200")));
         assert_eq!(set("3,130").last(), Some(130));
         assert_eq!(set("3,130").first(), Some(3));

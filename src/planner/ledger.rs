@@ -146,7 +146,7 @@ impl Ledger {
             let total = affinity.len().max(1) as f64;
             for (i, &id) in self.ids.iter().enumerate() {
                 let node = topo.node(id).expect("ledger ids come from the topology");
-                let share = node.cpus.intersection(affinity).len() as f64 / total;
+                let share = node.cpus.intersection_len(affinity) as f64 / total;
                 self.shared_load[i] += load * share;
             }
         }

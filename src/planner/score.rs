@@ -38,9 +38,10 @@ pub fn vcpu_node_weights<'a>(
     for set in affinities {
         count += 1.0;
         let n = set.len().max(1) as f64;
-        for cpu in set.iter() {
-            if let Some(c) = topo.cpu(cpu) {
-                *weights.entry(c.node).or_insert(0.0) += 1.0 / n;
+        for node in &topo.nodes {
+            let on = node.cpus.intersection_len(set);
+            if on > 0 {
+                *weights.entry(node.id).or_insert(0.0) += on as f64 / n;
             }
         }
     }

@@ -219,10 +219,13 @@ impl HostTopology {
             })
     }
 
-    /// Nodes the given CPUs live on.
+    /// Nodes the given CPUs live on. Word-wise against each node's CPU set:
+    /// the planner asks this for every vCPU's affinity, often all CPUs.
     pub fn nodes_of_cpus(&self, cpus: &CpuSet) -> NodeSet {
-        cpus.iter()
-            .filter_map(|id| self.cpu(id).map(|c| c.node))
+        self.nodes
+            .iter()
+            .filter(|n| n.cpus.intersects(cpus))
+            .map(|n| n.id)
             .collect()
     }
 
