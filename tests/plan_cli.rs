@@ -267,3 +267,55 @@ fn check_config_prints_every_key() {
         assert!(out.contains(key), "{key} missing from\n{out}");
     }
 }
+
+/// The README's first command plans the bundled demo; its key outcomes.
+#[test]
+fn the_bundled_demo_plans_as_documented() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo");
+    let (code, out, err) = numapin(&[
+        "plan",
+        "--snapshot",
+        demo.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_contract(&plan);
+    let d = |name: &str| {
+        plan["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let nested = d("nested-hv");
+    assert_eq!(nested["policy"], "dedicated");
+    assert_ne!(
+        nested["cells"]["0"], nested["cells"]["1"],
+        "cells on distinct nodes"
+    );
+    assert!(
+        nested["vcpupin"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|c| !c.as_str().unwrap().contains([',', '-']))
+    );
+    assert!(
+        d("wide-01")["advice"][0]
+            .as_str()
+            .unwrap()
+            .contains("vNUMA cells")
+    );
+    assert_eq!(d("legacy-strict")["nodes"], serde_json::json!([1]));
+    for name in ["pinned-by-hand", "excluded-01"] {
+        assert_eq!(d(name)["managed"], false);
+    }
+    assert_eq!(d("hotplug-01")["vcpupin"].as_object().unwrap().len(), 2);
+    let score = &plan["score"];
+    assert!(score["locality_after"].as_f64() > score["locality_before"].as_f64());
+    assert!(score["imbalance_after"].as_f64() < score["imbalance_before"].as_f64());
+}

@@ -242,8 +242,16 @@ impl Chooser<'_> {
         let is_move = info.current.pinned && nodes != info.current.nodes;
         let mib = info.migrate_mib_to(&nodes);
         if !self.budget.affords(is_move, mib) {
+            let spent = if is_move && self.budget.moves_left == 0 {
+                "move budget (planner.max_moves_per_cycle)".to_string()
+            } else {
+                format!(
+                    "migration budget ({} MiB left; planner.max_migrate_mib_per_cycle)",
+                    self.budget.mib_left
+                )
+            };
             return Decision::Deferred(format!(
-                "would go to node(s) {nodes} ({mib} MiB to migrate) but this cycle's move budget is spent"
+                "would go to node(s) {nodes} ({mib} MiB to migrate) but this cycle's {spent} is spent"
             ));
         }
         if !self.try_reserve(&parts, pol) {
