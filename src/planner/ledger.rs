@@ -43,6 +43,18 @@ pub struct Ledger {
     pub overcommit: f64,
 }
 
+/// How a domain's memory on a node corrects the node's free figure. A
+/// measured figure already excludes every domain: managed ones get theirs
+/// back (it is theirs to move). An estimate from the total includes none:
+/// unmanaged ones are taken off.
+fn own_memory_sign(measured: bool, managed: bool) -> i64 {
+    match (measured, managed) {
+        (true, true) => 1,
+        (false, false) => -1,
+        _ => 0,
+    }
+}
+
 impl Ledger {
     /// Capacity left for managed domains once unmanaged ones and headroom
     /// are taken off. With measured free memory, managed domains' own
@@ -99,28 +111,16 @@ impl Ledger {
                     (p.size_kib, observed.map_or(p.total, |f| *f) as i64)
                 })
                 .collect();
+            let free_measured = seen.and_then(|o| o.free_mib).is_some();
             for d in domains {
                 let mib = d.current.memory_mib.get(&node.id).copied().unwrap_or(0) as i64;
-                // A measured free figure already excludes every domain:
-                // give managed ones theirs back. An estimate from the total
-                // includes none: take unmanaged ones off.
-                let sign = match (seen.and_then(|o| o.free_mib).is_some(), d.is_managed()) {
-                    (true, true) => 1,
-                    (false, false) => -1,
-                    _ => 0,
-                };
                 match d.hugepage_kib {
                     Some(size) => {
-                        let observed_pages =
-                            seen.is_some_and(|o| o.free_hugepages.contains_key(&size));
-                        let sign = match (observed_pages, d.is_managed()) {
-                            (true, true) => 1,
-                            (false, false) => -1,
-                            _ => 0,
-                        };
+                        let measured = seen.is_some_and(|o| o.free_hugepages.contains_key(&size));
+                        let sign = own_memory_sign(measured, d.is_managed());
                         *pages.entry(size).or_insert(0) += sign * (mib * 1024 / size as i64);
                     }
-                    None => free += sign * mib,
+                    None => free += own_memory_sign(free_measured, d.is_managed()) * mib,
                 }
             }
             let usable = (free - headroom).max(0);
