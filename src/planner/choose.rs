@@ -80,6 +80,23 @@ fn policy(info: &DomainInfo) -> CpuPolicy {
     info.managed.clone().unwrap_or(CpuPolicy::Shared)
 }
 
+/// A change of placement counts as a move (against the move budget) only
+/// when the domain had numapin-style pins elsewhere; placing a new or
+/// unpinned domain is not a move.
+pub fn is_move(info: &DomainInfo, target: &NodeSet) -> bool {
+    info.current.pinned && *target != info.current.nodes
+}
+
+/// A rebalancing move considered by `improve`.
+struct Candidate {
+    domain: usize,
+    from: Part,
+    to: Part,
+    gain: f64,
+    mib: u64,
+    is_move: bool,
+}
+
 fn part_of(piece: &Piece, node: u32) -> Part {
     Part {
         node,
@@ -239,7 +256,7 @@ impl Chooser<'_> {
             Err(reason) => return Decision::NoFit(reason),
         };
         let nodes = nodes_of(&parts);
-        let is_move = info.current.pinned && nodes != info.current.nodes;
+        let is_move = is_move(info, &nodes);
         let mib = info.migrate_mib_to(&nodes);
         if !self.budget.affords(is_move, mib) {
             let spent = if is_move && self.budget.moves_left == 0 {
@@ -452,6 +469,51 @@ impl Chooser<'_> {
         Some(parts)
     }
 
+    /// What moving a domain's single part from node index `hot` to `cold`
+    /// would gain; `None` when it does not fit, gains no more than the
+    /// threshold, or the budget cannot pay for it.
+    fn evaluate_move(
+        &mut self,
+        info: &DomainInfo,
+        domain: usize,
+        from: Part,
+        hot: usize,
+        cold: usize,
+    ) -> Option<Candidate> {
+        let to_node = self.ledger.ids[cold];
+        if info
+            .fixed_nodes()
+            .is_some_and(|fixed| !fixed.contains(to_node))
+        {
+            return None;
+        }
+        let pol = policy(info);
+        let to = Part {
+            node: to_node,
+            ..from.clone()
+        };
+        self.ledger.release(hot, &from, pol);
+        let after = self.ledger.fits(cold, &to, pol).then(|| {
+            self.ledger.reserve(cold, &to, pol);
+            let peak = self.ledger.pressure(hot).max(self.ledger.pressure(cold));
+            self.ledger.release(cold, &to, pol);
+            peak
+        });
+        self.ledger.reserve(hot, &from, pol);
+        let gain = self.ledger.pressure(hot) - after?;
+        let target = NodeSet::single(to_node);
+        let mib = info.migrate_mib_to(&target);
+        let is_move = is_move(info, &target);
+        (gain > self.min_gain && self.budget.affords(is_move, mib)).then_some(Candidate {
+            domain,
+            from,
+            to,
+            gain,
+            mib,
+            is_move,
+        })
+    }
+
     /// Moves single-node domains from the most to the least pressed node
     /// while that narrows the gap by more than the threshold.
     fn improve(
@@ -485,65 +547,40 @@ impl Chooser<'_> {
             if hot == cold || gap <= self.min_gain {
                 return;
             }
-            let mut best: Option<(f64, u64, usize)> = None;
+            let mut best: Option<Candidate> = None;
             for &d in order {
-                let info = &infos[d];
                 let Some(parts) = decisions[d].as_ref().and_then(|x| x.parts()) else {
                     continue;
                 };
                 if moved[d] || parts.len() != 1 || parts[0].node != self.ledger.ids[hot] {
                     continue;
                 }
-                if let Some(fixed) = info.fixed_nodes()
-                    && !fixed.contains(self.ledger.ids[cold])
-                {
-                    continue;
-                }
-                let pol = policy(info);
                 let from = parts[0].clone();
-                let to = Part {
-                    node: self.ledger.ids[cold],
-                    ..from.clone()
+                let Some(c) = self.evaluate_move(&infos[d], d, from, hot, cold) else {
+                    continue;
                 };
-                self.ledger.release(hot, &from, pol);
-                let fits = self.ledger.fits(cold, &to, pol);
-                let after = if fits {
-                    self.ledger.reserve(cold, &to, pol);
-                    let a = self.ledger.pressure(hot).max(self.ledger.pressure(cold));
-                    self.ledger.release(cold, &to, pol);
-                    a
-                } else {
-                    f64::MAX
-                };
-                self.ledger.reserve(hot, &from, pol);
-                let gain = self.ledger.pressure(hot) - after;
-                let mib = info.migrate_mib_to(&NodeSet::single(to.node));
-                let is_move =
-                    matches!(decisions[d], Some(Decision::Kept(_))) || info.current.pinned;
-                if fits && gain > self.min_gain && self.budget.affords(is_move, mib) {
-                    let better = best
-                        .is_none_or(|(g, m, _)| gain > g + 1e-12 || (gain > g - 1e-12 && mib < m));
-                    if better {
-                        best = Some((gain, mib, d));
-                    }
+                let better = best.as_ref().is_none_or(|b| {
+                    c.gain > b.gain + 1e-12 || (c.gain > b.gain - 1e-12 && c.mib < b.mib)
+                });
+                if better {
+                    best = Some(c);
                 }
             }
-            let Some((gain, mib, d)) = best else { return };
-            let info = &infos[d];
-            let pol = policy(info);
-            let from = decisions[d]
-                .as_ref()
-                .and_then(|x| x.parts())
-                .expect("chosen above")[0]
-                .clone();
-            let to = Part {
-                node: self.ledger.ids[cold],
-                ..from.clone()
+            let Some(Candidate {
+                domain: d,
+                from,
+                to,
+                gain,
+                mib,
+                is_move,
+            }) = best
+            else {
+                return;
             };
+            let pol = policy(&infos[d]);
             let (hot_before, cold_before) = (self.ledger.pressure(hot), self.ledger.pressure(cold));
             self.ledger.release(hot, &from, pol);
             self.ledger.reserve(cold, &to, pol);
-            let is_move = matches!(decisions[d], Some(Decision::Kept(_))) || info.current.pinned;
             self.budget.spend(is_move, mib);
             moved[d] = true;
             decisions[d] = Some(Decision::Placed {

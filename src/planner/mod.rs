@@ -367,7 +367,7 @@ fn fill_target(
     plan.actions = actions::actions_for(info, pins, &plan.nodeset);
     plan.migrate_mib = info.migrate_mib_to(&plan.nodeset);
     plan.locality_after = round3(planned_locality(topo, info, parts, pins));
-    let moved = info.current.pinned && nodes != info.current.nodes;
+    let moved = choose::is_move(info, &nodes);
     let (status, reason) = match decision {
         Decision::Kept(_) if plan.actions.is_empty() => (
             Status::Kept,
