@@ -129,6 +129,18 @@ pub enum MemoryMode {
     Restrictive,
 }
 
+impl MemoryMode {
+    /// The name libvirt uses in `<numatune>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryMode::Strict => "strict",
+            MemoryMode::Preferred => "preferred",
+            MemoryMode::Interleave => "interleave",
+            MemoryMode::Restrictive => "restrictive",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NumaTune {
     /// `<memory mode=..>`; libvirt's default is strict.

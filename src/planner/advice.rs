@@ -1,7 +1,6 @@
 //! Changes numapin cannot make on a running domain but an operator can, at
 //! the next restart or redefine, and that would make placement better.
 
-use crate::guest::MemoryMode;
 use crate::topology::HostTopology;
 
 use super::cpus::Pins;
@@ -55,12 +54,7 @@ pub fn advice_for(
         }
     }
     if let MemoryHandling::Fixed(mode) = info.memory {
-        let why = match mode {
-            MemoryMode::Strict => "strict",
-            MemoryMode::Preferred => "preferred",
-            MemoryMode::Interleave => "interleave",
-            MemoryMode::Restrictive => "restrictive",
-        };
+        let why = mode.as_str();
         out.push(format!(
             "memory is bound with numatune mode='{why}', which libvirt cannot change on a running domain, so numapin pins vCPUs only; use mode='restrictive' so memory can move live"
         ));

@@ -34,6 +34,16 @@ pub enum MemoryHandling {
     Fixed(MemoryMode),
 }
 
+impl CpuPolicy {
+    /// The name used in config, metadata and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuPolicy::Dedicated => "dedicated",
+            CpuPolicy::Shared => "shared",
+        }
+    }
+}
+
 /// A unit that must land whole on one node (a guest NUMA cell), or the
 /// whole domain when it has no cells (which may then be split).
 #[derive(Debug, Clone)]
@@ -197,7 +207,7 @@ impl<'a> Analyzer<'a> {
         let nested = d
             .nested_hypervisor(self.topo.virtualization_extensions)
             .is_some();
-        let online_vcpus = online_vcpus(d);
+        let online_vcpus: Vec<u32> = d.online_vcpus.iter().collect();
         let loads = self.vcpu_loads(d, &online_vcpus);
         let hugepage_kib = d.hugepage_size_for_cell(None, self.default_hugepage_kib);
         let mem_mib = d.memory_kib.div_ceil(1024);
@@ -390,10 +400,6 @@ pub fn distribute(total: u64, weights: &[(u32, u64)]) -> BTreeMap<u32, u64> {
         *out.get_mut(k).expect("key inserted above") += 1;
     }
     out
-}
-
-fn online_vcpus(d: &Domain) -> Vec<u32> {
-    d.online_vcpus.iter().collect()
 }
 
 fn memory_handling(d: &Domain) -> MemoryHandling {

@@ -140,13 +140,7 @@ pub fn memory_label(m: MemoryHandling) -> String {
     match m {
         MemoryHandling::Migrate => "migrate_pages".into(),
         MemoryHandling::Restrictive => "restrictive".into(),
-        MemoryHandling::Fixed(mode) => format!(
-            "fixed ({})",
-            serde_json::to_value(mode)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
-        ),
+        MemoryHandling::Fixed(mode) => format!("fixed ({})", mode.as_str()),
     }
 }
 

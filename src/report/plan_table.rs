@@ -81,8 +81,8 @@ pub fn render(plan: &Plan, topo: &HostTopology, source: &str) -> String {
     );
     for d in &plan.domains {
         let policy = match (&d.policy, d.nested_hypervisor) {
-            (Some(p), true) => format!("{}*", serde_plain(p)),
-            (Some(p), false) => serde_plain(p),
+            (Some(p), true) => format!("{}*", p.as_str()),
+            (Some(p), false) => p.as_str().to_string(),
             (None, _) => "-".into(),
         };
         let _ = writeln!(
@@ -109,13 +109,6 @@ pub fn render(plan: &Plan, topo: &HostTopology, source: &str) -> String {
     render_actions(&mut s, &plan.domains);
     render_score(&mut s, plan);
     s
-}
-
-fn serde_plain<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }
 
 fn render_cells(s: &mut String, domains: &[DomainPlan]) {
