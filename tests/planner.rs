@@ -600,3 +600,47 @@ fn the_documented_example_config_is_the_default() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/numapin.toml");
     assert_eq!(Config::load(&path).unwrap(), Config::default());
 }
+
+#[test]
+fn kept_dedicated_domains_reclaim_their_cpus_before_anyone_allocates() {
+    // One node, 8 CPUs, no SMT. a and b both claim CPU 1 (b must be re-pinned);
+    // c holds CPUs 2-3 and must keep them, though b is served first.
+    let topo = HostShape::new(1, 8, 1, 64 * 1024).build();
+    let pinned = |name: &str, mem: u64, cpus: [u32; 2]| {
+        let mut d = domain(name, 2, mem).with_policy(DomainPolicy::Dedicated);
+        for (v, cpu) in cpus.into_iter().enumerate() {
+            d.cputune.vcpupin.insert(v as u32, CpuSet::single(cpu));
+        }
+        d
+    };
+    let mut config = Config::default();
+    config.planner.manage_pinned = true;
+    let p = run(
+        &topo,
+        vec![
+            pinned("a", 4096, [0, 1]),
+            pinned("b", 3072, [1, 4]),
+            pinned("c", 2048, [2, 3]),
+        ],
+        &Observations::default(),
+        &config,
+    );
+    for name in ["a", "c"] {
+        let d = get(&p, name);
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Vcpupin { .. })),
+            "{name} keeps its CPUs: {:?}",
+            d.actions
+        );
+    }
+    let b: CpuSet = get(&p, "b")
+        .vcpupin
+        .values()
+        .fold(CpuSet::new(), |acc, s| acc.union(s));
+    assert!(
+        !b.intersects(&"0-3".parse().unwrap()),
+        "b re-pinned off a's and c's CPUs: {b}"
+    );
+}

@@ -39,9 +39,7 @@ impl CpuAssigner<'_> {
         order: &[usize],
         decisions: &[Option<Decision>],
     ) -> Vec<Option<Pins>> {
-        let mut dedicated: BTreeMap<usize, (BTreeMap<u32, CpuSet>, bool)> = BTreeMap::new();
-        // Kept dedicated domains first, so a newcomer cannot take their CPUs.
-        let kept_first = order
+        let placed: Vec<(usize, &[Part])> = order
             .iter()
             .copied()
             .filter(|&i| infos[i].is_dedicated())
@@ -50,18 +48,22 @@ impl CpuAssigner<'_> {
                     .as_ref()
                     .and_then(|d| d.parts())
                     .map(|p| (i, p))
-            });
-        let (mut kept, mut fresh): (Vec<_>, Vec<_>) =
-            kept_first.partition(|(i, _)| matches!(decisions[*i], Some(Decision::Kept(_))));
-        kept.append(&mut fresh);
-        for (i, parts) in kept {
-            let keep = matches!(decisions[i], Some(Decision::Kept(_)));
-            let pins = keep
-                .then(|| self.keep_exclusive(&infos[i]))
-                .flatten()
-                .map(|p| (p, false))
-                .unwrap_or_else(|| self.allocate(&infos[i], parts));
-            dedicated.insert(i, pins);
+            })
+            .collect();
+        let mut dedicated: BTreeMap<usize, (BTreeMap<u32, CpuSet>, bool)> = BTreeMap::new();
+        // Every kept domain reclaims its CPUs before anyone allocates, so a
+        // domain that must be re-pinned cannot take a kept domain's CPUs.
+        for &(i, _) in &placed {
+            if matches!(decisions[i], Some(Decision::Kept(_)))
+                && let Some(pins) = self.keep_exclusive(&infos[i])
+            {
+                dedicated.insert(i, (pins, false));
+            }
+        }
+        for (i, parts) in placed {
+            dedicated
+                .entry(i)
+                .or_insert_with(|| self.allocate(&infos[i], parts));
         }
         let pools: BTreeMap<u32, CpuSet> = self
             .usable
