@@ -125,6 +125,12 @@ pub enum ConfigError {
     },
 }
 
+/// toml's message already carries line, column, the key and a caret
+/// excerpt; indented so it reads as one error in the journal.
+pub(crate) fn toml_error_message(e: &toml::de::Error) -> String {
+    e.to_string().trim_end().replace('\n', "\n  ")
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -139,8 +145,7 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            // toml's message already carries line, column and the key.
-            message: e.to_string().trim_end().replace('\n', "\n  "),
+            message: toml_error_message(&e),
         })?;
         config
             .validate()

@@ -122,7 +122,7 @@ impl Observations {
         let file: ObservationsFile =
             toml::from_str(text).map_err(|e| ObservationsError::Parse {
                 path: path.to_path_buf(),
-                message: e.to_string().trim_end().replace('\n', "\n  "),
+                message: crate::config::toml_error_message(&e),
             })?;
         file.convert()
             .map_err(|(key, reason)| ObservationsError::Invalid {

@@ -41,15 +41,10 @@ fn snapshot(caps: &str) -> tempfile::TempDir {
     dir
 }
 
-fn numapin(args: &[&str]) -> (i32, String, String) {
+/// Runs the binary with exactly these arguments.
+fn numapin_raw(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_numapin"))
         .args(args)
-        // Never pick up the machine's own config.
-        .args(if args.first() == Some(&"plan") {
-            vec!["--config", "/dev/null"]
-        } else {
-            vec![]
-        })
         .output()
         .unwrap();
     (
@@ -57,6 +52,15 @@ fn numapin(args: &[&str]) -> (i32, String, String) {
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
+}
+
+/// Runs the binary; `plan` never picks up the machine's own config.
+fn numapin(args: &[&str]) -> (i32, String, String) {
+    let mut args = args.to_vec();
+    if args.first() == Some(&"plan") {
+        args.extend(["--config", "/dev/null"]);
+    }
+    numapin_raw(&args)
 }
 
 fn plan_json(caps: &str) -> serde_json::Value {
@@ -207,37 +211,26 @@ fn a_bad_config_exits_78_naming_key_and_reason() {
     let dir = snapshot("one-node");
     let config = dir.path().join("numapin.toml");
     let snap = dir.path().to_str().unwrap();
-    std::fs::write(&config, "[planner]\nmin_gain = 3\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_numapin"))
-        .args([
+    let plan = || {
+        numapin_raw(&[
             "plan",
             "--snapshot",
             snap,
             "--config",
             config.to_str().unwrap(),
         ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    };
+    std::fs::write(&config, "[planner]\nmin_gain = 3\n").unwrap();
+    let (code, _, err) = plan();
+    assert_eq!(code, 78);
     assert!(
         err.contains("planner.min_gain") && err.contains("numapin.toml"),
         "{err}"
     );
     // A config that reserves CPUs the host does not have is impossible too.
     std::fs::write(&config, "[host]\nreserved_cpus = \"0-99\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_numapin"))
-        .args([
-            "plan",
-            "--snapshot",
-            snap,
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = plan();
+    assert_eq!(code, 78);
     assert!(
         err.contains("host.reserved_cpus") && err.contains("CPU 8 does not exist"),
         "{err}"
