@@ -16,3 +16,4 @@ pub mod report;
 pub mod snapshot;
 pub mod synth;
 pub mod topology;
+pub mod units;

@@ -24,6 +24,7 @@ use super::{
     GuestCpuTopology, HugepageBacking, MemNode, MemoryMode, NumaTune,
 };
 use crate::idset::{IdSet, MAX_ID};
+use crate::units::{self, Round};
 
 /// A well-formed document that is not a usable domain definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,46 +268,19 @@ fn placement(node: Node) -> Result<Option<bool>> {
 
 // ---- sizes ------------------------------------------------------------
 
-/// Bytes in one `unit`, read the way libvirt's `virScaleInteger` does:
-/// `b`/`byte`/`bytes`, or a prefix letter k, m, g, t, p, e (any case) alone
-/// or followed by `iB` for powers of 1024, or by `B` for powers of 1000.
-fn unit_bytes(unit: &str) -> Option<u128> {
-    if matches!(unit, "b" | "byte" | "bytes") {
-        return Some(1);
-    }
-    let mut chars = unit.chars();
-    let prefix = chars.next()?.to_ascii_lowercase();
-    let rest = chars.as_str();
-    let base: u128 = if rest.is_empty() || rest.eq_ignore_ascii_case("ib") {
-        1024
-    } else if rest.eq_ignore_ascii_case("b") {
-        1000
-    } else {
-        return None;
-    };
-    let power = "kmgtpe".find(prefix)? + 1;
-    Some(base.pow(power as u32))
-}
-
 /// `value` counted in the element's `unit` (KiB by default), in KiB rounded
 /// up as libvirt rounds.
 fn kib_in_unit(node: Node, value: u64, shown: Option<&str>) -> Result<u64> {
     let unit = node.attribute("unit").unwrap_or("KiB");
-    let bytes = unit_bytes(unit).ok_or_else(|| attr_problem(node, "unit", "unknown unit"))?;
-    scale_to_kib(value, bytes).ok_or_else(|| {
+    let bytes =
+        units::unit_bytes(unit).ok_or_else(|| attr_problem(node, "unit", "unknown unit"))?;
+    units::kib(value, bytes, Round::Up).ok_or_else(|| {
         let msg = format!("{value} {unit} is too large");
         match shown {
             Some(attr) => attr_problem(node, attr, msg),
             None => text_problem(node, msg),
         }
     })
-}
-
-/// `value` units of `unit_bytes` bytes each, in KiB rounded up; `None` when
-/// that does not fit a u64.
-fn scale_to_kib(value: u64, unit_bytes: u128) -> Option<u64> {
-    // At most 2^64 * 2^60, which fits u128.
-    u64::try_from((u128::from(value) * unit_bytes).div_ceil(1024)).ok()
 }
 
 fn text_kib(node: Node) -> Result<u64> {
@@ -878,31 +852,6 @@ fn policy(root: Node) -> Result<Option<DomainPolicy>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn units_scale_like_libvirt() {
-        let kib = |value, unit| unit_bytes(unit).and_then(|b| scale_to_kib(value, b));
-        assert_eq!(kib(1, "KiB"), Some(1));
-        assert_eq!(kib(1, "k"), Some(1));
-        assert_eq!(kib(1, "K"), Some(1));
-        assert_eq!(kib(1000, "KB"), Some(977)); // 1_000_000 B / 1024, rounded up
-        assert_eq!(kib(1, "b"), Some(1));
-        assert_eq!(kib(2048, "bytes"), Some(2));
-        assert_eq!(kib(1, "MB"), Some(977));
-        assert_eq!(kib(2, "M"), Some(2048));
-        assert_eq!(kib(1, "MiB"), Some(1024));
-        assert_eq!(kib(1, "GB"), Some(976_563));
-        assert_eq!(kib(1, "G"), Some(1 << 20));
-        assert_eq!(kib(1, "GiB"), Some(1 << 20));
-        assert_eq!(kib(1, "TB"), Some(976_562_500));
-        assert_eq!(kib(1, "T"), Some(1 << 30));
-        assert_eq!(kib(1, "TiB"), Some(1 << 30));
-        assert_eq!(kib(u64::MAX, "EiB"), None);
-        assert_eq!(unit_bytes("KiBs"), None);
-        assert_eq!(unit_bytes("x"), None);
-        assert_eq!(unit_bytes(""), None);
-        assert_eq!(unit_bytes("é"), None);
-    }
 
     #[test]
     fn long_values_are_cut_in_messages() {

@@ -26,6 +26,7 @@ use roxmltree::{Document, Node as XmlNode};
 
 use super::{Cpu, HostKind, HostTopology, PagePool, RawNode, RawTopology, TopologyError};
 use crate::idset::{CpuSet, IdSet, MAX_ID};
+use crate::units::{self, Round};
 
 /// Page sizes up to this are base pages (4 KiB on x86, 64 KiB on some
 /// aarch64 and ppc64 kernels), not hugepage pools.
@@ -255,37 +256,10 @@ fn memory_kib(memory: XmlNode) -> Result<u64, CapabilitiesError> {
     to_kib(value, unit).ok_or_else(|| bad_attribute(memory, "unit", "a size unit"))
 }
 
-/// Converts `value` in libvirt's `unit` to KiB, rounding down; `None` for
-/// an unknown unit or a result beyond `u64`.
+/// Converts `value` in libvirt's `unit` to KiB, rounding down (a capacity
+/// is never overstated); `None` for an unknown unit or a result beyond u64.
 pub(crate) fn to_kib(value: u64, unit: &str) -> Option<u64> {
-    let bytes = u128::from(value) * u128::from(unit_bytes(unit)?);
-    u64::try_from(bytes / 1024).ok()
-}
-
-/// Bytes per unit as libvirt's `virScaleInteger` defines them: a bare
-/// letter or `<letter>iB` is a power of 1024, `<letter>B` a power of 1000,
-/// all case-insensitive.
-fn unit_bytes(unit: &str) -> Option<u64> {
-    let unit = unit.to_ascii_lowercase();
-    if matches!(unit.as_str(), "b" | "byte" | "bytes") {
-        return Some(1);
-    }
-    let mut chars = unit.chars();
-    let exponent = match chars.next()? {
-        'k' => 1,
-        'm' => 2,
-        'g' => 3,
-        't' => 4,
-        'p' => 5,
-        'e' => 6,
-        _ => return None,
-    };
-    let base: u64 = match chars.as_str() {
-        "" | "ib" => 1024,
-        "b" => 1000,
-        _ => return None,
-    };
-    Some(base.pow(exponent))
+    units::kib(value, units::unit_bytes(unit)?, Round::Down)
 }
 
 fn child<'a, 'i>(node: XmlNode<'a, 'i>, name: &str) -> Option<XmlNode<'a, 'i>> {
@@ -417,25 +391,6 @@ mod tests {
              <topology>\n      <cells num='1'>\n{cells}\n      </cells>\n    </topology>\n  \
              </host>\n</capabilities>\n"
         )
-    }
-
-    #[test]
-    fn scales_units_like_libvirt() {
-        assert_eq!(to_kib(1, "KiB"), Some(1));
-        assert_eq!(to_kib(1, "k"), Some(1));
-        assert_eq!(to_kib(2048, "bytes"), Some(2));
-        assert_eq!(to_kib(1024, "b"), Some(1));
-        assert_eq!(to_kib(1024, "KB"), Some(1000));
-        assert_eq!(to_kib(1, "MiB"), Some(1024));
-        assert_eq!(to_kib(1, "M"), Some(1024));
-        assert_eq!(to_kib(1, "MB"), Some(976));
-        assert_eq!(to_kib(1, "G"), Some(1024 * 1024));
-        assert_eq!(to_kib(1, "GB"), Some(976_562));
-        assert_eq!(to_kib(1, "TiB"), Some(1 << 30));
-        assert_eq!(to_kib(1, "gib"), Some(1 << 20));
-        assert_eq!(to_kib(1, "parsec"), None);
-        assert_eq!(to_kib(1, ""), None);
-        assert_eq!(to_kib(u64::MAX, "EiB"), None);
     }
 
     #[test]
