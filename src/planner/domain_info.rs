@@ -183,6 +183,8 @@ pub struct Analyzer<'a> {
     pub config: &'a Config,
     /// Size used for `<hugepages/>` without an explicit page size.
     pub default_hugepage_kib: u64,
+    /// The host's online CPUs: every unpinned vCPU's affinity, built once.
+    online_cpus: CpuSet,
 }
 
 impl<'a> Analyzer<'a> {
@@ -199,6 +201,7 @@ impl<'a> Analyzer<'a> {
             obs,
             config,
             default_hugepage_kib,
+            online_cpus: topo.online_cpus(),
         }
     }
 
@@ -311,7 +314,7 @@ impl<'a> Analyzer<'a> {
 
     fn current(&self, info: &DomainInfo) -> Current {
         let d = info.domain;
-        let all = self.topo.online_cpus();
+        let all = &self.online_cpus;
         let default_affinity = d.vcpu_cpuset.clone().unwrap_or_else(|| all.clone());
         let vcpu_affinity: BTreeMap<u32, CpuSet> = info
             .online_vcpus
@@ -342,7 +345,7 @@ impl<'a> Analyzer<'a> {
         let pinned = !vcpu_affinity.is_empty()
             && vcpu_affinity
                 .values()
-                .all(|s| self.topo.nodes_of_cpus(s).len() == 1 && *s != all);
+                .all(|s| self.topo.nodes_of_cpus(s).len() == 1 && s != all);
         let (memory_mib, memory_observed) = match self.obs.domains.get(&d.name) {
             Some(o) if !o.memory_mib.is_empty() => (o.memory_mib.clone(), true),
             _ => (self.estimate_memory(info, &nodes), false),
