@@ -258,23 +258,19 @@ fn a_well_placed_domain_stays_unless_the_gain_passes_the_threshold() {
 fn moves_per_cycle_are_bounded() {
     let topo = two_socket();
     let node0 = topo.node(0).unwrap().cpus.to_string();
-    let domains: Vec<Domain> = (0..6)
-        .map(|i| domain(&format!("d{i}"), 8, 4096).pinned_to(&node0))
+    let names: Vec<String> = (0..6).map(|i| format!("d{i}")).collect();
+    let on_node0: &[(u32, u64)] = &[(0, 4096)];
+    let entries: Vec<(&str, &[(u32, u64)])> =
+        names.iter().map(|n| (n.as_str(), on_node0)).collect();
+    let obs = observed_memory(&entries);
+    let domains: Vec<Domain> = names
+        .iter()
+        .map(|n| domain(n, 8, 4096).pinned_to(&node0))
         .collect();
-    let obs = observed_memory(
-        &(0..6)
-            .map(|_| ("", &[(0u32, 4096u64)][..]))
-            .collect::<Vec<_>>(),
-    );
-    let mut obs2 = Observations::default();
-    for i in 0..6 {
-        obs2.domains
-            .insert(format!("d{i}"), obs.domains[""].clone());
-    }
     let mut config = Config::default();
     config.planner.manage_pinned = true;
     config.planner.max_moves_per_cycle = 1;
-    let p = run(&topo, domains, &obs2, &config);
+    let p = run(&topo, domains, &obs, &config);
     assert_eq!(
         p.score.moves,
         1,
