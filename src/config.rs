@@ -20,6 +20,8 @@ pub const DEFAULT_PATH: &str = "/etc/numapin/numapin.toml";
 pub struct Config {
     pub host: HostConfig,
     pub planner: PlannerConfig,
+    pub libvirt: LibvirtConfig,
+    pub apply: ApplyConfig,
     /// Per-domain policy rules, first match wins; the domain's own numapin
     /// `<metadata>` overrides them.
     #[serde(rename = "domain")]
@@ -95,6 +97,56 @@ impl Default for PlannerConfig {
             max_migrate_mib_per_cycle: 16 * 1024,
             cpu_overcommit: 4.0,
             default_vcpu_load: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibvirtConfig {
+    /// Connection URI.
+    pub uri: String,
+    /// Longest wait for one libvirt call before the connection is given up
+    /// and reopened, in seconds.
+    pub call_timeout_secs: u64,
+}
+
+impl Default for LibvirtConfig {
+    fn default() -> Self {
+        Self {
+            uri: "qemu:///system".into(),
+            call_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplyConfig {
+    /// Also write pins and nodesets to the domain's persistent definition
+    /// once they are applied and verified live.
+    pub persist: bool,
+    /// Move the memory of domains without a memory binding with
+    /// migrate_pages(2) after their vCPUs are pinned. Off: their memory
+    /// stays, and only new allocations follow the vCPUs.
+    pub migrate_memory: bool,
+    /// Share of a domain's resident memory that must be on its target nodes
+    /// for a memory move to count as done (0-1).
+    pub memory_on_target_share: f64,
+    /// Longest wait, in seconds, for memory to reach its target nodes.
+    pub memory_verify_timeout_secs: u64,
+    /// Where the transaction journal and the lock live.
+    pub state_dir: PathBuf,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        Self {
+            persist: false,
+            migrate_memory: true,
+            memory_on_target_share: 0.9,
+            memory_verify_timeout_secs: 60,
+            state_dir: PathBuf::from("/var/lib/numapin"),
         }
     }
 }
@@ -177,6 +229,24 @@ impl Config {
             return bad(
                 "planner.default_vcpu_load",
                 format!("{} is not above 0 and at most 1", p.default_vcpu_load),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.apply.memory_on_target_share) {
+            return bad(
+                "apply.memory_on_target_share",
+                format!("{} is not between 0 and 1", self.apply.memory_on_target_share),
+            );
+        }
+        if self.libvirt.call_timeout_secs == 0 {
+            return bad("libvirt.call_timeout_secs", "must be at least 1".into());
+        }
+        if self.libvirt.uri.trim().is_empty() {
+            return bad("libvirt.uri", "is empty".into());
+        }
+        if !self.apply.state_dir.is_absolute() {
+            return bad(
+                "apply.state_dir",
+                format!("{} is not an absolute path", self.apply.state_dir.display()),
             );
         }
         for (i, rule) in self.domains.iter().enumerate() {

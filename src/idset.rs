@@ -189,6 +189,41 @@ impl IdSet {
         self.words.iter().zip(&other.words).any(|(a, b)| a & b != 0)
     }
 
+    /// The set as a little-endian bitmap of `len` bytes (libvirt's cpumap
+    /// layout: bit `i % 8` of byte `i / 8` is id `i`). Ids that do not fit
+    /// are dropped: callers size `len` from the host's CPU count.
+    pub fn to_bitmap_bytes(&self, len: usize) -> Vec<u8> {
+        let mut bytes: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.resize(len, 0);
+        bytes
+    }
+
+    /// Reads a little-endian bitmap (libvirt cpumap layout).
+    pub fn from_bitmap_bytes(bytes: &[u8]) -> Self {
+        let mut words: Vec<u64> = bytes
+            .chunks(8)
+            .map(|chunk| {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                u64::from_le_bytes(word)
+            })
+            .collect();
+        while words.last() == Some(&0) {
+            words.pop();
+        }
+        Self { words }
+    }
+
+    /// The set as machine words (the kernel's `unsigned long` node mask
+    /// layout on 64-bit hosts), padded with zero words to `min_words`.
+    pub fn to_words(&self, min_words: usize) -> Vec<u64> {
+        let mut words = self.words.clone();
+        if words.len() < min_words {
+            words.resize(min_words, 0);
+        }
+        words
+    }
+
     fn trim(&mut self) {
         while self.words.last() == Some(&0) {
             self.words.pop();
@@ -392,6 +427,16 @@ mod tests {
         assert_eq!(c, IdSet::new());
     }
 
+    #[test]
+    fn bitmaps_use_libvirts_byte_layout() {
+        // CPUs 0, 9 and 17: byte 0 bit 0, byte 1 bit 1, byte 2 bit 1.
+        assert_eq!(set("0,9,17").to_bitmap_bytes(3), [0b1, 0b10, 0b10]);
+        assert_eq!(set("0,9,17").to_bitmap_bytes(1), [0b1]);
+        assert_eq!(IdSet::from_bitmap_bytes(&[0b1, 0b10, 0b10, 0, 0]), set("0,9,17"));
+        assert_eq!(IdSet::from_bitmap_bytes(&[0; 4]), IdSet::new());
+        assert_eq!(set("1,65").to_words(3), [0b10, 0b10, 0]);
+    }
+
     proptest! {
         #[test]
         fn print_then_parse_round_trips(ids in proptest::collection::btree_set(0u32..2048, 0..200)) {
@@ -401,6 +446,12 @@ mod tests {
             prop_assert_eq!(&back, &s);
             prop_assert_eq!(back.iter().collect::<Vec<_>>(), ids.into_iter().collect::<Vec<_>>());
             prop_assert_eq!(back.to_string(), text);
+        }
+
+        #[test]
+        fn bitmap_bytes_round_trip(ids in proptest::collection::btree_set(0u32..1024, 0..100)) {
+            let s: IdSet = ids.iter().copied().collect();
+            prop_assert_eq!(IdSet::from_bitmap_bytes(&s.to_bitmap_bytes(128)), s);
         }
 
         #[test]

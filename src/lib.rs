@@ -10,6 +10,7 @@ pub mod config;
 pub mod exit;
 pub mod guest;
 pub mod idset;
+pub mod libvirt;
 pub mod observations;
 pub mod planner;
 pub mod report;

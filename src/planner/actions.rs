@@ -106,7 +106,7 @@ pub fn actions_for(info: &DomainInfo, pins: &Pins, nodeset: &NodeSet) -> Vec<Act
                 });
             }
         }
-        MemoryHandling::Fixed(_) => {}
+        MemoryHandling::Fixed(_) | MemoryHandling::FirstTouch => {}
     }
     out
 }

@@ -59,6 +59,16 @@ pub fn advice_for(
             "memory is bound with numatune mode='{why}', which libvirt cannot change on a running domain, so numapin pins vCPUs only; use mode='restrictive' so memory can move live"
         ));
     }
+    if info.memory == MemoryHandling::FirstTouch
+        && let Some(parts) = parts
+    {
+        let target: crate::idset::NodeSet = parts.iter().map(|p| p.node).collect();
+        if info.mib_outside(&target) > 0 {
+            out.push(format!(
+                "memory stays where it is (apply.migrate_memory = false): only new allocations follow the vCPUs to node(s) {target}"
+            ));
+        }
+    }
     if d.vcpu_placement_auto || d.numatune.as_ref().is_some_and(|n| n.placement_auto) {
         out.push(
             "placement='auto' fixes the nodes once, at start (numad advice); drop it and let numapin place and rebalance the domain".into(),

@@ -32,6 +32,9 @@ pub enum MemoryHandling {
     /// strict / preferred / interleave: libvirt cannot change the nodeset of
     /// a running domain, so memory stays and vCPUs follow it.
     Fixed(MemoryMode),
+    /// No binding, and moving memory is switched off (`apply.migrate_memory
+    /// = false`): what is there stays, new allocations follow the vCPUs.
+    FirstTouch,
 }
 
 impl CpuPolicy {
@@ -163,17 +166,22 @@ impl DomainInfo<'_> {
         on as f64 / total as f64
     }
 
-    /// MiB that would move if the memory went to `nodes`.
-    pub fn migrate_mib_to(&self, nodes: &NodeSet) -> u64 {
-        if matches!(self.memory, MemoryHandling::Fixed(_)) {
-            return 0;
-        }
+    /// MiB of the domain's memory outside `nodes`.
+    pub fn mib_outside(&self, nodes: &NodeSet) -> u64 {
         self.current
             .memory_mib
             .iter()
             .filter(|(n, _)| !nodes.contains(**n))
             .map(|(_, m)| m)
             .sum()
+    }
+
+    /// MiB that would move if the memory went to `nodes`.
+    pub fn migrate_mib_to(&self, nodes: &NodeSet) -> u64 {
+        if matches!(self.memory, MemoryHandling::Fixed(_) | MemoryHandling::FirstTouch) {
+            return 0;
+        }
+        self.mib_outside(nodes)
     }
 }
 
@@ -215,7 +223,12 @@ impl<'a> Analyzer<'a> {
         let hugepage_kib = d.hugepage_size_for_cell(None, self.default_hugepage_kib);
         let mem_mib = d.memory_kib.div_ceil(1024);
         let pieces = self.pieces(d, &online_vcpus, &loads, mem_mib);
-        let memory = memory_handling(d);
+        let memory = match memory_handling(d) {
+            MemoryHandling::Migrate if !self.config.apply.migrate_memory => {
+                MemoryHandling::FirstTouch
+            }
+            m => m,
+        };
         let mut info = DomainInfo {
             domain: d,
             managed: self.management(input, nested, &online_vcpus),

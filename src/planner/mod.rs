@@ -141,6 +141,7 @@ pub fn memory_label(m: MemoryHandling) -> String {
         MemoryHandling::Migrate => "migrate_pages".into(),
         MemoryHandling::Restrictive => "restrictive".into(),
         MemoryHandling::Fixed(mode) => format!("fixed ({})", mode.as_str()),
+        MemoryHandling::FirstTouch => "first-touch".into(),
     }
 }
 
@@ -386,7 +387,7 @@ fn fill_target(
 /// Locality once the plan is applied: per part, its vCPUs' pins against its
 /// memory (which stays put when the binding cannot change live).
 fn planned_locality(topo: &HostTopology, info: &DomainInfo, parts: &[Part], pins: &Pins) -> f64 {
-    if matches!(info.memory, MemoryHandling::Fixed(_)) {
+    if matches!(info.memory, MemoryHandling::Fixed(_) | MemoryHandling::FirstTouch) {
         let w = vcpu_node_weights(topo, pins.vcpupin.values());
         return locality(topo, &w, &info.current.memory_mib).0;
     }

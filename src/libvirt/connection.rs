@@ -1,0 +1,223 @@
+//! One libvirt connection, owned by a thread of its own.
+//!
+//! libvirt calls block, and any of them can hang (a stuck QEMU monitor, a
+//! libvirtd that stopped answering). So no caller ever touches the
+//! connection: each call is sent to the connection's thread and the caller
+//! waits a bounded time for the answer. A call that does not answer in time
+//! makes the connection be abandoned (its thread exits once the call finally
+//! returns) and the next call opens a new one. A connection whose peer went
+//! away is dropped the same way, and reopened with exponential backoff so a
+//! restarting libvirtd is not hammered.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use virt::connect::Connect;
+
+use super::error::{LibvirtError, classify};
+
+type Job = Box<dyn FnOnce(&Connect) + Send>;
+
+/// First wait before reopening after a failed open; doubles up to the cap.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A libvirt connection that reconnects by itself. Cheap to clone; clones
+/// share the connection.
+#[derive(Clone)]
+pub struct Libvirt {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    uri: String,
+    timeout: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    worker: Option<Worker>,
+    /// Counts opened connections, so a failed call only drops the
+    /// connection it ran on, not a newer one.
+    generation: u64,
+    backoff: Option<Duration>,
+    next_attempt: Option<Instant>,
+}
+
+#[derive(Clone)]
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    generation: u64,
+}
+
+impl Libvirt {
+    /// Does not connect yet: the first call does.
+    pub fn new(uri: &str, timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                uri: uri.to_string(),
+                timeout,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.inner.uri
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Opens the connection now if there is none (ignoring any backoff).
+    pub fn connect(&self) -> Result<(), LibvirtError> {
+        self.worker(true).map(|_| ())
+    }
+
+    /// Whether a connection is open (it may still turn out dead on use).
+    pub fn is_connected(&self) -> bool {
+        self.lock().worker.is_some()
+    }
+
+    /// Runs `f` on the connection's thread and waits at most the timeout.
+    /// `op` names the call in errors, e.g. "vcpupin web-01 vCPU 3".
+    pub fn call<R, F>(&self, op: &str, f: F) -> Result<R, LibvirtError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connect) -> Result<R, virt::error::Error> + Send + 'static,
+    {
+        let worker = self.worker(false)?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            // A failed call on a dead connection looks like any other
+            // error; ask the connection itself whether it is still alive.
+            let alive = result.is_ok() || conn.is_alive().unwrap_or(false);
+            let _ = tx.send((result, alive));
+        });
+        if worker.jobs.send(job).is_err() {
+            self.drop_worker(worker.generation);
+            return Err(LibvirtError::unavailable(op, "the connection's thread is gone"));
+        }
+        match rx.recv_timeout(self.inner.timeout) {
+            Ok((Ok(value), _)) => Ok(value),
+            Ok((Err(e), alive)) => {
+                if !alive {
+                    tracing::warn!(uri = %self.inner.uri, error = %e.message(), "libvirt connection lost");
+                    self.drop_worker(worker.generation);
+                    return Err(LibvirtError::unavailable(op, e.message()));
+                }
+                Err(classify(op, &e))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!(uri = %self.inner.uri, op, timeout = ?self.inner.timeout, "libvirt call timed out; abandoning the connection");
+                self.drop_worker(worker.generation);
+                Err(LibvirtError::timeout(op, self.inner.timeout))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.drop_worker(worker.generation);
+                Err(LibvirtError::unavailable(op, "the connection's thread ended"))
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State inconsistent
+        // (every update is a single assignment), so poisoning is ignored.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn drop_worker(&self, generation: u64) {
+        let mut state = self.lock();
+        if state.worker.as_ref().map(|w| w.generation) == Some(generation) {
+            state.worker = None;
+        }
+    }
+
+    /// The open connection, opening one if the backoff allows.
+    fn worker(&self, ignore_backoff: bool) -> Result<Worker, LibvirtError> {
+        let mut state = self.lock();
+        if let Some(w) = &state.worker {
+            return Ok(w.clone());
+        }
+        if !ignore_backoff
+            && let Some(at) = state.next_attempt
+            && let Some(wait) = at.checked_duration_since(Instant::now())
+        {
+            return Err(LibvirtError::unavailable(
+                "connect",
+                &format!(
+                    "{} is not reachable; next attempt in {:.1} s",
+                    self.inner.uri,
+                    wait.as_secs_f64()
+                ),
+            ));
+        }
+        // Opening under the lock: concurrent callers wait for this attempt
+        // instead of starting their own.
+        match spawn_worker(&self.inner.uri, self.inner.timeout, state.generation + 1) {
+            Ok(worker) => {
+                tracing::info!(uri = %self.inner.uri, "connected to libvirt");
+                state.generation += 1;
+                state.backoff = None;
+                state.next_attempt = None;
+                state.worker = Some(worker.clone());
+                Ok(worker)
+            }
+            Err(e) => {
+                let backoff = state
+                    .backoff
+                    .map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+                state.backoff = Some(backoff);
+                state.next_attempt = Some(Instant::now() + backoff);
+                tracing::warn!(uri = %self.inner.uri, error = %e, retry_in = ?backoff, "cannot connect to libvirt");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn spawn_worker(uri: &str, timeout: Duration, generation: u64) -> Result<Worker, LibvirtError> {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let (opened_tx, opened) = mpsc::sync_channel(1);
+    let thread_uri = uri.to_string();
+    thread::Builder::new()
+        .name(format!("libvirt-{generation}"))
+        .spawn(move || {
+            let conn = match Connect::open(Some(&thread_uri)) {
+                Ok(conn) => {
+                    let _ = opened_tx.send(Ok(()));
+                    conn
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return;
+                }
+            };
+            // Ends when every sender is dropped: the connection was
+            // abandoned or the last handle went away.
+            // Dropping `conn` afterwards closes it.
+            while let Ok(job) = queue.recv() {
+                job(&conn);
+            }
+        })
+        .map_err(|e| LibvirtError::unavailable("connect", &format!("cannot start a thread: {e}")))?;
+    match opened.recv_timeout(timeout) {
+        Ok(Ok(())) => Ok(Worker { jobs, generation }),
+        Ok(Err(e)) => Err(LibvirtError::unavailable(
+            "connect",
+            &format!("cannot connect to {uri}: {}", e.message()),
+        )),
+        Err(_) => Err(LibvirtError::unavailable(
+            "connect",
+            &format!("{uri} did not answer within {timeout:?}"),
+        )),
+    }
+}

@@ -1,0 +1,16 @@
+//! The libvirt adapter: a self-healing, time-bounded connection and the
+//! calls numapin makes through it.
+
+mod calls;
+mod connection;
+mod error;
+
+pub use calls::{DomainRef, MemoryBinding, Pins, Scope};
+pub use connection::Libvirt;
+pub use error::{ErrorKind, LibvirtError};
+
+/// Stops libvirt from printing every error to stderr itself: numapin
+/// reports errors once, with context, through its own logging.
+pub fn silence_default_error_printer() {
+    virt::error::clear_error_callback();
+}
