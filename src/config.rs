@@ -234,7 +234,10 @@ impl Config {
         if !(0.0..=1.0).contains(&self.apply.memory_on_target_share) {
             return bad(
                 "apply.memory_on_target_share",
-                format!("{} is not between 0 and 1", self.apply.memory_on_target_share),
+                format!(
+                    "{} is not between 0 and 1",
+                    self.apply.memory_on_target_share
+                ),
             );
         }
         if self.libvirt.call_timeout_secs == 0 {

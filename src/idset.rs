@@ -432,7 +432,10 @@ mod tests {
         // CPUs 0, 9 and 17: byte 0 bit 0, byte 1 bit 1, byte 2 bit 1.
         assert_eq!(set("0,9,17").to_bitmap_bytes(3), [0b1, 0b10, 0b10]);
         assert_eq!(set("0,9,17").to_bitmap_bytes(1), [0b1]);
-        assert_eq!(IdSet::from_bitmap_bytes(&[0b1, 0b10, 0b10, 0, 0]), set("0,9,17"));
+        assert_eq!(
+            IdSet::from_bitmap_bytes(&[0b1, 0b10, 0b10, 0, 0]),
+            set("0,9,17")
+        );
         assert_eq!(IdSet::from_bitmap_bytes(&[0; 4]), IdSet::new());
         assert_eq!(set("1,65").to_words(3), [0b10, 0b10, 0]);
     }

@@ -5,10 +5,12 @@
 //! ([`idset`], [`topology`], [`guest`], [`config`], [`observations`],
 //! [`planner`]) and the adapters that read or change a real host.
 
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod guest;
+pub mod host_error;
 pub mod idset;
 pub mod libvirt;
 pub mod observations;

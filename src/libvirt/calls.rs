@@ -18,7 +18,7 @@ use virt::sys;
 use crate::idset::{CpuSet, NodeSet};
 
 use super::connection::Libvirt;
-use super::error::{ErrorKind, LibvirtError};
+use crate::host_error::{ErrorKind, HostError};
 
 /// One running domain.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,22 +46,20 @@ pub struct MemoryBinding {
     pub nodeset: Option<NodeSet>,
 }
 
-/// Where a change is made: the running domain, and optionally its
-/// persistent definition too.
+/// Where a change is made: the running domain, or its persistent
+/// definition (used once a live change is verified, when persisting is on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scope {
-    pub persist: bool,
+pub enum Scope {
+    Live,
+    Config,
 }
 
 impl Scope {
-    pub const LIVE: Scope = Scope { persist: false };
-
     fn flags(self) -> c_uint {
-        let mut flags = sys::VIR_DOMAIN_AFFECT_LIVE;
-        if self.persist {
-            flags |= sys::VIR_DOMAIN_AFFECT_CONFIG;
-        }
-        flags as c_uint
+        (match self {
+            Scope::Live => sys::VIR_DOMAIN_AFFECT_LIVE,
+            Scope::Config => sys::VIR_DOMAIN_AFFECT_CONFIG,
+        }) as c_uint
     }
 }
 
@@ -72,9 +70,7 @@ fn lookup(conn: &Connect, uuid: &str) -> Result<Domain, Error> {
 /// Number of CPUs libvirt's cpumaps cover on this host.
 fn host_cpus(conn: &Connect) -> Result<usize, Error> {
     // SAFETY: null output pointers ask for the count only.
-    let n = unsafe {
-        sys::virNodeGetCPUMap(conn.as_ptr(), ptr::null_mut(), ptr::null_mut(), 0)
-    };
+    let n = unsafe { sys::virNodeGetCPUMap(conn.as_ptr(), ptr::null_mut(), ptr::null_mut(), 0) };
     if n < 0 {
         return Err(Error::last_error());
     }
@@ -158,11 +154,11 @@ fn mode_name(mode: i32) -> Option<&'static str> {
 }
 
 impl Libvirt {
-    pub fn capabilities(&self) -> Result<String, LibvirtError> {
+    pub fn capabilities(&self) -> Result<String, HostError> {
         self.call("capabilities", |c| c.capabilities())
     }
 
-    pub fn running_domains(&self) -> Result<Vec<DomainRef>, LibvirtError> {
+    pub fn running_domains(&self) -> Result<Vec<DomainRef>, HostError> {
         self.call("list domains", |c| {
             let mut out = Vec::new();
             for d in c.list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)? {
@@ -180,14 +176,14 @@ impl Libvirt {
     }
 
     /// The running domain with this UUID, or a Gone error.
-    pub fn domain(&self, uuid: &str) -> Result<DomainRef, LibvirtError> {
+    pub fn domain(&self, uuid: &str) -> Result<DomainRef, HostError> {
         let u = uuid.to_string();
         let op = format!("look up domain {uuid}");
         let (name, id) = self.call(&op, move |c| {
             let d = lookup(c, &u)?;
             Ok((d.name()?, d.id()))
         })?;
-        let id = id.ok_or_else(|| LibvirtError::new(&op, ErrorKind::Gone, "domain is not running"))?;
+        let id = id.ok_or_else(|| HostError::new(&op, ErrorKind::Gone, "domain is not running"))?;
         Ok(DomainRef {
             name,
             uuid: uuid.to_string(),
@@ -196,7 +192,7 @@ impl Libvirt {
     }
 
     /// Live XML, and the persistent XML when the domain has one.
-    pub fn domain_xml(&self, d: &DomainRef) -> Result<(String, Option<String>), LibvirtError> {
+    pub fn domain_xml(&self, d: &DomainRef) -> Result<(String, Option<String>), HostError> {
         let uuid = d.uuid.clone();
         self.call(&format!("dumpxml {}", d.name), move |c| {
             let dom = lookup(c, &uuid)?;
@@ -210,14 +206,14 @@ impl Libvirt {
         })
     }
 
-    pub fn pins(&self, d: &DomainRef) -> Result<Pins, LibvirtError> {
+    pub fn pins(&self, d: &DomainRef) -> Result<Pins, HostError> {
         let uuid = d.uuid.clone();
         self.call(&format!("read pins of {}", d.name), move |c| {
             read_pins(c, &lookup(c, &uuid)?)
         })
     }
 
-    pub fn memory_binding(&self, d: &DomainRef) -> Result<MemoryBinding, LibvirtError> {
+    pub fn memory_binding(&self, d: &DomainRef) -> Result<MemoryBinding, HostError> {
         let uuid = d.uuid.clone();
         let op = format!("numatune {}", d.name);
         let params = self.call(&op, move |c| {
@@ -226,7 +222,7 @@ impl Libvirt {
         let nodeset = match params.node_set.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(text) => Some(text.parse().map_err(|e| {
-                LibvirtError::new(
+                HostError::new(
                     &op,
                     ErrorKind::Failed,
                     &format!("libvirt reported nodeset {text:?}: {e}"),
@@ -249,7 +245,7 @@ impl Libvirt {
         vcpu: u32,
         cpus: &CpuSet,
         scope: Scope,
-    ) -> Result<(), LibvirtError> {
+    ) -> Result<(), HostError> {
         let (uuid, cpus) = (d.uuid.clone(), cpus.clone());
         self.call(&format!("vcpupin {} {vcpu} {cpus}", d.name), move |c| {
             let map = cpus.to_bitmap_bytes(map_len(host_cpus(c)?).max(bytes_for(&cpus)));
@@ -262,7 +258,7 @@ impl Libvirt {
         d: &DomainRef,
         cpus: &CpuSet,
         scope: Scope,
-    ) -> Result<(), LibvirtError> {
+    ) -> Result<(), HostError> {
         let (uuid, cpus) = (d.uuid.clone(), cpus.clone());
         self.call(&format!("emulatorpin {} {cpus}", d.name), move |c| {
             let map = cpus.to_bitmap_bytes(map_len(host_cpus(c)?).max(bytes_for(&cpus)));
@@ -276,7 +272,7 @@ impl Libvirt {
         iothread: u32,
         cpus: &CpuSet,
         scope: Scope,
-    ) -> Result<(), LibvirtError> {
+    ) -> Result<(), HostError> {
         let (uuid, cpus) = (d.uuid.clone(), cpus.clone());
         self.call(
             &format!("iothreadpin {} {iothread} {cpus}", d.name),
@@ -305,7 +301,7 @@ impl Libvirt {
         d: &DomainRef,
         nodeset: &NodeSet,
         scope: Scope,
-    ) -> Result<(), LibvirtError> {
+    ) -> Result<(), HostError> {
         let (uuid, text) = (d.uuid.clone(), nodeset.to_string());
         self.call(&format!("numatune {} --nodeset {text}", d.name), move |c| {
             let params = NUMAParameters {

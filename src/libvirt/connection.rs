@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 
-use super::error::{LibvirtError, classify};
+use virt::sys;
+
+use crate::host_error::{ErrorKind, HostError};
 
 type Job = Box<dyn FnOnce(&Connect) + Send>;
 
@@ -74,7 +76,7 @@ impl Libvirt {
     }
 
     /// Opens the connection now if there is none (ignoring any backoff).
-    pub fn connect(&self) -> Result<(), LibvirtError> {
+    pub fn connect(&self) -> Result<(), HostError> {
         self.worker(true).map(|_| ())
     }
 
@@ -85,7 +87,7 @@ impl Libvirt {
 
     /// Runs `f` on the connection's thread and waits at most the timeout.
     /// `op` names the call in errors, e.g. "vcpupin web-01 vCPU 3".
-    pub fn call<R, F>(&self, op: &str, f: F) -> Result<R, LibvirtError>
+    pub fn call<R, F>(&self, op: &str, f: F) -> Result<R, HostError>
     where
         R: Send + 'static,
         F: FnOnce(&Connect) -> Result<R, virt::error::Error> + Send + 'static,
@@ -101,7 +103,10 @@ impl Libvirt {
         });
         if worker.jobs.send(job).is_err() {
             self.drop_worker(worker.generation);
-            return Err(LibvirtError::unavailable(op, "the connection's thread is gone"));
+            return Err(HostError::unavailable(
+                op,
+                "the connection's thread is gone",
+            ));
         }
         match rx.recv_timeout(self.inner.timeout) {
             Ok((Ok(value), _)) => Ok(value),
@@ -109,18 +114,18 @@ impl Libvirt {
                 if !alive {
                     tracing::warn!(uri = %self.inner.uri, error = %e.message(), "libvirt connection lost");
                     self.drop_worker(worker.generation);
-                    return Err(LibvirtError::unavailable(op, e.message()));
+                    return Err(HostError::unavailable(op, e.message()));
                 }
                 Err(classify(op, &e))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 tracing::warn!(uri = %self.inner.uri, op, timeout = ?self.inner.timeout, "libvirt call timed out; abandoning the connection");
                 self.drop_worker(worker.generation);
-                Err(LibvirtError::timeout(op, self.inner.timeout))
+                Err(HostError::timeout(op, self.inner.timeout))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 self.drop_worker(worker.generation);
-                Err(LibvirtError::unavailable(op, "the connection's thread ended"))
+                Err(HostError::unavailable(op, "the connection's thread ended"))
             }
         }
     }
@@ -142,7 +147,7 @@ impl Libvirt {
     }
 
     /// The open connection, opening one if the backoff allows.
-    fn worker(&self, ignore_backoff: bool) -> Result<Worker, LibvirtError> {
+    fn worker(&self, ignore_backoff: bool) -> Result<Worker, HostError> {
         let mut state = self.lock();
         if let Some(w) = &state.worker {
             return Ok(w.clone());
@@ -151,7 +156,7 @@ impl Libvirt {
             && let Some(at) = state.next_attempt
             && let Some(wait) = at.checked_duration_since(Instant::now())
         {
-            return Err(LibvirtError::unavailable(
+            return Err(HostError::unavailable(
                 "connect",
                 &format!(
                     "{} is not reachable; next attempt in {:.1} s",
@@ -184,7 +189,7 @@ impl Libvirt {
     }
 }
 
-fn spawn_worker(uri: &str, timeout: Duration, generation: u64) -> Result<Worker, LibvirtError> {
+fn spawn_worker(uri: &str, timeout: Duration, generation: u64) -> Result<Worker, HostError> {
     let (jobs, queue) = mpsc::channel::<Job>();
     let (opened_tx, opened) = mpsc::sync_channel(1);
     let thread_uri = uri.to_string();
@@ -208,16 +213,32 @@ fn spawn_worker(uri: &str, timeout: Duration, generation: u64) -> Result<Worker,
                 job(&conn);
             }
         })
-        .map_err(|e| LibvirtError::unavailable("connect", &format!("cannot start a thread: {e}")))?;
+        .map_err(|e| HostError::unavailable("connect", &format!("cannot start a thread: {e}")))?;
     match opened.recv_timeout(timeout) {
         Ok(Ok(())) => Ok(Worker { jobs, generation }),
-        Ok(Err(e)) => Err(LibvirtError::unavailable(
+        Ok(Err(e)) => Err(HostError::unavailable(
             "connect",
             &format!("cannot connect to {uri}: {}", e.message()),
         )),
-        Err(_) => Err(LibvirtError::unavailable(
+        Err(_) => Err(HostError::unavailable(
             "connect",
             &format!("{uri} did not answer within {timeout:?}"),
         )),
     }
+}
+
+/// Sorts an error from a call on a live connection.
+pub fn classify(op: &str, e: &virt::error::Error) -> HostError {
+    let code = e.code().to_raw();
+    let kind = if code == sys::VIR_ERR_NO_DOMAIN {
+        ErrorKind::Gone
+    } else if code == sys::VIR_ERR_OPERATION_INVALID && e.message().contains("not running") {
+        // "Requested operation is not valid: domain is not running"
+        ErrorKind::Gone
+    } else if code == sys::VIR_ERR_NO_CONNECT || code == sys::VIR_ERR_INVALID_CONN {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::Failed
+    };
+    HostError::new(op, kind, e.message())
 }

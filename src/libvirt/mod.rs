@@ -3,11 +3,9 @@
 
 mod calls;
 mod connection;
-mod error;
 
 pub use calls::{DomainRef, MemoryBinding, Pins, Scope};
 pub use connection::Libvirt;
-pub use error::{ErrorKind, LibvirtError};
 
 /// Stops libvirt from printing every error to stderr itself: numapin
 /// reports errors once, with context, through its own logging.

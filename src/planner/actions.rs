@@ -4,14 +4,14 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::idset::{CpuSet, NodeSet};
 
 use super::cpus::Pins;
 use super::domain_info::{DomainInfo, MemoryHandling};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     Emulatorpin {

@@ -178,7 +178,10 @@ impl DomainInfo<'_> {
 
     /// MiB that would move if the memory went to `nodes`.
     pub fn migrate_mib_to(&self, nodes: &NodeSet) -> u64 {
-        if matches!(self.memory, MemoryHandling::Fixed(_) | MemoryHandling::FirstTouch) {
+        if matches!(
+            self.memory,
+            MemoryHandling::Fixed(_) | MemoryHandling::FirstTouch
+        ) {
             return 0;
         }
         self.mib_outside(nodes)

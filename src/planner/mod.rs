@@ -387,7 +387,10 @@ fn fill_target(
 /// Locality once the plan is applied: per part, its vCPUs' pins against its
 /// memory (which stays put when the binding cannot change live).
 fn planned_locality(topo: &HostTopology, info: &DomainInfo, parts: &[Part], pins: &Pins) -> f64 {
-    if matches!(info.memory, MemoryHandling::Fixed(_) | MemoryHandling::FirstTouch) {
+    if matches!(
+        info.memory,
+        MemoryHandling::Fixed(_) | MemoryHandling::FirstTouch
+    ) {
         let w = vcpu_node_weights(topo, pins.vcpupin.values());
         return locality(topo, &w, &info.current.memory_mib).0;
     }

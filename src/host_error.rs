@@ -1,9 +1,8 @@
-//! libvirt failures sorted by what the caller should do about them.
+//! Failures of calls into the host (libvirt, the kernel), sorted by what
+//! the caller should do about them.
 
 use std::fmt;
 use std::time::Duration;
-
-use virt::sys;
 
 /// What kind of failure, so callers can tell "this domain is gone" (carry
 /// on with the others) from "libvirt is down" (retry later) from "libvirt
@@ -17,25 +16,25 @@ pub enum ErrorKind {
     Timeout,
     /// The domain does not exist or is not running any more.
     Gone,
-    /// libvirt refused or failed the call.
+    /// libvirt or the kernel refused or failed the call.
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct LibvirtError {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+pub struct HostError {
     /// The call, with the domain and target it was about.
     pub op: String,
     pub kind: ErrorKind,
     pub message: String,
 }
 
-impl fmt::Display for LibvirtError {
+impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.op, self.message)
     }
 }
 
-impl LibvirtError {
+impl HostError {
     pub fn new(op: &str, kind: ErrorKind, message: &str) -> Self {
         Self {
             op: op.to_string(),
@@ -65,20 +64,4 @@ impl LibvirtError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self.kind, ErrorKind::Unavailable | ErrorKind::Timeout)
     }
-}
-
-/// Sorts an error from a call on a live connection.
-pub fn classify(op: &str, e: &virt::error::Error) -> LibvirtError {
-    let code = e.code().to_raw();
-    let kind = if code == sys::VIR_ERR_NO_DOMAIN {
-        ErrorKind::Gone
-    } else if code == sys::VIR_ERR_OPERATION_INVALID && e.message().contains("not running") {
-        // "Requested operation is not valid: domain is not running"
-        ErrorKind::Gone
-    } else if code == sys::VIR_ERR_NO_CONNECT || code == sys::VIR_ERR_INVALID_CONN {
-        ErrorKind::Unavailable
-    } else {
-        ErrorKind::Failed
-    };
-    LibvirtError::new(op, kind, e.message())
 }

@@ -1,0 +1,357 @@
+//! Transaction and recovery rules against the fake host. The same
+//! guarantees are checked against a real libvirtd in tests/apply_live.rs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::host_error::ErrorKind;
+use crate::idset::IdSet;
+use crate::libvirt::{DomainRef, MemoryBinding, Pins};
+use crate::planner::Action;
+
+use super::fake::{FakeHost, FakeState};
+use super::journal::{Journal, Prior, Record};
+use super::recovery::{RecoveryResult, recover};
+use super::transaction::{Outcome, run};
+use super::{ApplyOptions, NoHook, StepHook};
+
+fn set(text: &str) -> IdSet {
+    text.parse().unwrap()
+}
+
+fn domain() -> DomainRef {
+    DomainRef {
+        name: "web-01".into(),
+        uuid: "6f1c0a52-0000-4000-8000-000000000001".into(),
+        id: 3,
+    }
+}
+
+fn state(mode: Option<&str>) -> FakeState {
+    FakeState {
+        domain: domain(),
+        running: true,
+        pins: Pins {
+            vcpus: BTreeMap::from([(0, set("0-7")), (1, set("0-7"))]),
+            emulator: set("0-7"),
+            iothreads: BTreeMap::from([(1, set("0-7"))]),
+        },
+        binding: MemoryBinding {
+            mode: mode.map(str::to_string),
+            nodeset: mode.map(|_| set("0")),
+        },
+        memory: BTreeMap::from([(0, 1024)]),
+        config_writes: Vec::new(),
+    }
+}
+
+/// A move of the whole domain to node 1 (CPUs 4-7).
+fn steps(memory: Action) -> Vec<Action> {
+    vec![
+        Action::Emulatorpin { cpus: set("4-7") },
+        Action::Iothreadpin {
+            iothread: 1,
+            cpus: set("4-7"),
+        },
+        Action::Vcpupin {
+            vcpu: 0,
+            cpus: set("4-5"),
+        },
+        Action::Vcpupin {
+            vcpu: 1,
+            cpus: set("6-7"),
+        },
+        memory,
+    ]
+}
+
+fn restrictive() -> Action {
+    Action::SetMemoryNodeset { nodeset: set("1") }
+}
+
+fn migrate() -> Action {
+    Action::MigratePages {
+        from: set("0"),
+        to: set("1"),
+        mib: 1024,
+    }
+}
+
+fn opts() -> ApplyOptions {
+    ApplyOptions {
+        persist: false,
+        memory_on_target_share: 0.9,
+        memory_verify_timeout: Duration::from_millis(300),
+    }
+}
+
+fn journal() -> (tempfile::TempDir, Journal) {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(tmp.path()).unwrap();
+    (tmp, j)
+}
+
+fn apply(host: &FakeHost, j: &Journal, steps: &[Action]) -> Outcome {
+    run(host, j, &opts(), &domain(), steps, &mut NoHook).unwrap()
+}
+
+#[test]
+fn applies_every_step_and_leaves_no_journal() {
+    for (mode, memory) in [(Some("restrictive"), restrictive()), (None, migrate())] {
+        let host = FakeHost::new(state(mode));
+        let (_t, j) = journal();
+        let outcome = apply(&host, &j, &steps(memory));
+        assert!(
+            matches!(outcome, Outcome::Applied { steps: 5, .. }),
+            "{outcome:?}"
+        );
+        let s = host.snapshot();
+        assert_eq!(s.pins.vcpus[&0], set("4-5"));
+        assert_eq!(s.pins.emulator, set("4-7"));
+        assert_eq!(s.pins.iothreads[&1], set("4-7"));
+        assert_eq!(s.memory, BTreeMap::from([(1, 1024)]));
+        assert!(s.config_writes.is_empty(), "live only unless persisting");
+        assert!(j.pending().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_failure_at_any_step_restores_the_prior_state() {
+    for (mode, memory) in [(Some("restrictive"), restrictive()), (None, migrate())] {
+        let all = steps(memory);
+        for k in 0..all.len() {
+            let before = state(mode);
+            let host = FakeHost::new(before.clone());
+            host.faults.borrow_mut().fail_change = Some((k, ErrorKind::Failed));
+            let (_t, j) = journal();
+            let outcome = apply(&host, &j, &all);
+            match &outcome {
+                Outcome::RolledBack {
+                    failed_step,
+                    restored,
+                    ..
+                } => {
+                    assert_eq!(*failed_step, k + 1);
+                    assert!(restored, "step {k}: {outcome:?}");
+                }
+                other => panic!("step {k}: {other:?}"),
+            }
+            let after = host.snapshot();
+            assert_eq!(after.pins, before.pins, "step {k}");
+            assert_eq!(after.binding, before.binding, "step {k}");
+            assert_eq!(after.memory, before.memory, "step {k}");
+            assert!(j.pending().unwrap().is_empty());
+            // Undo runs in reverse order of the steps done.
+            let changes = host.changes.borrow();
+            let undo: Vec<&String> = changes[k + 1..].iter().collect();
+            assert_eq!(undo.len(), k + 1, "step {k}: {changes:?}");
+            assert!(undo[0].starts_with(&changes[k][..4]), "{changes:?}");
+        }
+    }
+}
+
+#[test]
+fn a_pin_libvirt_did_not_apply_is_caught_and_rolled_back() {
+    let host = FakeHost::new(state(Some("restrictive")));
+    host.faults.borrow_mut().pins_do_not_stick = true;
+    let (_t, j) = journal();
+    match apply(&host, &j, &steps(restrictive())) {
+        Outcome::RolledBack {
+            failed_step, error, ..
+        } => {
+            assert_eq!(failed_step, 1);
+            assert!(error.message.contains("emulator on 0-7"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn threads_the_kernel_did_not_move_fail_the_transaction() {
+    let before = state(Some("restrictive"));
+    let host = FakeHost::new(before.clone());
+    host.faults.borrow_mut().threads_on = Some(set("0-7"));
+    let (_t, j) = journal();
+    match apply(&host, &j, &steps(restrictive())) {
+        Outcome::RolledBack {
+            error, restored, ..
+        } => {
+            assert!(
+                error.message.contains("the kernel has it on 0-7"),
+                "{error}"
+            );
+            assert!(restored);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(host.snapshot().pins, before.pins);
+}
+
+#[test]
+fn memory_that_does_not_arrive_is_moved_back() {
+    let host = FakeHost::new(state(None));
+    host.faults.borrow_mut().memory_stuck = true;
+    let (_t, j) = journal();
+    match apply(&host, &j, &steps(migrate())) {
+        Outcome::RolledBack { error, .. } => {
+            assert!(error.message.contains("only 0 of 1024 MiB"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let changes = host.changes.borrow();
+    assert_eq!(changes[5], "migrate_pages 1 -> 0", "{changes:?}");
+}
+
+#[test]
+fn a_domain_that_stops_midway_is_reported_not_failed() {
+    let host = FakeHost::new(state(Some("restrictive")));
+    host.faults.borrow_mut().stop_at_change = Some(2);
+    let (_t, j) = journal();
+    let outcome = apply(&host, &j, &steps(restrictive()));
+    assert!(matches!(outcome, Outcome::Vanished { .. }), "{outcome:?}");
+    assert!(!outcome.is_failure());
+    assert!(j.pending().unwrap().is_empty());
+}
+
+#[test]
+fn a_domain_restarted_since_planning_is_skipped_untouched() {
+    let mut s = state(None);
+    s.domain.id = 9;
+    let host = FakeHost::new(s);
+    let (_t, j) = journal();
+    let outcome = apply(&host, &j, &steps(migrate()));
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.contains("restarted")),
+        "{outcome:?}"
+    );
+    assert!(host.changes.borrow().is_empty());
+}
+
+#[test]
+fn libvirt_lost_mid_undo_keeps_the_journal_and_recovery_finishes_it() {
+    let before = state(Some("restrictive"));
+    let host = FakeHost::new(before.clone());
+    {
+        let mut f = host.faults.borrow_mut();
+        f.fail_change = Some((3, ErrorKind::Failed));
+        f.unreachable_from_change = Some(5);
+    }
+    let (_t, j) = journal();
+    let outcome = apply(&host, &j, &steps(restrictive()));
+    assert!(
+        matches!(outcome, Outcome::RollbackPending { failed_step: 4, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(j.pending().unwrap().len(), 1);
+
+    // While libvirt is still away, recovery refuses to go on.
+    assert!(recover(&host, &j).is_err());
+    assert_eq!(j.pending().unwrap().len(), 1);
+
+    // libvirt is back: the next start rolls the transaction back.
+    host.faults.borrow_mut().unreachable_from_change = None;
+    let recovered = recover(&host, &j).unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].result, RecoveryResult::RolledBack);
+    assert_eq!(host.snapshot().pins, before.pins);
+    assert_eq!(host.snapshot().binding, before.binding);
+    assert!(j.pending().unwrap().is_empty());
+}
+
+/// Stops the transaction for good after `at` steps, as a SIGKILL would.
+struct KillAt(usize);
+impl StepHook for KillAt {
+    fn before_step(&mut self, _d: &DomainRef, index: usize, _s: &Action) {
+        if index == self.0 {
+            std::panic::panic_any("killed");
+        }
+    }
+}
+
+#[test]
+fn a_transaction_killed_between_steps_is_rolled_back_at_the_next_start() {
+    for at in 1..5 {
+        let before = state(Some("restrictive"));
+        let host = FakeHost::new(before.clone());
+        let (_t, j) = journal();
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(
+                &host,
+                &j,
+                &opts(),
+                &domain(),
+                &steps(restrictive()),
+                &mut KillAt(at),
+            )
+        }));
+        assert!(killed.is_err());
+        assert_ne!(host.snapshot().pins, before.pins, "half applied");
+        let pending = j.pending().unwrap();
+        assert_eq!(pending[0].attempted, at);
+
+        let recovered = recover(&host, &j).unwrap();
+        assert_eq!(recovered[0].result, RecoveryResult::RolledBack);
+        assert_eq!(host.snapshot().pins, before.pins, "killed before step {at}");
+        assert_eq!(host.snapshot().binding, before.binding);
+        assert!(j.pending().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn recovery_drops_records_of_domains_that_stopped_or_restarted() {
+    let (_t, j) = journal();
+    let prior = Prior {
+        pins: state(None).pins,
+        binding: state(None).binding,
+        memory_mib: BTreeMap::new(),
+    };
+    j.write(&Record::new(domain(), prior, steps(migrate())))
+        .unwrap();
+    let mut restarted = state(None);
+    restarted.domain.id = 4;
+    let host = FakeHost::new(restarted);
+    let recovered = recover(&host, &j).unwrap();
+    assert!(
+        matches!(&recovered[0].result, RecoveryResult::Obsolete { reason } if reason.contains("restarted")),
+        "{recovered:?}"
+    );
+    assert!(host.changes.borrow().is_empty());
+    assert!(j.pending().unwrap().is_empty());
+}
+
+#[test]
+fn persisting_writes_the_definition_after_the_live_change_is_verified() {
+    let host = FakeHost::new(state(Some("restrictive")));
+    let (_t, j) = journal();
+    let mut o = opts();
+    o.persist = true;
+    let outcome = run(&host, &j, &o, &domain(), &steps(restrictive()), &mut NoHook).unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Applied {
+                persisted: Some(true),
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        host.snapshot().config_writes,
+        [
+            "emulator=4-7",
+            "iothread1=4-7",
+            "vcpu0=4-5",
+            "vcpu1=6-7",
+            "nodeset=1"
+        ]
+    );
+    let changes = host.changes.borrow();
+    let first_config = changes.iter().position(|c| c.ends_with("Config")).unwrap();
+    assert!(
+        changes[..first_config]
+            .iter()
+            .all(|c| !c.ends_with("Config"))
+    );
+    assert_eq!(first_config, 5, "{changes:?}");
+}

@@ -1,0 +1,484 @@
+//! One domain's change as a transaction: record the prior state, journal
+//! it, apply the steps in order, read each back, and on any failure undo
+//! the steps already started in reverse order. A domain is never left
+//! half-moved: it ends as planned, as it was, or (when libvirt itself went
+//! away mid-undo) with its journal record kept for the next start.
+
+use std::collections::BTreeMap;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::host_error::{ErrorKind, HostError};
+use crate::idset::NodeSet;
+use crate::libvirt::{DomainRef, Scope};
+use crate::planner::Action;
+
+use super::host::DomainHost;
+use super::journal::{Journal, JournalError, Prior, Record};
+use super::{ApplyOptions, StepHook};
+
+/// How one domain's transaction ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every step applied and verified.
+    Applied {
+        steps: usize,
+        /// Whether the change was also written to the persistent
+        /// definition (None: not asked for, or the domain is transient).
+        persisted: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        persist_error: Option<String>,
+    },
+    /// The domain stopped before or during its transaction. Not an error.
+    Vanished { during: String },
+    /// Not attempted, and why.
+    Skipped { reason: String },
+    /// A step failed and the steps before it were undone.
+    RolledBack {
+        failed_step: usize,
+        action: String,
+        error: HostError,
+        /// Whether the prior state was read back after the undo.
+        restored: bool,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        undo_errors: Vec<String>,
+    },
+    /// A step failed and the undo could not finish because libvirt could
+    /// not be reached; the journal record is kept and the next start
+    /// completes the rollback.
+    RollbackPending {
+        failed_step: usize,
+        action: String,
+        error: HostError,
+        undo_errors: Vec<String>,
+    },
+}
+
+impl Outcome {
+    /// Whether the outcome needs an operator's or a retry's attention.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            Outcome::RolledBack { .. } | Outcome::RollbackPending { .. }
+        )
+    }
+}
+
+/// Runs the transaction of one domain. `expected` is the domain as it was
+/// when planned; a domain restarted since then is skipped, because its
+/// plan describes threads that no longer exist.
+pub fn run(
+    host: &dyn DomainHost,
+    journal: &Journal,
+    opts: &ApplyOptions,
+    expected: &DomainRef,
+    steps: &[Action],
+    hook: &mut dyn StepHook,
+) -> Result<Outcome, JournalError> {
+    let d = match host.domain(&expected.uuid) {
+        Ok(d) => d,
+        Err(e) if e.is_gone() => {
+            return Ok(Outcome::Vanished {
+                during: "lookup before the first step".into(),
+            });
+        }
+        Err(e) => {
+            return Ok(Outcome::Skipped {
+                reason: e.to_string(),
+            });
+        }
+    };
+    if d.id != expected.id {
+        return Ok(Outcome::Skipped {
+            reason: format!(
+                "restarted since it was planned (id {} -> {})",
+                expected.id, d.id
+            ),
+        });
+    }
+    let prior = match read_prior(host, &d, steps) {
+        Ok(p) => p,
+        Err(e) if e.is_gone() => {
+            return Ok(Outcome::Vanished {
+                during: "reading its state".into(),
+            });
+        }
+        Err(e) => {
+            return Ok(Outcome::Skipped {
+                reason: e.to_string(),
+            });
+        }
+    };
+    let mut record = Record::new(d.clone(), prior, steps.to_vec());
+    journal.write(&record)?;
+
+    for (i, step) in steps.iter().enumerate() {
+        hook.before_step(&d, i, step);
+        record.attempted = i + 1;
+        journal.write(&record)?;
+        tracing::info!(domain = %d.name, action = %step, step = i + 1, of = steps.len(), "applying");
+        if let Err(error) = execute(host, &d, step, opts) {
+            return fail(host, journal, &record, i, error);
+        }
+    }
+    if let Err(error) = verify_threads(host, &d, steps) {
+        return fail(host, journal, &record, steps.len() - 1, error);
+    }
+    journal.remove(&d.uuid)?;
+    let (persisted, persist_error) = if opts.persist {
+        persist(host, &d, steps)
+    } else {
+        (None, None)
+    };
+    Ok(Outcome::Applied {
+        steps: steps.len(),
+        persisted,
+        persist_error,
+    })
+}
+
+/// What the steps will touch, as it is now.
+fn read_prior(host: &dyn DomainHost, d: &DomainRef, steps: &[Action]) -> Result<Prior, HostError> {
+    let moves_memory = steps.iter().any(|s| {
+        matches!(
+            s,
+            Action::MigratePages { .. } | Action::SetMemoryNodeset { .. }
+        )
+    });
+    Ok(Prior {
+        pins: host.pins(d)?,
+        binding: host.memory_binding(d)?,
+        memory_mib: if moves_memory {
+            host.memory_per_node(d)?
+        } else {
+            BTreeMap::new()
+        },
+    })
+}
+
+/// Applies one step and reads it back.
+fn execute(
+    host: &dyn DomainHost,
+    d: &DomainRef,
+    step: &Action,
+    opts: &ApplyOptions,
+) -> Result<(), HostError> {
+    let mismatch =
+        |what: String| HostError::new(&format!("verify {step}"), ErrorKind::Failed, &what);
+    match step {
+        Action::Vcpupin { vcpu, cpus } => {
+            host.pin_vcpu(d, *vcpu, cpus, Scope::Live)?;
+            let now = host.pins(d)?.vcpus.get(vcpu).cloned();
+            if now.as_ref() != Some(cpus) {
+                return Err(mismatch(format!(
+                    "libvirt reports vCPU {vcpu} on {} after pinning it to {cpus}",
+                    show(now.as_ref())
+                )));
+            }
+        }
+        Action::Emulatorpin { cpus } => {
+            host.pin_emulator(d, cpus, Scope::Live)?;
+            let now = host.pins(d)?.emulator;
+            if &now != cpus {
+                return Err(mismatch(format!(
+                    "libvirt reports the emulator on {now} after pinning it to {cpus}"
+                )));
+            }
+        }
+        Action::Iothreadpin { iothread, cpus } => {
+            host.pin_iothread(d, *iothread, cpus, Scope::Live)?;
+            let now = host.pins(d)?.iothreads.get(iothread).cloned();
+            if now.as_ref() != Some(cpus) {
+                return Err(mismatch(format!(
+                    "libvirt reports iothread {iothread} on {} after pinning it to {cpus}",
+                    show(now.as_ref())
+                )));
+            }
+        }
+        Action::SetMemoryNodeset { nodeset } => {
+            host.set_memory_nodeset(d, nodeset, Scope::Live)?;
+            let now = host.memory_binding(d)?.nodeset;
+            if now.as_ref() != Some(nodeset) {
+                return Err(mismatch(format!(
+                    "libvirt reports memory nodeset {} after setting {nodeset}",
+                    show(now.as_ref())
+                )));
+            }
+            wait_for_memory(host, d, nodeset, opts)?;
+        }
+        Action::MigratePages { from, to, .. } => {
+            host.migrate_pages(d, from, to)?;
+            wait_for_memory(host, d, to, opts)?;
+        }
+    }
+    Ok(())
+}
+
+fn show(set: Option<&crate::idset::IdSet>) -> String {
+    set.map_or_else(|| "nothing".into(), |s| s.to_string())
+}
+
+/// Waits until the configured share of the domain's memory is on
+/// `target`. A restrictive nodeset change migrates in the background, so
+/// this polls; migrate_pages(2) returns when done, so it passes at once.
+fn wait_for_memory(
+    host: &dyn DomainHost,
+    d: &DomainRef,
+    target: &NodeSet,
+    opts: &ApplyOptions,
+) -> Result<(), HostError> {
+    let deadline = Instant::now() + opts.memory_verify_timeout;
+    loop {
+        let mem = host.memory_per_node(d)?;
+        let total: u64 = mem.values().sum();
+        let on: u64 = mem
+            .iter()
+            .filter(|(n, _)| target.contains(**n))
+            .map(|(_, m)| m)
+            .sum();
+        if total == 0 || on as f64 >= opts.memory_on_target_share * total as f64 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(HostError::new(
+                &format!("verify memory of {} on node(s) {target}", d.name),
+                ErrorKind::Failed,
+                &format!(
+                    "only {on} of {total} MiB there after {:?} (needs {:.0}%)",
+                    opts.memory_verify_timeout,
+                    opts.memory_on_target_share * 100.0
+                ),
+            ));
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The kernel's view: every vCPU thread's affinity is what was pinned.
+/// Catches a libvirt that reports a pin it did not apply.
+fn verify_threads(host: &dyn DomainHost, d: &DomainRef, steps: &[Action]) -> Result<(), HostError> {
+    let wanted: BTreeMap<u32, &crate::idset::CpuSet> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Action::Vcpupin { vcpu, cpus } => Some((*vcpu, cpus)),
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let actual = host.vcpu_thread_affinity(d)?;
+    for (vcpu, cpus) in wanted {
+        // An offline vCPU has no thread; libvirt keeps its pin for later.
+        if let Some(now) = actual.get(&vcpu)
+            && now != cpus
+        {
+            return Err(HostError::new(
+                &format!("verify vCPU {vcpu} thread of {}", d.name),
+                ErrorKind::Failed,
+                &format!("the kernel has it on {now}, not {cpus}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Step `failed` went wrong: undo it and everything before it.
+fn fail(
+    host: &dyn DomainHost,
+    journal: &Journal,
+    record: &Record,
+    failed: usize,
+    error: HostError,
+) -> Result<Outcome, JournalError> {
+    let d = &record.domain;
+    let action = record.steps[failed].to_string();
+    if error.is_gone() {
+        tracing::warn!(domain = %d.name, action, "domain stopped during its transaction");
+        journal.remove(&d.uuid)?;
+        return Ok(Outcome::Vanished {
+            during: format!("step {} ({action})", failed + 1),
+        });
+    }
+    tracing::warn!(domain = %d.name, action, step = failed + 1, error = %error, "step failed; rolling back");
+    let undo = rollback(host, record);
+    if undo.gone {
+        journal.remove(&d.uuid)?;
+        return Ok(Outcome::Vanished {
+            during: format!("rollback after step {} failed: {error}", failed + 1),
+        });
+    }
+    if undo.unreachable {
+        tracing::error!(domain = %d.name, "libvirt unreachable during rollback; the journal keeps the transaction for the next start");
+        return Ok(Outcome::RollbackPending {
+            failed_step: failed + 1,
+            action,
+            error,
+            undo_errors: undo.errors,
+        });
+    }
+    journal.remove(&d.uuid)?;
+    Ok(Outcome::RolledBack {
+        failed_step: failed + 1,
+        action,
+        error,
+        restored: undo.restored,
+        undo_errors: undo.errors,
+    })
+}
+
+/// The result of undoing a record's started steps.
+#[derive(Debug, Default)]
+pub struct Undo {
+    pub restored: bool,
+    /// The domain stopped: nothing left to restore.
+    pub gone: bool,
+    /// libvirt could not be reached: try again later.
+    pub unreachable: bool,
+    pub errors: Vec<String>,
+}
+
+/// Undoes the started steps of `record` in reverse order, then reads the
+/// state back and compares it with the prior state. Every step is undone
+/// even when an earlier undo fails: each restores an independent setting.
+pub fn rollback(host: &dyn DomainHost, record: &Record) -> Undo {
+    let d = &record.domain;
+    let prior = &record.prior;
+    let mut undo = Undo::default();
+    for step in record.steps[..record.attempted.min(record.steps.len())]
+        .iter()
+        .rev()
+    {
+        let result = match step {
+            Action::Vcpupin { vcpu, .. } => match prior.pins.vcpus.get(vcpu) {
+                Some(cpus) => host.pin_vcpu(d, *vcpu, cpus, Scope::Live),
+                None => Ok(()),
+            },
+            Action::Emulatorpin { .. } => host.pin_emulator(d, &prior.pins.emulator, Scope::Live),
+            Action::Iothreadpin { iothread, .. } => match prior.pins.iothreads.get(iothread) {
+                Some(cpus) => host.pin_iothread(d, *iothread, cpus, Scope::Live),
+                None => Ok(()),
+            },
+            Action::SetMemoryNodeset { .. } => match &prior.binding.nodeset {
+                Some(nodeset) => host.set_memory_nodeset(d, nodeset, Scope::Live),
+                None => Ok(()),
+            },
+            // Pages that moved go back where they came from.
+            Action::MigratePages { from, to, .. } => host.migrate_pages(d, to, from),
+        };
+        match result {
+            Ok(()) => tracing::info!(domain = %d.name, action = %step, "undone"),
+            Err(e) if e.is_gone() => {
+                undo.gone = true;
+                return undo;
+            }
+            Err(e) => {
+                undo.unreachable |= e.is_unreachable();
+                tracing::error!(domain = %d.name, action = %step, error = %e, "undo failed");
+                undo.errors.push(e.to_string());
+            }
+        }
+    }
+    match read_back_matches(host, record) {
+        Ok(mismatches) => {
+            for m in &mismatches {
+                tracing::error!(domain = %d.name, mismatch = %m, "not restored");
+            }
+            undo.restored = mismatches.is_empty() && undo.errors.is_empty();
+            undo.errors.extend(mismatches);
+        }
+        Err(e) if e.is_gone() => undo.gone = true,
+        Err(e) => {
+            undo.unreachable |= e.is_unreachable();
+            undo.errors.push(format!("read back: {e}"));
+        }
+    }
+    undo
+}
+
+/// Differences between the domain now and its prior state, for the
+/// settings the record's steps touched.
+fn read_back_matches(host: &dyn DomainHost, record: &Record) -> Result<Vec<String>, HostError> {
+    let d = &record.domain;
+    let prior = &record.prior;
+    let pins = host.pins(d)?;
+    let mut out = Vec::new();
+    for step in &record.steps[..record.attempted.min(record.steps.len())] {
+        match step {
+            Action::Vcpupin { vcpu, .. } => {
+                if let Some(was) = prior.pins.vcpus.get(vcpu)
+                    && pins.vcpus.get(vcpu) != Some(was)
+                {
+                    out.push(format!(
+                        "vCPU {vcpu} is on {}, was {was}",
+                        show(pins.vcpus.get(vcpu))
+                    ));
+                }
+            }
+            Action::Emulatorpin { .. } if pins.emulator != prior.pins.emulator => {
+                out.push(format!(
+                    "emulator is on {}, was {}",
+                    pins.emulator, prior.pins.emulator
+                ));
+            }
+            Action::Iothreadpin { iothread, .. } => {
+                if let Some(was) = prior.pins.iothreads.get(iothread)
+                    && pins.iothreads.get(iothread) != Some(was)
+                {
+                    out.push(format!(
+                        "iothread {iothread} is on {}, was {was}",
+                        show(pins.iothreads.get(iothread))
+                    ));
+                }
+            }
+            Action::SetMemoryNodeset { .. } => {
+                let now = host.memory_binding(d)?.nodeset;
+                if now != prior.binding.nodeset {
+                    out.push(format!(
+                        "memory nodeset is {}, was {}",
+                        show(now.as_ref()),
+                        show(prior.binding.nodeset.as_ref())
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the verified live settings into the persistent definition.
+/// Failing here leaves the live change in place (it is verified) and is
+/// reported; the next start would re-place the domain anyway.
+fn persist(
+    host: &dyn DomainHost,
+    d: &DomainRef,
+    steps: &[Action],
+) -> (Option<bool>, Option<String>) {
+    match host.is_persistent(d) {
+        Ok(false) => return (None, None),
+        Ok(true) => {}
+        Err(e) => return (Some(false), Some(e.to_string())),
+    }
+    for step in steps {
+        let result = match step {
+            Action::Vcpupin { vcpu, cpus } => host.pin_vcpu(d, *vcpu, cpus, Scope::Config),
+            Action::Emulatorpin { cpus } => host.pin_emulator(d, cpus, Scope::Config),
+            Action::Iothreadpin { iothread, cpus } => {
+                host.pin_iothread(d, *iothread, cpus, Scope::Config)
+            }
+            Action::SetMemoryNodeset { nodeset } => {
+                host.set_memory_nodeset(d, nodeset, Scope::Config)
+            }
+            Action::MigratePages { .. } => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(domain = %d.name, action = %step, error = %e, "could not persist");
+            return (Some(false), Some(e.to_string()));
+        }
+    }
+    (Some(true), None)
+}
