@@ -45,31 +45,32 @@ impl DomainObservation {
 }
 
 /// The file as written: TOML keys are strings, converted and checked below.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ObservationsFile {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     nodes: BTreeMap<String, NodeEntry>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     domains: BTreeMap<String, DomainEntry>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     cpu_steal: BTreeMap<String, f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct NodeEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
     free_mib: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     free_hugepages: BTreeMap<String, u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct DomainEntry {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     memory_mib: BTreeMap<String, u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     vcpu_load: Vec<f64>,
 }
 
@@ -117,6 +118,13 @@ impl Observations {
         Self::from_toml(&text, path)
     }
 
+    /// The file form (`observations.toml` of a snapshot). Loads back to the
+    /// same observations, with loads and steal rounded to 0.001.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&ObservationsFile::from(self))
+            .unwrap_or_else(|e| format!("# cannot print observations: {e}\n"))
+    }
+
     /// Parses observation text; `path` only labels errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ObservationsError> {
         let file: ObservationsFile =
@@ -130,6 +138,48 @@ impl Observations {
                 key,
                 reason,
             })
+    }
+}
+
+fn keyed<K: ToString>(m: &BTreeMap<K, u64>) -> BTreeMap<String, u64> {
+    m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+impl From<&Observations> for ObservationsFile {
+    fn from(o: &Observations) -> Self {
+        ObservationsFile {
+            nodes: o
+                .nodes
+                .iter()
+                .map(|(id, n)| {
+                    let entry = NodeEntry {
+                        free_mib: n.free_mib,
+                        free_hugepages: keyed(&n.free_hugepages),
+                    };
+                    (id.to_string(), entry)
+                })
+                .collect(),
+            domains: o
+                .domains
+                .iter()
+                .map(|(name, d)| {
+                    let entry = DomainEntry {
+                        memory_mib: keyed(&d.memory_mib),
+                        vcpu_load: d
+                            .vcpu_load
+                            .iter()
+                            .map(|l| (l * 1000.0).round() / 1000.0)
+                            .collect(),
+                    };
+                    (name.clone(), entry)
+                })
+                .collect(),
+            cpu_steal: o
+                .cpu_steal
+                .iter()
+                .map(|(cpu, s)| (cpu.to_string(), (s * 1000.0).round() / 1000.0))
+                .collect(),
+        }
     }
 }
 
@@ -214,6 +264,24 @@ mod tests {
         assert_eq!(o.nodes[&0].free_hugepages[&2048], 512);
         assert_eq!(o.domains["web-01"].resident_mib(), 4100);
         assert_eq!(o.cpu_steal[&1], 0.25);
+    }
+
+    #[test]
+    fn printed_observations_load_back() {
+        let text = r#"
+            [nodes.0]
+            free_mib = 1200
+            free_hugepages = { "2048" = 512 }
+            [nodes.1]
+            [domains."web 01"]
+            memory_mib = { "0" = 3900, "1" = 200 }
+            vcpu_load = [0.35, 0.2]
+            [cpu_steal]
+            "0-1" = 0.25
+            "#;
+        let o = parse(text).unwrap();
+        let printed = o.to_toml();
+        assert_eq!(parse(&printed).unwrap(), o, "{printed}");
     }
 
     #[test]
