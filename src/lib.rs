@@ -3,7 +3,8 @@
 //!
 //! The crate is split into a pure core that needs no machine
 //! ([`idset`], [`topology`], [`guest`], [`config`], [`observations`],
-//! [`planner`]) and the adapters that read or change a real host.
+//! [`planner`]) and the adapters that read or change a real host
+//! ([`observe`] reads what a running host measures).
 
 pub mod cli;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod exit;
 pub mod guest;
 pub mod idset;
 pub mod observations;
+pub mod observe;
 pub mod planner;
 pub mod report;
 pub mod snapshot;
