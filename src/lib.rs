@@ -3,7 +3,8 @@
 //!
 //! The crate is split into a pure core that needs no machine
 //! ([`idset`], [`topology`], [`guest`], [`config`], [`observations`],
-//! [`planner`]) and the adapters that read or change a real host.
+//! [`planner`]) and the adapters that read or change a real host
+//! ([`observe`] reads what a running host measures).
 
 pub mod apply;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod host_error;
 pub mod idset;
 pub mod libvirt;
 pub mod observations;
+pub mod observe;
 pub mod planner;
 pub mod report;
 pub mod snapshot;

@@ -138,7 +138,7 @@ fn node_dir(root: &Path, id: u32) -> PathBuf {
 }
 
 /// Ids of the `nodeN` directories; empty when the kernel has no NUMA.
-fn node_ids(root: &Path) -> Result<NodeSet, SysfsError> {
+pub(crate) fn node_ids(root: &Path) -> Result<NodeSet, SysfsError> {
     let dir = root.join(NODE_DIR);
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
