@@ -1,8 +1,8 @@
-//! Command line: `numapin plan | topology | check-config`.
+//! Command line: `numapin plan | topology | check-config | snapshot | status | apply`.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,4 +56,62 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Capture this host (capabilities, running domains' XML, observations)
+    /// into a snapshot directory that `plan --snapshot` reads.
+    Snapshot {
+        /// New or empty directory to write.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        live: LiveArgs,
+    },
+    /// Where every running domain's vCPUs and memory are, and each node's load.
+    Status {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        live: LiveArgs,
+    },
+    /// Observe, plan and apply once: one verified transaction per domain,
+    /// rolled back on failure.
+    Apply {
+        /// Print the exact actions and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Reconsider domains the move threshold would keep in place.
+        #[arg(long)]
+        rebalance: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Wait this many milliseconds between the steps of a transaction,
+        /// to watch a change roll out step by step.
+        #[arg(long, value_name = "MS", hide = true)]
+        pause_between_steps_ms: Option<u64>,
+        #[command(flatten)]
+        live: LiveArgs,
+    },
+    /// Roll back the transactions a killed numapin left unfinished, and
+    /// change nothing else. (`apply` and the daemon do this first anyway.)
+    Recover {
+        #[command(flatten)]
+        live: LiveArgs,
+    },
+}
+
+/// Options of the commands that read the live host.
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    /// Config file [default: /etc/numapin/numapin.toml if it exists, else built-in defaults].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// libvirt connection URI [default: the config's libvirt.uri].
+    #[arg(long, value_name = "URI")]
+    pub uri: Option<String>,
+    /// Seconds between the two readings that measure vCPU load and steal
+    /// time; 0 skips measuring (loads then default to planner.default_vcpu_load).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub sample: f64,
+    /// Root of the /proc and /sys trees to read.
+    #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
+    pub root: PathBuf,
 }

@@ -20,6 +20,9 @@ pub enum Exit {
     Software = 70,
     /// Reading or writing a file failed.
     IoErr = 74,
+    /// Some changes failed and were rolled back, or another numapin holds
+    /// the state dir: retrying later may succeed.
+    TempFail = 75,
     /// The configuration is invalid.
     Config = 78,
 }

@@ -8,12 +8,14 @@
 
 pub mod apply;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod exit;
 pub mod guest;
 pub mod host_error;
 pub mod idset;
 pub mod libvirt;
+pub mod live;
 pub mod observations;
 pub mod observe;
 pub mod planner;

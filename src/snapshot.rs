@@ -57,6 +57,14 @@ pub enum SnapshotError {
         other: PathBuf,
         name: String,
     },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not empty; give a new or empty directory")]
+    NotEmpty { path: PathBuf },
     #[error("{path}: persistent XML without live XML {live}")]
     OrphanInactive { path: PathBuf, live: PathBuf },
 }
@@ -159,4 +167,47 @@ pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
         domains: by_name.into_values().map(|(_, d)| d).collect(),
         observations,
     })
+}
+
+/// One domain of a snapshot being written.
+pub struct DomainXml<'a> {
+    pub name: &'a str,
+    pub live: &'a str,
+    pub persistent: Option<&'a str>,
+}
+
+/// Writes a snapshot directory that [`load`] reads back. Refuses a
+/// directory that already has files, so two hosts are never mixed.
+pub fn write(
+    dir: &Path,
+    capabilities_xml: &str,
+    domains: &[DomainXml],
+    observations: &Observations,
+) -> Result<(), SnapshotError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SnapshotError::Write { path, source }
+    };
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && entries.next().is_some()
+    {
+        return Err(SnapshotError::NotEmpty {
+            path: dir.to_path_buf(),
+        });
+    }
+    let domains_dir = dir.join(DOMAINS);
+    std::fs::create_dir_all(&domains_dir).map_err(io(&domains_dir))?;
+    let caps = dir.join(CAPABILITIES);
+    std::fs::write(&caps, capabilities_xml).map_err(io(&caps))?;
+    for d in domains {
+        let live = domains_dir.join(format!("{}.xml", d.name));
+        std::fs::write(&live, d.live).map_err(io(&live))?;
+        if let Some(p) = d.persistent {
+            let path = domains_dir.join(format!("{}{INACTIVE_SUFFIX}", d.name));
+            std::fs::write(&path, p).map_err(io(&path))?;
+        }
+    }
+    let obs = dir.join(OBSERVATIONS);
+    std::fs::write(&obs, observations.to_toml()).map_err(io(&obs))?;
+    Ok(())
 }

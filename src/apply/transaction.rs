@@ -119,7 +119,14 @@ pub fn run(
         hook.before_step(&d, i, step);
         record.attempted = i + 1;
         journal.write(&record)?;
-        tracing::info!(domain = %d.name, action = %step, step = i + 1, of = steps.len(), "applying");
+        tracing::info!(
+            domain = %d.name,
+            action = %step,
+            from = %prior_value(&record.prior, step),
+            step = i + 1,
+            of = steps.len(),
+            "applying"
+        );
         if let Err(error) = execute(host, &d, step, opts) {
             return fail(host, journal, &record, i, error);
         }
@@ -215,6 +222,17 @@ fn execute(
         }
     }
     Ok(())
+}
+
+/// What a step's setting was before the transaction, for the log.
+fn prior_value(prior: &Prior, step: &Action) -> String {
+    match step {
+        Action::Vcpupin { vcpu, .. } => show(prior.pins.vcpus.get(vcpu)),
+        Action::Emulatorpin { .. } => prior.pins.emulator.to_string(),
+        Action::Iothreadpin { iothread, .. } => show(prior.pins.iothreads.get(iothread)),
+        Action::SetMemoryNodeset { .. } => show(prior.binding.nodeset.as_ref()),
+        Action::MigratePages { from, .. } => from.to_string(),
+    }
 }
 
 fn show(set: Option<&crate::idset::IdSet>) -> String {

@@ -206,6 +206,13 @@ impl Libvirt {
         })
     }
 
+    pub fn is_persistent(&self, d: &DomainRef) -> Result<bool, HostError> {
+        let uuid = d.uuid.clone();
+        self.call(&format!("is {} persistent", d.name), move |c| {
+            lookup(c, &uuid)?.is_persistent()
+        })
+    }
+
     pub fn pins(&self, d: &DomainRef) -> Result<Pins, HostError> {
         let uuid = d.uuid.clone();
         self.call(&format!("read pins of {}", d.name), move |c| {

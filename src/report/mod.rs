@@ -1,6 +1,8 @@
 //! Human-readable renderings of numapin's results; JSON comes from serde.
 
+pub mod apply_table;
 pub mod plan_table;
+pub mod status;
 pub mod topology_table;
 
 /// MiB as a short human figure: "512 MiB", "16 GiB", "1.5 TiB".
@@ -17,6 +19,22 @@ pub fn mib(value: u64) -> String {
     } else {
         format!("{value} MiB")
     }
+}
+
+/// "outer: inner: innermost", each cause once (a cause already quoted in
+/// its parent's message is not repeated).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 pub fn percent(fraction: f64) -> String {

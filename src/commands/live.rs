@@ -1,0 +1,275 @@
+//! Commands that read (and for apply, change) the running host through
+//! libvirt and the kernel's files.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::apply::recovery::{self, RecoveryError, RecoveryResult};
+use crate::apply::{
+    self, ApplyOptions, Journal, JournalError, NoHook, PauseBetweenSteps, StepHook,
+};
+use crate::cli::{Format, LiveArgs};
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::libvirt::{self, Libvirt};
+use crate::live::state::LiveError;
+use crate::live::{LiveHost, LiveState, Sampler};
+use crate::planner::{self, Plan, PlanInput};
+use crate::report::{apply_table, status as status_report};
+use crate::snapshot::{self, DomainXml};
+
+use super::{Failure, config_for_host, load_config, print_json};
+
+struct Session {
+    config: Config,
+    source: String,
+    host: LiveHost,
+    sampler: Sampler,
+}
+
+impl From<LiveError> for Failure {
+    fn from(e: LiveError) -> Self {
+        let exit = match &e {
+            LiveError::Libvirt(_) => Exit::Unavailable,
+            LiveError::Capabilities(_) => Exit::DataErr,
+            LiveError::NodeMemory { .. } => Exit::IoErr,
+        };
+        Failure::new(exit, e)
+    }
+}
+
+impl From<JournalError> for Failure {
+    fn from(e: JournalError) -> Self {
+        let exit = match &e {
+            JournalError::Locked { .. } => Exit::TempFail,
+            JournalError::Corrupt { .. } => Exit::DataErr,
+            JournalError::Io { .. } => Exit::IoErr,
+        };
+        Failure::new(exit, e)
+    }
+}
+
+fn connect(args: &LiveArgs) -> Result<Session, Failure> {
+    let (config, source) = load_config(args.config.as_deref())?;
+    if !(args.sample.is_finite() && (0.0..=60.0).contains(&args.sample)) {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("--sample {} is not between 0 and 60 seconds", args.sample),
+        ));
+    }
+    libvirt::silence_default_error_printer();
+    let uri = args
+        .uri
+        .clone()
+        .unwrap_or_else(|| config.libvirt.uri.clone());
+    let lv = Libvirt::new(&uri, Duration::from_secs(config.libvirt.call_timeout_secs));
+    lv.connect()
+        .map_err(|e| Failure::new(Exit::Unavailable, e))?;
+    let sampler = Sampler::new(
+        lv.clone(),
+        args.root.clone(),
+        config.planner.default_vcpu_load,
+    );
+    Ok(Session {
+        host: LiveHost::new(lv, args.root.clone()),
+        sampler,
+        config,
+        source,
+    })
+}
+
+impl Session {
+    fn read(&mut self, args: &LiveArgs) -> Result<LiveState, Failure> {
+        let state = self.sampler.read(Duration::from_secs_f64(args.sample))?;
+        config_for_host(&self.config, &self.source, &state.topology)?;
+        Ok(state)
+    }
+
+    fn plan(&self, state: &LiveState, rebalance: bool, exclude: &[String]) -> Plan {
+        let inputs: Vec<_> = state
+            .inputs()
+            .into_iter()
+            .filter(|d| !exclude.contains(&d.live.uuid))
+            .collect();
+        planner::plan(&PlanInput {
+            topology: &state.topology,
+            domains: &inputs,
+            observations: &state.observations,
+            config: &self.config,
+            rebalance_all: rebalance,
+        })
+    }
+}
+
+pub fn snapshot(out: &Path, args: &LiveArgs) -> Result<(), Failure> {
+    let mut s = connect(args)?;
+    let state = s.read(args)?;
+    let domains: Vec<DomainXml> = state
+        .domains
+        .iter()
+        .map(|d| DomainXml {
+            name: &d.r.name,
+            live: &d.live_xml,
+            persistent: d.persistent_xml.as_deref(),
+        })
+        .collect();
+    snapshot::write(out, &state.capabilities_xml, &domains, &state.observations)
+        .map_err(|e| Failure::new(Exit::IoErr, e))?;
+    println!(
+        "wrote a snapshot of {} running domain(s) on {} node(s) to {}",
+        domains.len(),
+        state.topology.nodes.len(),
+        out.display()
+    );
+    for u in &state.unreadable {
+        println!("not included, unreadable: {}: {}", u.name, u.reason);
+    }
+    Ok(())
+}
+
+/// Names of domains with an unfinished transaction, without creating the
+/// state dir (status may run as a user who cannot).
+fn pending_names(state_dir: &Path) -> Vec<String> {
+    if !state_dir.exists() {
+        return Vec::new();
+    }
+    match Journal::open(state_dir).and_then(|j| j.pending()) {
+        Ok(records) => records.into_iter().map(|r| r.domain.name).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the transaction journal");
+            Vec::new()
+        }
+    }
+}
+
+pub fn status(format: Format, args: &LiveArgs) -> Result<(), Failure> {
+    let mut s = connect(args)?;
+    let state = s.read(args)?;
+    let plan = s.plan(&state, false, &[]);
+    let pending = pending_names(&s.config.apply.state_dir);
+    let report = status_report::build(&state, &plan, &s.config, pending);
+    match format {
+        Format::Json => print_json(&report),
+        Format::Table => {
+            print!("{}", status_report::render(&report));
+            Ok(())
+        }
+    }
+}
+
+pub fn apply(
+    dry_run: bool,
+    rebalance: bool,
+    format: Format,
+    pause_between_steps_ms: Option<u64>,
+    args: &LiveArgs,
+) -> Result<(), Failure> {
+    let mut s = connect(args)?;
+    let state_dir = s.config.apply.state_dir.clone();
+    if dry_run {
+        let state = s.read(args)?;
+        let plan = s.plan(&state, rebalance, &[]);
+        let pending = pending_names(&state_dir);
+        if !pending.is_empty() {
+            eprintln!(
+                "note: unfinished transactions of {} would be rolled back first",
+                pending.join(", ")
+            );
+        }
+        return match format {
+            Format::Json => print_json(&plan),
+            Format::Table => {
+                let outcomes = planned(&plan);
+                print!("{}", apply_table::render(&outcomes, true));
+                Ok(())
+            }
+        };
+    }
+
+    // Held to the end: nothing else may change domains meanwhile.
+    let _lock = Journal::lock(&state_dir)?;
+    let journal = Journal::open(&state_dir)?;
+    let stuck = roll_back_unfinished(&s.host, &journal)?;
+
+    let state = s.read(args)?;
+    let plan = s.plan(&state, rebalance, &stuck);
+    let opts = ApplyOptions::from(&s.config.apply);
+    let mut pause;
+    let hook: &mut dyn StepHook = match pause_between_steps_ms {
+        Some(ms) => {
+            pause = PauseBetweenSteps(Duration::from_millis(ms));
+            &mut pause
+        }
+        None => &mut NoHook,
+    };
+    let outcomes = apply::apply_plan(&s.host, &journal, &opts, &plan, &state.refs(), hook)?;
+    match format {
+        Format::Json => print_json(&outcomes)?,
+        Format::Table => print!("{}", apply_table::render(&outcomes, false)),
+    }
+    let failed = |pending: bool| {
+        outcomes.iter().any(|o| {
+            matches!(o.outcome, apply::Outcome::RollbackPending { .. }) == pending
+                && o.outcome.is_failure()
+        })
+    };
+    if failed(true) {
+        return Err(Failure::new(
+            Exit::Unavailable,
+            "libvirt went away during a rollback; the next start finishes it",
+        ));
+    }
+    if failed(false) || !stuck.is_empty() {
+        return Err(Failure::new(
+            Exit::TempFail,
+            "some changes failed and were rolled back (see above)",
+        ));
+    }
+    Ok(())
+}
+
+/// Rolls back what a previous numapin left unfinished. Returns the UUIDs
+/// of domains whose rollback did not verify: they are left alone.
+fn roll_back_unfinished(host: &LiveHost, journal: &Journal) -> Result<Vec<String>, Failure> {
+    let recovered = recovery::recover(host, journal).map_err(|e| match e {
+        RecoveryError::Journal(j) => Failure::from(j),
+        e @ RecoveryError::Unreachable { .. } => Failure::new(Exit::Unavailable, e),
+    })?;
+    eprint!("{}", apply_table::render_recovered(&recovered));
+    Ok(recovered
+        .iter()
+        .filter(|r| matches!(r.result, RecoveryResult::Failed { .. }))
+        .map(|r| r.domain.uuid.clone())
+        .collect())
+}
+
+pub fn recover(args: &LiveArgs) -> Result<(), Failure> {
+    let s = connect(args)?;
+    let state_dir = &s.config.apply.state_dir;
+    let _lock = Journal::lock(state_dir)?;
+    let journal = Journal::open(state_dir)?;
+    let stuck = roll_back_unfinished(&s.host, &journal)?;
+    if !stuck.is_empty() {
+        return Err(Failure::new(
+            Exit::TempFail,
+            "some unfinished transactions could not be rolled back (see above)",
+        ));
+    }
+    Ok(())
+}
+
+/// The plan's changes, as a dry run reports them.
+fn planned(plan: &Plan) -> Vec<apply::DomainOutcome> {
+    plan.domains
+        .iter()
+        .filter(|d| d.managed && !d.actions.is_empty())
+        .map(|d| apply::DomainOutcome {
+            name: d.name.clone(),
+            uuid: d.uuid.clone(),
+            actions: d.actions.clone(),
+            outcome: apply::Outcome::Skipped {
+                reason: "dry run".into(),
+            },
+        })
+        .collect()
+}

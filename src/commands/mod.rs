@@ -1,0 +1,105 @@
+//! The subcommands. Each returns a [`Failure`] carrying its exit class;
+//! `main` prints it once and exits with that code.
+
+mod live;
+mod offline;
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{Cli, Command};
+use crate::config::{self, Config, ConfigError};
+use crate::exit::Exit;
+use crate::snapshot::SnapshotError;
+use crate::topology::HostTopology;
+
+/// A failure with its exit class; the message chain is printed once.
+pub struct Failure {
+    pub exit: Exit,
+    pub error: Box<dyn Error>,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, error: impl Into<Box<dyn Error>>) -> Self {
+        Self {
+            exit,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<SnapshotError> for Failure {
+    fn from(e: SnapshotError) -> Self {
+        let exit = if e.is_missing_file() {
+            Exit::NoInput
+        } else {
+            Exit::DataErr
+        };
+        Failure::new(exit, e)
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::new(Exit::Config, e)
+    }
+}
+
+/// The config named on the command line (must exist), else the default
+/// path when present, else built-in defaults.
+fn load_config(path: Option<&Path>) -> Result<(Config, String), Failure> {
+    match path {
+        Some(p) => Ok((Config::load(p)?, p.display().to_string())),
+        None if Path::new(config::DEFAULT_PATH).exists() => Ok((
+            Config::load(Path::new(config::DEFAULT_PATH))?,
+            config::DEFAULT_PATH.to_string(),
+        )),
+        None => Ok((Config::default(), "built-in defaults".to_string())),
+    }
+}
+
+fn config_for_host(config: &Config, source: &str, topo: &HostTopology) -> Result<(), Failure> {
+    config.validate_for_host(topo).map_err(|(key, reason)| {
+        Failure::new(
+            Exit::Config,
+            ConfigError::Invalid {
+                path: PathBuf::from(source),
+                key,
+                reason,
+            },
+        )
+    })
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure::new(Exit::Software, e))?;
+    println!("{text}");
+    Ok(())
+}
+
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Plan {
+            snapshot,
+            config,
+            format,
+            rebalance,
+        } => offline::plan(&snapshot, config.as_deref(), format, rebalance),
+        Command::Topology {
+            snapshot,
+            root,
+            format,
+        } => offline::topology(snapshot.as_deref(), root, format),
+        Command::CheckConfig { config } => offline::check_config(config.as_deref()),
+        Command::Snapshot { out, live } => live::snapshot(&out, &live),
+        Command::Status { format, live } => live::status(format, &live),
+        Command::Apply {
+            dry_run,
+            rebalance,
+            format,
+            pause_between_steps_ms,
+            live,
+        } => live::apply(dry_run, rebalance, format, pause_between_steps_ms, &live),
+        Command::Recover { live } => live::recover(&live),
+    }
+}

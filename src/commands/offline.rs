@@ -1,0 +1,69 @@
+//! Commands that need no running host: plan a snapshot, show a topology,
+//! check a config.
+
+use std::path::{Path, PathBuf};
+
+use crate::cli::Format;
+use crate::exit::Exit;
+use crate::planner::{self, PlanInput};
+use crate::report::{plan_table, topology_table};
+use crate::snapshot;
+use crate::topology::sysfs;
+
+use super::{Failure, config_for_host, load_config, print_json};
+
+pub fn plan(
+    dir: &Path,
+    config: Option<&Path>,
+    format: Format,
+    rebalance: bool,
+) -> Result<(), Failure> {
+    let (config, source) = load_config(config)?;
+    let snap = snapshot::load(dir)?;
+    config_for_host(&config, &source, &snap.topology)?;
+    let plan = planner::plan(&PlanInput {
+        topology: &snap.topology,
+        domains: &snap.domains,
+        observations: &snap.observations,
+        config: &config,
+        rebalance_all: rebalance,
+    });
+    match format {
+        Format::Json => print_json(&plan),
+        Format::Table => {
+            print!(
+                "{}",
+                plan_table::render(&plan, &snap.topology, &dir.display().to_string())
+            );
+            Ok(())
+        }
+    }
+}
+
+pub fn topology(dir: Option<&Path>, root: Option<PathBuf>, format: Format) -> Result<(), Failure> {
+    let (topo, source) = match dir {
+        Some(dir) => (
+            snapshot::load_topology(dir)?,
+            dir.join(snapshot::CAPABILITIES).display().to_string(),
+        ),
+        None => {
+            let root = root.unwrap_or_else(|| PathBuf::from("/"));
+            let topo = sysfs::read(&root).map_err(|e| Failure::new(Exit::DataErr, e))?;
+            (topo, format!("sysfs under {}", root.display()))
+        }
+    };
+    match format {
+        Format::Json => print_json(&topo),
+        Format::Table => {
+            print!("{}", topology_table::render(&topo, &source));
+            Ok(())
+        }
+    }
+}
+
+pub fn check_config(path: Option<&Path>) -> Result<(), Failure> {
+    let (config, source) = load_config(path)?;
+    println!("# effective configuration (from {source})");
+    print!("{}", config.to_toml());
+    Ok(())
+}

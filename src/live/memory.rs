@@ -1,0 +1,41 @@
+//! Where a domain's memory is, per host node.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::observe::{ObserveError, cgroup, numa_maps};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySource {
+    /// The domain's memory cgroup `memory.numa_stat`: what the guest's
+    /// pages cost, without the shared QEMU binary and libraries.
+    Cgroup,
+    /// `/proc/PID/numa_maps`: used when no cgroup of the domain's own has
+    /// the figures (a parent's would include other domains).
+    NumaMaps,
+}
+
+/// Resident MiB per node of QEMU process `pid`, and where it came from.
+pub fn domain_memory_mib(
+    root: &Path,
+    pid: u32,
+) -> Result<(BTreeMap<u32, u64>, MemorySource), ObserveError> {
+    match cgroup::read(root, pid) {
+        Ok(m) if !m.from_ancestor => return Ok((to_mib(&m.resident), MemorySource::Cgroup)),
+        Err(e) if e.is_gone() => return Err(e),
+        _ => {}
+    }
+    let maps = numa_maps::read(root, pid)?;
+    Ok((to_mib(&maps.resident), MemorySource::NumaMaps))
+}
+
+fn to_mib(bytes: &BTreeMap<u32, u64>) -> BTreeMap<u32, u64> {
+    bytes
+        .iter()
+        .map(|(&node, &b)| (node, (b + (1 << 19)) >> 20))
+        .filter(|(_, mib)| *mib > 0)
+        .collect()
+}

@@ -1,0 +1,133 @@
+//! The real host: libvirt for domains and pins, the kernel's files for
+//! where memory is and how busy threads are, migrate_pages(2) for moving
+//! memory of unbound domains.
+
+pub mod memory;
+pub mod migrate;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::apply::DomainHost;
+use crate::host_error::{ErrorKind, HostError};
+use crate::idset::{CpuSet, NodeSet};
+use crate::libvirt::{DomainRef, Libvirt, MemoryBinding, Pins, Scope};
+use crate::observe::{ObserveError, pid_file, threads};
+
+pub use state::{LiveDomain, LiveState, Sampler};
+
+/// libvirt plus the host's files under `root` (`/` in production).
+#[derive(Clone)]
+pub struct LiveHost {
+    pub libvirt: Libvirt,
+    pub root: PathBuf,
+}
+
+impl LiveHost {
+    pub fn new(libvirt: Libvirt, root: PathBuf) -> Self {
+        Self { libvirt, root }
+    }
+
+    fn pid(&self, d: &DomainRef, op: &str) -> Result<u32, HostError> {
+        pid_file::read(&self.root, &d.name).map_err(|e| observe_error(op, e))
+    }
+}
+
+fn observe_error(op: &str, e: ObserveError) -> HostError {
+    let kind = if e.is_gone() {
+        ErrorKind::Gone
+    } else {
+        ErrorKind::Failed
+    };
+    HostError::new(op, kind, &crate::report::error_chain(&e))
+}
+
+impl DomainHost for LiveHost {
+    fn domain(&self, uuid: &str) -> Result<DomainRef, HostError> {
+        self.libvirt.domain(uuid)
+    }
+
+    fn pins(&self, d: &DomainRef) -> Result<Pins, HostError> {
+        self.libvirt.pins(d)
+    }
+
+    fn memory_binding(&self, d: &DomainRef) -> Result<MemoryBinding, HostError> {
+        self.libvirt.memory_binding(d)
+    }
+
+    fn pin_vcpu(
+        &self,
+        d: &DomainRef,
+        vcpu: u32,
+        cpus: &CpuSet,
+        scope: Scope,
+    ) -> Result<(), HostError> {
+        self.libvirt.pin_vcpu(d, vcpu, cpus, scope)
+    }
+
+    fn pin_emulator(&self, d: &DomainRef, cpus: &CpuSet, scope: Scope) -> Result<(), HostError> {
+        self.libvirt.pin_emulator(d, cpus, scope)
+    }
+
+    fn pin_iothread(
+        &self,
+        d: &DomainRef,
+        iothread: u32,
+        cpus: &CpuSet,
+        scope: Scope,
+    ) -> Result<(), HostError> {
+        self.libvirt.pin_iothread(d, iothread, cpus, scope)
+    }
+
+    fn set_memory_nodeset(
+        &self,
+        d: &DomainRef,
+        nodeset: &NodeSet,
+        scope: Scope,
+    ) -> Result<(), HostError> {
+        self.libvirt.set_memory_nodeset(d, nodeset, scope)
+    }
+
+    fn is_persistent(&self, d: &DomainRef) -> Result<bool, HostError> {
+        self.libvirt.is_persistent(d)
+    }
+
+    fn memory_per_node(&self, d: &DomainRef) -> Result<BTreeMap<u32, u64>, HostError> {
+        let op = format!("memory of {}", d.name);
+        let pid = self.pid(d, &op)?;
+        memory::domain_memory_mib(&self.root, pid)
+            .map(|(mib, _)| mib)
+            .map_err(|e| observe_error(&op, e))
+    }
+
+    fn migrate_pages(&self, d: &DomainRef, from: &NodeSet, to: &NodeSet) -> Result<(), HostError> {
+        let op = format!("migrate_pages {} {from} -> {to}", d.name);
+        let pid = self.pid(d, &op)?;
+        match migrate::migrate_pages(pid, from, to) {
+            Ok(0) => Ok(()),
+            // Pages that could not move are judged by the memory check
+            // that follows, against the configured share.
+            Ok(left) => {
+                tracing::info!(domain = %d.name, pages_not_moved = left, "migrate_pages left some pages");
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(HostError::new(
+                &op,
+                ErrorKind::Gone,
+                "the QEMU process is gone",
+            )),
+            Err(e) => Err(HostError::new(&op, ErrorKind::Failed, &e.to_string())),
+        }
+    }
+
+    fn vcpu_thread_affinity(&self, d: &DomainRef) -> Result<BTreeMap<u32, CpuSet>, HostError> {
+        let op = format!("vCPU threads of {}", d.name);
+        let pid = self.pid(d, &op)?;
+        let tasks = threads::read(&self.root, pid).map_err(|e| observe_error(&op, e))?;
+        Ok(tasks
+            .into_iter()
+            .filter_map(|t| Some((t.vcpu?, t.cpus_allowed)))
+            .collect())
+    }
+}

@@ -1,0 +1,252 @@
+//! A live host's situation, read for one planning round: topology from
+//! libvirt's capabilities, every running domain's XML, and observations
+//! from the kernel's files. vCPU load and steal are rates, so they need two
+//! readings: the daemon keeps the previous round's, one-shot commands take
+//! two readings a short interval apart.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::guest::domain_xml;
+use crate::host_error::HostError;
+use crate::libvirt::{DomainRef, Libvirt};
+use crate::observations::{DomainObservation, NodeObservation, Observations};
+use crate::observe::node_stats::{self, NodeNumaStat};
+use crate::observe::pid_file;
+use crate::observe::proc_stat::{self, CpuTicks};
+use crate::observe::threads::{self, Task};
+use crate::planner::DomainInput;
+use crate::topology::{HostTopology, capabilities, sysfs};
+
+use super::memory::domain_memory_mib;
+
+#[derive(Debug, Clone)]
+pub struct LiveDomain {
+    pub r: DomainRef,
+    pub live_xml: String,
+    pub persistent_xml: Option<String>,
+    pub input: DomainInput,
+    pub pid: Option<u32>,
+}
+
+/// A domain that is running but could not be read; it is left alone.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unreadable {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveState {
+    pub capabilities_xml: String,
+    pub topology: HostTopology,
+    pub domains: Vec<LiveDomain>,
+    pub unreadable: Vec<Unreadable>,
+    pub observations: Observations,
+    pub node_stats: BTreeMap<u32, NodeNumaStat>,
+}
+
+impl LiveState {
+    pub fn inputs(&self) -> Vec<DomainInput> {
+        self.domains.iter().map(|d| d.input.clone()).collect()
+    }
+
+    pub fn refs(&self) -> Vec<DomainRef> {
+        self.domains.iter().map(|d| d.r.clone()).collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Libvirt(#[from] HostError),
+    #[error("libvirt's capabilities")]
+    Capabilities(#[source] capabilities::CapabilitiesError),
+    #[error("reading node memory under {root}")]
+    NodeMemory {
+        root: PathBuf,
+        #[source]
+        source: sysfs::SysfsError,
+    },
+}
+
+/// One reading of the rates.
+struct Reading {
+    at: Instant,
+    cpus: BTreeMap<u32, CpuTicks>,
+    /// By domain UUID and run id, so a restarted domain is not compared
+    /// with its previous run.
+    tasks: BTreeMap<(String, u32), Vec<Task>>,
+}
+
+/// Reads live states; keeps the last reading so the next one can compute
+/// rates without waiting.
+pub struct Sampler {
+    libvirt: Libvirt,
+    root: PathBuf,
+    default_vcpu_load: f64,
+    last: Option<Reading>,
+}
+
+impl Sampler {
+    pub fn new(libvirt: Libvirt, root: PathBuf, default_vcpu_load: f64) -> Self {
+        Self {
+            libvirt,
+            root,
+            default_vcpu_load,
+            last: None,
+        }
+    }
+
+    pub fn set_default_vcpu_load(&mut self, load: f64) {
+        self.default_vcpu_load = load;
+    }
+
+    /// Reads the host. Without a previous reading, takes one and waits
+    /// `first_interval` before the second, so loads are measured (a zero
+    /// interval leaves them to the configured default).
+    pub fn read(&mut self, first_interval: Duration) -> Result<LiveState, LiveError> {
+        let capabilities_xml = self.libvirt.capabilities()?;
+        let topology = capabilities::parse(&capabilities_xml).map_err(LiveError::Capabilities)?;
+        let refs = self.libvirt.running_domains()?;
+        let mut domains = Vec::new();
+        let mut unreadable = Vec::new();
+        for r in refs {
+            match self.read_domain(&r) {
+                Ok(Some(d)) => domains.push(d),
+                Ok(None) => {} // stopped while being read
+                Err(reason) => {
+                    tracing::warn!(domain = %r.name, reason = %reason, "domain left alone: cannot read it");
+                    unreadable.push(Unreadable {
+                        name: r.name.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        if self.last.is_none() && !first_interval.is_zero() {
+            self.last = Some(self.reading(&domains));
+            std::thread::sleep(first_interval);
+        }
+        let now = self.reading(&domains);
+        let observations = self.observations(&domains, &now)?;
+        self.last = Some(now);
+        let node_stats = node_stats::read(&self.root).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "no per-node numastat counters");
+            BTreeMap::new()
+        });
+        Ok(LiveState {
+            capabilities_xml,
+            topology,
+            domains,
+            unreadable,
+            observations,
+            node_stats,
+        })
+    }
+
+    /// Ok(None): the domain stopped meanwhile. Err: it runs but cannot be
+    /// understood (its XML does not parse).
+    fn read_domain(&self, r: &DomainRef) -> Result<Option<LiveDomain>, String> {
+        let (live_xml, persistent_xml) = match self.libvirt.domain_xml(r) {
+            Ok(x) => x,
+            Err(e) if e.is_gone() => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let live = domain_xml::parse(&live_xml).map_err(|e| format!("live XML: {e}"))?;
+        let persistent = match &persistent_xml {
+            Some(x) => Some(domain_xml::parse(x).map_err(|e| format!("persistent XML: {e}"))?),
+            None => None,
+        };
+        let pid = match pid_file::read(&self.root, &r.name) {
+            Ok(pid) => Some(pid),
+            Err(e) => {
+                tracing::debug!(domain = %r.name, error = %e, "no QEMU pid");
+                None
+            }
+        };
+        Ok(Some(LiveDomain {
+            r: r.clone(),
+            live_xml,
+            persistent_xml,
+            input: DomainInput { live, persistent },
+            pid,
+        }))
+    }
+
+    fn reading(&self, domains: &[LiveDomain]) -> Reading {
+        let cpus = proc_stat::read(&self.root).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "no per-CPU times");
+            BTreeMap::new()
+        });
+        let tasks = domains
+            .iter()
+            .filter_map(|d| {
+                let tasks = threads::read(&self.root, d.pid?).ok()?;
+                Some(((d.r.uuid.clone(), d.r.id), tasks))
+            })
+            .collect();
+        Reading {
+            at: Instant::now(),
+            cpus,
+            tasks,
+        }
+    }
+
+    fn observations(
+        &self,
+        domains: &[LiveDomain],
+        now: &Reading,
+    ) -> Result<Observations, LiveError> {
+        let mut obs = Observations::default();
+        let nodes =
+            sysfs::read_node_memory(&self.root).map_err(|source| LiveError::NodeMemory {
+                root: self.root.clone(),
+                source,
+            })?;
+        for n in nodes {
+            obs.nodes.insert(
+                n.node,
+                NodeObservation {
+                    free_mib: Some(n.free_mib),
+                    free_hugepages: n.hugepages.iter().map(|h| (h.size_kib, h.free)).collect(),
+                },
+            );
+        }
+        if let Some(before) = &self.last {
+            obs.cpu_steal = proc_stat::steal_fractions(&before.cpus, &now.cpus);
+        }
+        for d in domains {
+            let Some(pid) = d.pid else { continue };
+            let mut o = DomainObservation::default();
+            match domain_memory_mib(&self.root, pid) {
+                Ok((mib, _)) => o.memory_mib = mib,
+                Err(e) => {
+                    tracing::debug!(domain = %d.r.name, error = %e, "memory per node unknown")
+                }
+            }
+            let key = (d.r.uuid.clone(), d.r.id);
+            if let (Some(before), Some(after)) = (
+                self.last
+                    .as_ref()
+                    .and_then(|l| l.tasks.get(&key).map(|t| (t, l.at))),
+                now.tasks.get(&key),
+            ) {
+                let (tasks_before, at) = before;
+                o.vcpu_load = threads::vcpu_loads(tasks_before, after, now.at - at)
+                    .into_iter()
+                    .map(|l| l.unwrap_or(self.default_vcpu_load))
+                    .collect();
+            }
+            obs.domains.insert(d.r.name.clone(), o);
+        }
+        Ok(obs)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}

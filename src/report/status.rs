@@ -1,0 +1,184 @@
+//! `numapin status`: where every running domain is now, and each node's
+//! load. Built from a live reading and the plan numapin would make for it
+//! (which says whether a domain is managed and why not).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::idset::{CpuSet, NodeSet};
+use crate::live::LiveState;
+use crate::live::state::Unreadable;
+use crate::observe::node_stats::NodeNumaStat;
+use crate::planner::domain_info::Analyzer;
+use crate::planner::score::{locality, vcpu_node_weights};
+use crate::planner::{Plan, Status as PlanStatus};
+
+use super::{mib, percent};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub nodes: Vec<NodeStatus>,
+    pub domains: Vec<DomainStatus>,
+    pub unreadable: Vec<Unreadable>,
+    /// Domains with an unfinished transaction in the journal.
+    pub pending_transactions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub id: u32,
+    pub cpus: CpuSet,
+    pub total_mib: u64,
+    pub free_mib: Option<u64>,
+    /// Busy vCPUs expected on the node's CPUs (measured loads, each vCPU
+    /// shared out over the nodes its affinity allows).
+    pub vcpu_demand: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub numastat: Option<NodeNumaStat>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainStatus {
+    pub name: String,
+    pub uuid: String,
+    pub state: &'static str,
+    pub vcpus: usize,
+    /// Host nodes its vCPUs may run on.
+    pub vcpu_nodes: NodeSet,
+    /// Resident MiB per host node, when measured.
+    pub memory_mib: BTreeMap<u32, u64>,
+    /// Distance-weighted memory locality (1 = all local).
+    pub locality: Option<f64>,
+    pub managed: bool,
+    /// Why not managed, or what numapin would do now.
+    pub reason: String,
+}
+
+pub fn build(
+    state: &LiveState,
+    plan: &Plan,
+    config: &Config,
+    pending: Vec<String>,
+) -> StatusReport {
+    let topo = &state.topology;
+    let analyzer = Analyzer::new(topo, &state.observations, config);
+    let mut demand: BTreeMap<u32, f64> = BTreeMap::new();
+    let mut domains = Vec::new();
+    for live in &state.domains {
+        let info = analyzer.analyze(&live.input);
+        let affinities: Vec<&CpuSet> = info.current.vcpu_affinity.values().collect();
+        let weights = vcpu_node_weights(topo, affinities.iter().copied());
+        for (node, w) in &weights {
+            *demand.entry(*node).or_default() += info.load * w;
+        }
+        let memory_mib = state
+            .observations
+            .domains
+            .get(&live.r.name)
+            .map(|o| o.memory_mib.clone())
+            .unwrap_or_default();
+        let locality = (!memory_mib.is_empty()).then(|| locality(topo, &weights, &memory_mib).0);
+        let planned = plan.domains.iter().find(|p| p.uuid == live.r.uuid);
+        let reason = match planned {
+            Some(p) if p.status == PlanStatus::LeftAlone => p.reason.clone(),
+            Some(p) if p.actions.is_empty() => format!("placed: {}", p.reason),
+            Some(p) => format!("would change: {}", p.reason),
+            None => String::new(),
+        };
+        domains.push(DomainStatus {
+            name: live.r.name.clone(),
+            uuid: live.r.uuid.clone(),
+            state: "running",
+            vcpus: info.vcpu_count(),
+            vcpu_nodes: info.current.nodes.clone(),
+            memory_mib,
+            locality,
+            managed: info.is_managed(),
+            reason,
+        });
+    }
+    let nodes = topo
+        .nodes
+        .iter()
+        .map(|n| NodeStatus {
+            id: n.id,
+            cpus: n.cpus.clone(),
+            total_mib: n.memory_mib,
+            free_mib: state.observations.nodes.get(&n.id).and_then(|o| o.free_mib),
+            vcpu_demand: (demand.get(&n.id).copied().unwrap_or(0.0) * 100.0).round() / 100.0,
+            numastat: state.node_stats.get(&n.id).cloned(),
+        })
+        .collect();
+    StatusReport {
+        nodes,
+        domains,
+        unreadable: state.unreadable.clone(),
+        pending_transactions: pending,
+    }
+}
+
+pub fn render(r: &StatusReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "NODE  CPUS          MEMORY     FREE       vCPU DEMAND");
+    for n in &r.nodes {
+        let _ = writeln!(
+            s,
+            "{:<5} {:<13} {:<10} {:<10} {:.2} busy vCPUs on {} CPUs",
+            n.id,
+            n.cpus.to_string(),
+            mib(n.total_mib),
+            n.free_mib.map_or("-".into(), mib),
+            n.vcpu_demand,
+            n.cpus.len()
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "DOMAIN               STATE    vCPUS  vCPU NODES  MEMORY BY NODE          LOCALITY  MANAGED"
+    );
+    for d in &r.domains {
+        let memory = if d.memory_mib.is_empty() {
+            "-".to_string()
+        } else {
+            d.memory_mib
+                .iter()
+                .map(|(n, m)| format!("{n}:{}", mib(*m)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let vcpu_nodes = if d.vcpu_nodes.is_empty() {
+            "-".to_string()
+        } else {
+            d.vcpu_nodes.to_string()
+        };
+        let _ = writeln!(
+            s,
+            "{:<20} {:<8} {:<6} {:<11} {:<23} {:<9} {}",
+            d.name,
+            d.state,
+            d.vcpus,
+            vcpu_nodes,
+            memory,
+            d.locality.map_or("-".into(), percent),
+            if d.managed { "yes" } else { "no" },
+        );
+        if !d.reason.is_empty() {
+            let _ = writeln!(s, "    {}", d.reason);
+        }
+    }
+    for u in &r.unreadable {
+        let _ = writeln!(s, "{:<20} unreadable, left alone: {}", u.name, u.reason);
+    }
+    if !r.pending_transactions.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nunfinished transactions (rolled back by the next apply or daemon start): {}",
+            r.pending_transactions.join(", ")
+        );
+    }
+    s
+}
