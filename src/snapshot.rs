@@ -140,7 +140,7 @@ pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
         }
         by_name.insert(
             live.name.clone(),
-            (path.clone(), DomainInput { live, persistent }),
+            (path.clone(), DomainInput::new(live, persistent)),
         );
     }
     for path in files.iter().filter(|p| is_inactive(p)) {

@@ -15,10 +15,7 @@ use proptest::prelude::*;
 fn inputs(domains: Vec<Domain>) -> Vec<DomainInput> {
     domains
         .into_iter()
-        .map(|live| DomainInput {
-            live,
-            persistent: None,
-        })
+        .map(|live| DomainInput::new(live, None))
         .collect()
 }
 

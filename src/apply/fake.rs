@@ -195,6 +195,16 @@ impl DomainHost for FakeHost {
         Ok(())
     }
 
+    fn cputune(&self, d: &DomainRef) -> Result<crate::guest::CpuTune, HostError> {
+        self.running(d)?;
+        let s = self.state.borrow();
+        Ok(crate::guest::CpuTune {
+            vcpupin: s.pins.vcpus.clone(),
+            emulatorpin: Some(s.pins.emulator.clone()),
+            iothreadpin: s.pins.iothreads.clone(),
+        })
+    }
+
     fn is_persistent(&self, d: &DomainRef) -> Result<bool, HostError> {
         self.running(d)?;
         Ok(true)

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::guest::CpuTune;
 use crate::host_error::HostError;
 use crate::idset::{CpuSet, NodeSet};
 use crate::libvirt::{DomainRef, MemoryBinding, Pins, Scope};
@@ -34,6 +35,8 @@ pub trait DomainHost {
         nodeset: &NodeSet,
         scope: Scope,
     ) -> Result<(), HostError>;
+    /// The live `<cputune>` (pins as the domain's live XML shows them).
+    fn cputune(&self, d: &DomainRef) -> Result<CpuTune, HostError>;
     /// Whether the domain has a persistent definition to write to.
     fn is_persistent(&self, d: &DomainRef) -> Result<bool, HostError>;
     /// Resident memory of the domain's QEMU process per host node, MiB.

@@ -3,6 +3,7 @@
 
 pub mod host;
 pub mod journal;
+pub mod placements;
 pub mod recovery;
 pub mod transaction;
 
@@ -21,6 +22,7 @@ use crate::planner::{Action, Plan};
 
 pub use host::DomainHost;
 pub use journal::{Journal, JournalError};
+pub use placements::Placements;
 pub use transaction::Outcome;
 
 #[derive(Debug, Clone)]
@@ -77,6 +79,7 @@ pub struct DomainOutcome {
 pub fn apply_plan(
     host: &dyn DomainHost,
     journal: &Journal,
+    placements: &Placements,
     opts: &ApplyOptions,
     plan: &Plan,
     running: &[DomainRef],
@@ -94,6 +97,11 @@ pub fn apply_plan(
             },
             Some(expected) => transaction::run(host, journal, opts, expected, &dp.actions, hook)?,
         };
+        if let (Outcome::Applied { .. }, Some(d)) =
+            (&outcome, running.iter().find(|r| r.uuid == dp.uuid))
+        {
+            remember(host, placements, d);
+        }
         log_outcome(&dp.name, &outcome);
         out.push(DomainOutcome {
             name: dp.name.clone(),
@@ -103,6 +111,24 @@ pub fn apply_plan(
         });
     }
     Ok(out)
+}
+
+/// Records the pins numapin left, so the next round knows them for its own.
+fn remember(host: &dyn DomainHost, placements: &Placements, d: &DomainRef) {
+    let result = host
+        .cputune(d)
+        .map_err(|e| e.to_string())
+        .and_then(|cputune| {
+            placements
+                .record(&placements::Placement {
+                    domain: d.clone(),
+                    cputune,
+                })
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = result {
+        tracing::warn!(domain = %d.name, error = %e, "cannot record the placement; its pins will count as an operator's");
+    }
 }
 
 fn log_outcome(domain: &str, outcome: &Outcome) {

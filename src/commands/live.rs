@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::apply::recovery::{self, RecoveryError, RecoveryResult};
 use crate::apply::{
-    self, ApplyOptions, Journal, JournalError, NoHook, PauseBetweenSteps, StepHook,
+    self, ApplyOptions, Journal, JournalError, NoHook, PauseBetweenSteps, Placements, StepHook,
 };
 use crate::cli::{Format, LiveArgs};
 use crate::config::Config;
@@ -86,10 +86,16 @@ impl Session {
     }
 
     fn plan(&self, state: &LiveState, rebalance: bool, exclude: &[String]) -> Plan {
+        let placements = Placements::existing(&self.config.apply.state_dir);
         let inputs: Vec<_> = state
-            .inputs()
-            .into_iter()
-            .filter(|d| !exclude.contains(&d.live.uuid))
+            .domains
+            .iter()
+            .filter(|d| !exclude.contains(&d.r.uuid))
+            .map(|d| {
+                let mut input = d.input.clone();
+                input.numapin_pins = placements.cputune_of(&d.r);
+                input
+            })
             .collect();
         planner::plan(&PlanInput {
             topology: &state.topology,
@@ -202,7 +208,18 @@ pub fn apply(
         }
         None => &mut NoHook,
     };
-    let outcomes = apply::apply_plan(&s.host, &journal, &opts, &plan, &state.refs(), hook)?;
+    let placements = Placements::open(&state_dir)
+        .map_err(|e| Failure::new(Exit::IoErr, format!("{}: {e}", state_dir.display())))?;
+    placements.prune(&state.refs());
+    let outcomes = apply::apply_plan(
+        &s.host,
+        &journal,
+        &placements,
+        &opts,
+        &plan,
+        &state.refs(),
+        hook,
+    )?;
     match format {
         Format::Json => print_json(&outcomes)?,
         Format::Table => print!("{}", apply_table::render(&outcomes, false)),

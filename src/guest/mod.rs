@@ -111,7 +111,7 @@ pub struct GuestCell {
     pub distances: BTreeMap<u32, u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CpuTune {
     /// vCPU id -> host CPUs.
     pub vcpupin: BTreeMap<u32, CpuSet>,

@@ -89,6 +89,14 @@ impl DomainHost for LiveHost {
         self.libvirt.set_memory_nodeset(d, nodeset, scope)
     }
 
+    fn cputune(&self, d: &DomainRef) -> Result<crate::guest::CpuTune, HostError> {
+        let (live, _) = self.libvirt.domain_xml(d)?;
+        let op = format!("read live XML of {}", d.name);
+        crate::guest::domain_xml::parse(&live)
+            .map(|dom| dom.cputune)
+            .map_err(|e| HostError::new(&op, ErrorKind::Failed, &e.to_string()))
+    }
+
     fn is_persistent(&self, d: &DomainRef) -> Result<bool, HostError> {
         self.libvirt.is_persistent(d)
     }

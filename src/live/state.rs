@@ -172,7 +172,7 @@ impl Sampler {
             r: r.clone(),
             live_xml,
             persistent_xml,
-            input: DomainInput { live, persistent },
+            input: DomainInput::new(live, persistent),
             pid,
         }))
     }

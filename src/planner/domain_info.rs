@@ -84,7 +84,11 @@ pub struct Current {
 pub enum LeftAlone {
     ExcludedByMetadata,
     ExcludedByConfig(String),
-    ManualPinning,
+    /// Pinned by hand: in its persistent config, or (for a domain without
+    /// one) live pins that are not the ones numapin left.
+    ManualPinning {
+        persistent: bool,
+    },
     NoVcpus,
 }
 
@@ -97,8 +101,11 @@ impl std::fmt::Display for LeftAlone {
             LeftAlone::ExcludedByConfig(rule) => {
                 write!(f, "excluded by config rule [[domain]] name = {rule:?}")
             }
-            LeftAlone::ManualPinning => f.write_str(
+            LeftAlone::ManualPinning { persistent: true } => f.write_str(
                 "its persistent config pins it by hand (set planner.manage_pinned = true to manage it)",
+            ),
+            LeftAlone::ManualPinning { persistent: false } => f.write_str(
+                "its live pins were set by hand, not by numapin (set planner.manage_pinned = true to manage it)",
             ),
             LeftAlone::NoVcpus => f.write_str("it has no online vCPU"),
         }
@@ -266,10 +273,16 @@ impl<'a> Analyzer<'a> {
             _ => {}
         }
         // Without the persistent config, live pins may be numapin's own or
-        // the operator's; treating them as the operator's is the safe side.
+        // the operator's: they are numapin's only when they are exactly
+        // what numapin recorded leaving; otherwise the operator's, the
+        // safe side.
         let persistent = input.persistent.as_ref().unwrap_or(&input.live);
-        if persistent.has_manual_pinning() && !self.config.planner.manage_pinned {
-            return Err(LeftAlone::ManualPinning);
+        let numapins = input.numapin_pins.as_ref() == Some(&persistent.cputune)
+            && persistent.vcpu_cpuset.is_none();
+        if persistent.has_manual_pinning() && !numapins && !self.config.planner.manage_pinned {
+            return Err(LeftAlone::ManualPinning {
+                persistent: input.persistent.is_some(),
+            });
         }
         if online.is_empty() {
             return Err(LeftAlone::NoVcpus);

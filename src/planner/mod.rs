@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Serialize, Serializer};
 
 use crate::config::Config;
-use crate::guest::Domain;
+use crate::guest::{CpuTune, Domain};
 use crate::idset::{CpuSet, NodeSet};
 use crate::observations::Observations;
 use crate::topology::HostTopology;
@@ -42,6 +42,19 @@ pub struct DomainInput {
     pub live: Domain,
     /// Persistent XML, when known: decides what counts as manual pinning.
     pub persistent: Option<Domain>,
+    /// The `<cputune>` numapin itself left on this run of the domain, if
+    /// any: pins equal to it are numapin's, not an operator's.
+    pub numapin_pins: Option<CpuTune>,
+}
+
+impl DomainInput {
+    pub fn new(live: Domain, persistent: Option<Domain>) -> Self {
+        Self {
+            live,
+            persistent,
+            numapin_pins: None,
+        }
+    }
 }
 
 pub struct PlanInput<'a> {

@@ -96,7 +96,7 @@ pub fn build(
             vcpu_nodes: info.current.nodes.clone(),
             memory_mib,
             locality,
-            managed: info.is_managed(),
+            managed: planned.map_or(info.is_managed(), |p| p.managed),
             reason,
         });
     }

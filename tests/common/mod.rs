@@ -173,3 +173,41 @@ impl Drop for TestDomain {
         self.destroy();
     }
 }
+
+/// Runs the numapin binary built for these tests.
+pub fn numapin(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_numapin"))
+        .args(args)
+        .output()
+        .expect("numapin runs")
+}
+
+/// A config for one test: its own state dir, CPU 0 reserved (so a 1-vCPU
+/// domain's pins really change on this 2-CPU machine), and only the
+/// test's own domains managed, so tests never touch each other's domains.
+pub fn isolated_config(
+    dir: &std::path::Path,
+    managed: &[&TestDomain],
+    extra: &str,
+) -> std::path::PathBuf {
+    let mut text = format!(
+        "[host]\nreserved_cpus = \"0\"\n[apply]\nstate_dir = \"{}\"\nmemory_verify_timeout_secs = 5\n{extra}\n",
+        dir.join("state").display()
+    );
+    for d in managed {
+        text.push_str(&format!(
+            "[[domain]]\nname = \"{}\"\npolicy = \"auto\"\n",
+            d.name
+        ));
+    }
+    text.push_str("[[domain]]\nname = \"*\"\npolicy = \"exclude\"\n");
+    let path = dir.join("numapin.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Serialises the tests of one file: they share the host's two CPUs.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
