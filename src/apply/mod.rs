@@ -97,9 +97,13 @@ pub fn apply_plan(
             },
             Some(expected) => transaction::run(host, journal, opts, expected, &dp.actions, hook)?,
         };
-        if let (Outcome::Applied { .. }, Some(d)) =
-            (&outcome, running.iter().find(|r| r.uuid == dp.uuid))
-        {
+        // libvirt cannot unpin a running domain, so even a rollback leaves
+        // explicit (prior-valued) pins behind; they are numapin's too.
+        let numapins_left = matches!(
+            outcome,
+            Outcome::Applied { .. } | Outcome::RolledBack { restored: true, .. }
+        );
+        if let (true, Some(d)) = (numapins_left, running.iter().find(|r| r.uuid == dp.uuid)) {
             remember(host, placements, d);
         }
         log_outcome(&dp.name, &outcome);
@@ -114,7 +118,7 @@ pub fn apply_plan(
 }
 
 /// Records the pins numapin left, so the next round knows them for its own.
-fn remember(host: &dyn DomainHost, placements: &Placements, d: &DomainRef) {
+pub fn remember(host: &dyn DomainHost, placements: &Placements, d: &DomainRef) {
     let result = host
         .cputune(d)
         .map_err(|e| e.to_string())

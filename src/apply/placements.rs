@@ -90,8 +90,10 @@ mod tests {
             uuid: "u-1".into(),
             id: 4,
         };
-        let mut cputune = CpuTune::default();
-        cputune.emulatorpin = Some("1".parse().unwrap());
+        let cputune = CpuTune {
+            emulatorpin: Some("1".parse().unwrap()),
+            ..CpuTune::default()
+        };
         p.record(&Placement {
             domain: d.clone(),
             cputune: cputune.clone(),

@@ -380,8 +380,14 @@ pub fn rollback(host: &dyn DomainHost, record: &Record) -> Undo {
                 Some(cpus) => host.pin_iothread(d, *iothread, cpus, Scope::Live),
                 None => Ok(()),
             },
+            // Only when it changed: libvirt refuses any nodeset call on a
+            // strict binding, even one that changes nothing.
             Action::SetMemoryNodeset { .. } => match &prior.binding.nodeset {
-                Some(nodeset) => host.set_memory_nodeset(d, nodeset, Scope::Live),
+                Some(nodeset) => match host.memory_binding(d) {
+                    Ok(now) if now.nodeset.as_ref() == Some(nodeset) => Ok(()),
+                    Ok(_) => host.set_memory_nodeset(d, nodeset, Scope::Live),
+                    Err(e) => Err(e),
+                },
                 None => Ok(()),
             },
             // Pages that moved go back where they came from.

@@ -195,7 +195,7 @@ pub fn apply(
     // Held to the end: nothing else may change domains meanwhile.
     let _lock = Journal::lock(&state_dir)?;
     let journal = Journal::open(&state_dir)?;
-    let stuck = roll_back_unfinished(&s.host, &journal)?;
+    let stuck = roll_back_unfinished(&s.host, &journal, &state_dir)?;
 
     let state = s.read(args)?;
     let plan = s.plan(&state, rebalance, &stuck);
@@ -247,12 +247,29 @@ pub fn apply(
 
 /// Rolls back what a previous numapin left unfinished. Returns the UUIDs
 /// of domains whose rollback did not verify: they are left alone.
-fn roll_back_unfinished(host: &LiveHost, journal: &Journal) -> Result<Vec<String>, Failure> {
+fn roll_back_unfinished(
+    host: &LiveHost,
+    journal: &Journal,
+    state_dir: &Path,
+) -> Result<Vec<String>, Failure> {
     let recovered = recovery::recover(host, journal).map_err(|e| match e {
         RecoveryError::Journal(j) => Failure::from(j),
         e @ RecoveryError::Unreachable { .. } => Failure::new(Exit::Unavailable, e),
     })?;
     eprint!("{}", apply_table::render_recovered(&recovered));
+    if recovered
+        .iter()
+        .any(|r| r.result == RecoveryResult::RolledBack)
+    {
+        let placements = Placements::open(state_dir)
+            .map_err(|e| Failure::new(Exit::IoErr, format!("{}: {e}", state_dir.display())))?;
+        for r in recovered
+            .iter()
+            .filter(|r| r.result == RecoveryResult::RolledBack)
+        {
+            apply::remember(host, &placements, &r.domain);
+        }
+    }
     Ok(recovered
         .iter()
         .filter(|r| matches!(r.result, RecoveryResult::Failed { .. }))
@@ -262,10 +279,10 @@ fn roll_back_unfinished(host: &LiveHost, journal: &Journal) -> Result<Vec<String
 
 pub fn recover(args: &LiveArgs) -> Result<(), Failure> {
     let s = connect(args)?;
-    let state_dir = &s.config.apply.state_dir;
-    let _lock = Journal::lock(state_dir)?;
-    let journal = Journal::open(state_dir)?;
-    let stuck = roll_back_unfinished(&s.host, &journal)?;
+    let state_dir = s.config.apply.state_dir.clone();
+    let _lock = Journal::lock(&state_dir)?;
+    let journal = Journal::open(&state_dir)?;
+    let stuck = roll_back_unfinished(&s.host, &journal, &state_dir)?;
     if !stuck.is_empty() {
         return Err(Failure::new(
             Exit::TempFail,

@@ -1,0 +1,574 @@
+//! apply against the real libvirtd and real QEMU domains: what the plan
+//! says is what the kernel shows, dry runs change nothing, and a failure
+//! at any step, a domain destroyed mid-way or numapin killed between steps
+//! leaves the domain exactly as it was.
+//!
+//! This machine has one NUMA node and two CPUs: configs reserve CPU 0 so
+//! a domain's pins really change (to CPU 1). Memory moves between nodes
+//! are exercised in the multi-node lab; here the memory steps run for real
+//! within node 0.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Spec, TestDomain, isolated_config, numapin, serial};
+use numapin::apply::transaction::{self, Outcome};
+use numapin::apply::{ApplyOptions, Journal, NoHook, Placements, StepHook};
+use numapin::idset::CpuSet;
+use numapin::libvirt::{DomainRef, Libvirt, Pins};
+use numapin::live::{LiveHost, Sampler};
+use numapin::planner::{self, Action, PlanInput};
+
+fn host() -> LiveHost {
+    numapin::libvirt::silence_default_error_printer();
+    LiveHost::new(
+        Libvirt::new(common::URI, Duration::from_secs(30)),
+        "/".into(),
+    )
+}
+
+fn set(text: &str) -> CpuSet {
+    text.parse().unwrap()
+}
+
+fn domain_ref(host: &LiveHost, d: &TestDomain) -> DomainRef {
+    host.libvirt.domain(&d.uuid()).unwrap()
+}
+
+/// Everything apply can change, read back from libvirt and the kernel.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    pins: Pins,
+    nodeset: Option<String>,
+    threads: BTreeMap<u32, String>,
+}
+
+fn observe(host: &LiveHost, d: &TestDomain) -> Observed {
+    let r = domain_ref(host, d);
+    Observed {
+        pins: host.libvirt.pins(&r).unwrap(),
+        nodeset: host
+            .libvirt
+            .memory_binding(&r)
+            .unwrap()
+            .nodeset
+            .map(|s| s.to_string()),
+        threads: d.vcpu_thread_cpus(),
+    }
+}
+
+fn opts() -> ApplyOptions {
+    ApplyOptions {
+        persist: false,
+        memory_on_target_share: 0.9,
+        memory_verify_timeout: Duration::from_secs(5),
+    }
+}
+
+fn restrictive() -> Spec {
+    Spec {
+        vcpus: 1,
+        iothreads: 1,
+        extra: "<numatune><memory mode='restrictive' nodeset='0'/></numatune>".into(),
+        ..Spec::default()
+    }
+}
+
+fn strict() -> Spec {
+    Spec {
+        vcpus: 1,
+        extra: "<numatune><memory mode='strict' nodeset='0'/></numatune>".into(),
+        ..Spec::default()
+    }
+}
+
+fn unbound() -> Spec {
+    Spec {
+        vcpus: 1,
+        iothreads: 1,
+        ..Spec::default()
+    }
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            stdout(out),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn apply_pins_what_the_plan_says_and_dry_run_changes_nothing() {
+    let _s = serial();
+    let plain = TestDomain::start("apply-plain", &unbound());
+    let restr = TestDomain::start("apply-restrictive", &restrictive());
+    let strictly = TestDomain::start("apply-strict", &strict());
+    let by_hand = TestDomain::start(
+        "apply-by-hand",
+        &Spec {
+            vcpus: 1,
+            extra: "<cputune><vcpupin vcpu='0' cpuset='0'/></cputune>".into(),
+            ..Spec::default()
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let config = isolated_config(tmp.path(), &[&plain, &restr, &strictly, &by_hand], "");
+    let config = config.to_str().unwrap();
+    let h = host();
+    let all = [&plain, &restr, &strictly, &by_hand];
+    let before: Vec<Observed> = all.iter().map(|d| observe(&h, d)).collect();
+
+    // Dry run: the exact plan, and nothing changes.
+    let out = numapin(&[
+        "apply",
+        "--dry-run",
+        "--format",
+        "json",
+        "--config",
+        config,
+        "--sample",
+        "0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan = json(&out);
+    let planned = |name: &str| {
+        plan["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    for d in [&plain, &restr, &strictly] {
+        let p = planned(&d.name);
+        assert_eq!(p["vcpupin"]["0"], "1", "{p}");
+        assert_eq!(p["emulatorpin"], "1", "{p}");
+        assert!(!p["actions"].as_array().unwrap().is_empty(), "{p}");
+    }
+    assert_eq!(planned(&restr.name)["iothreadpin"]["1"], "1");
+    let strict_plan = planned(&strictly.name);
+    assert!(
+        strict_plan["advice"].to_string().contains("mode='strict'"),
+        "strict memory is advised about: {strict_plan}"
+    );
+    let hand = planned(&by_hand.name);
+    assert_eq!(hand["managed"], false, "{hand}");
+    let table = numapin(&["apply", "--dry-run", "--config", config, "--sample", "0"]);
+    assert!(stdout(&table).contains("would apply"), "{}", stdout(&table));
+    let after_dry: Vec<Observed> = all.iter().map(|d| observe(&h, d)).collect();
+    assert_eq!(after_dry, before, "a dry run changed something");
+
+    // Apply: libvirt and the kernel show the planned pins.
+    let out = numapin(&[
+        "apply", "--format", "json", "--config", config, "--sample", "0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcomes = json(&out);
+    assert_eq!(outcomes.as_array().unwrap().len(), 3, "{outcomes}");
+    for o in outcomes.as_array().unwrap() {
+        assert_eq!(o["result"], "applied", "{o}");
+    }
+    for d in [&plain, &restr, &strictly] {
+        let now = observe(&h, d);
+        assert_eq!(now.pins.vcpus[&0], set("1"), "{}", d.name);
+        assert_eq!(now.pins.emulator, set("1"), "{}", d.name);
+        assert_eq!(now.threads[&0], "1", "{}: kernel affinity", d.name);
+        for cpus in now.pins.iothreads.values() {
+            assert_eq!(cpus, &set("1"), "{}", d.name);
+        }
+    }
+    assert_eq!(
+        observe(&h, &by_hand),
+        before[3],
+        "hand-pinned domain untouched"
+    );
+
+    // Applied pins are recognised as numapin's: the next run is a no-op.
+    let again = numapin(&["apply", "--config", config, "--sample", "0"]);
+    assert!(again.status.success());
+    assert!(
+        stdout(&again).contains("nothing to change"),
+        "{}",
+        stdout(&again)
+    );
+    let status = numapin(&[
+        "status", "--format", "json", "--config", config, "--sample", "0",
+    ]);
+    let status = json(&status);
+    let plain_status = status["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == plain.name.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(plain_status["managed"], true, "{plain_status}");
+    assert_eq!(plain_status["vcpu_nodes"], "0", "{plain_status}");
+}
+
+/// Replaces step `k` of `steps` with one libvirt must refuse.
+fn with_bad_step(steps: &[Action], k: usize) -> Vec<Action> {
+    let mut out = steps.to_vec();
+    let impossible = set("4000");
+    out[k] = match &steps[k] {
+        Action::Emulatorpin { .. } => Action::Emulatorpin { cpus: impossible },
+        Action::Iothreadpin { iothread, .. } => Action::Iothreadpin {
+            iothread: *iothread,
+            cpus: impossible,
+        },
+        Action::Vcpupin { vcpu, .. } => Action::Vcpupin {
+            vcpu: *vcpu,
+            cpus: impossible,
+        },
+        Action::SetMemoryNodeset { .. } => Action::SetMemoryNodeset { nodeset: set("7") },
+        Action::MigratePages { to, mib, .. } => Action::MigratePages {
+            from: set("0"),
+            to: to.clone(),
+            mib: *mib,
+        },
+    };
+    out
+}
+
+fn move_to_cpu1(memory: Option<Action>) -> Vec<Action> {
+    let mut steps = vec![
+        Action::Emulatorpin { cpus: set("1") },
+        Action::Iothreadpin {
+            iothread: 1,
+            cpus: set("1"),
+        },
+        Action::Vcpupin {
+            vcpu: 0,
+            cpus: set("1"),
+        },
+    ];
+    steps.extend(memory);
+    steps
+}
+
+fn run(
+    h: &LiveHost,
+    j: &Journal,
+    d: &TestDomain,
+    steps: &[Action],
+    hook: &mut dyn StepHook,
+) -> Outcome {
+    transaction::run(h, j, &opts(), &domain_ref(h, d), steps, hook).unwrap()
+}
+
+#[test]
+fn a_failure_at_each_step_leaves_the_domain_as_it_was() {
+    let _s = serial();
+    let d = TestDomain::start("fail-each-step", &restrictive());
+    let h = host();
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(tmp.path()).unwrap();
+    let steps = move_to_cpu1(Some(Action::SetMemoryNodeset { nodeset: set("0") }));
+    let before = observe(&h, &d);
+    for k in 0..steps.len() {
+        let bad = with_bad_step(&steps, k);
+        match run(&h, &j, &d, &bad, &mut NoHook) {
+            Outcome::RolledBack {
+                failed_step,
+                restored,
+                undo_errors,
+                ..
+            } => {
+                assert_eq!(failed_step, k + 1);
+                assert!(restored, "step {k}: {undo_errors:?}");
+            }
+            other => panic!("step {k}: {other:?}"),
+        }
+        assert_eq!(observe(&h, &d), before, "after a failure at step {}", k + 1);
+        assert!(j.pending().unwrap().is_empty());
+    }
+    // The good steps do apply (the failures were the injected ones).
+    let outcome = run(&h, &j, &d, &steps, &mut NoHook);
+    assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+    assert_eq!(observe(&h, &d).threads[&0], "1");
+}
+
+#[test]
+fn libvirt_refusing_a_strict_nodeset_change_rolls_back_the_pins() {
+    let _s = serial();
+    let d = TestDomain::start("strict-refused", &strict());
+    let h = host();
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(tmp.path()).unwrap();
+    let before = observe(&h, &d);
+    let steps = vec![
+        Action::Emulatorpin { cpus: set("1") },
+        Action::Vcpupin {
+            vcpu: 0,
+            cpus: set("1"),
+        },
+        Action::SetMemoryNodeset { nodeset: set("0") },
+    ];
+    match run(&h, &j, &d, &steps, &mut NoHook) {
+        Outcome::RolledBack {
+            failed_step,
+            error,
+            restored,
+            ..
+        } => {
+            assert_eq!(failed_step, 3);
+            assert!(error.message.contains("strict"), "{error}");
+            assert!(restored);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(observe(&h, &d), before);
+}
+
+#[test]
+fn memory_steps_run_for_real() {
+    let _s = serial();
+    let restr = TestDomain::start("memory-restrictive", &restrictive());
+    let free = TestDomain::start("memory-unbound", &unbound());
+    let h = host();
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(tmp.path()).unwrap();
+    let zero = set("0");
+    let outcome = run(
+        &h,
+        &j,
+        &restr,
+        &move_to_cpu1(Some(Action::SetMemoryNodeset {
+            nodeset: zero.clone(),
+        })),
+        &mut NoHook,
+    );
+    assert!(
+        matches!(outcome, Outcome::Applied { steps: 4, .. }),
+        "{outcome:?}"
+    );
+    let outcome = run(
+        &h,
+        &j,
+        &free,
+        &move_to_cpu1(Some(Action::MigratePages {
+            from: zero.clone(),
+            to: zero,
+            mib: 1,
+        })),
+        &mut NoHook,
+    );
+    assert!(
+        matches!(outcome, Outcome::Applied { steps: 4, .. }),
+        "{outcome:?}"
+    );
+    let mem = numapin::apply::DomainHost::memory_per_node(&h, &domain_ref(&h, &free)).unwrap();
+    assert!(mem.get(&0).is_some_and(|&m| m > 0), "{mem:?}");
+}
+
+/// Destroys the domain before step `at`.
+struct DestroyAt(usize, String);
+impl StepHook for DestroyAt {
+    fn before_step(&mut self, _d: &DomainRef, index: usize, _s: &Action) {
+        if index == self.0 {
+            common::virsh(&["destroy", &self.1]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_domain_destroyed_midway_is_reported_not_failed() {
+    let _s = serial();
+    let d = TestDomain::start("destroyed-midway", &unbound());
+    let h = host();
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(tmp.path()).unwrap();
+    let outcome = run(
+        &h,
+        &j,
+        &d,
+        &move_to_cpu1(None),
+        &mut DestroyAt(2, d.name.clone()),
+    );
+    assert!(matches!(outcome, Outcome::Vanished { .. }), "{outcome:?}");
+    assert!(!outcome.is_failure());
+    assert!(j.pending().unwrap().is_empty(), "nothing left to roll back");
+}
+
+#[test]
+fn a_domain_that_vanishes_between_plan_and_apply_does_not_stop_the_others() {
+    let _s = serial();
+    let stays = TestDomain::start("vanish-stays", &unbound());
+    let goes = TestDomain::start("vanish-goes", &unbound());
+    let tmp = tempfile::tempdir().unwrap();
+    let config_path = isolated_config(tmp.path(), &[&stays, &goes], "");
+    let config = numapin::config::Config::load(&config_path).unwrap();
+    let h = host();
+    let mut sampler = Sampler::new(h.libvirt.clone(), "/".into(), 1.0);
+    let state = sampler.read(Duration::ZERO).unwrap();
+    let inputs = state.inputs();
+    let plan = planner::plan(&PlanInput {
+        topology: &state.topology,
+        domains: &inputs,
+        observations: &state.observations,
+        config: &config,
+        rebalance_all: false,
+    });
+    goes.destroy();
+    let j = Journal::open(&config.apply.state_dir).unwrap();
+    let placements = Placements::open(&config.apply.state_dir).unwrap();
+    let outcomes = numapin::apply::apply_plan(
+        &h,
+        &j,
+        &placements,
+        &opts(),
+        &plan,
+        &state.refs(),
+        &mut NoHook,
+    )
+    .unwrap();
+    let by_name: BTreeMap<&str, &Outcome> = outcomes
+        .iter()
+        .map(|o| (o.name.as_str(), &o.outcome))
+        .collect();
+    assert!(
+        matches!(by_name[goes.name.as_str()], Outcome::Vanished { .. }),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(by_name[stays.name.as_str()], Outcome::Applied { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(stays.vcpu_thread_cpus()[&0], "1");
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn attempted_steps(state_dir: &Path) -> usize {
+    Journal::open(state_dir)
+        .and_then(|j| j.pending())
+        .ok()
+        .and_then(|p| p.first().map(|r| r.attempted))
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigkill_between_steps_then_a_restart_restores_the_domain() {
+    let _s = serial();
+    let d = TestDomain::start("sigkill", &unbound());
+    let tmp = tempfile::tempdir().unwrap();
+    let config = isolated_config(tmp.path(), &[&d], "");
+    let state_dir = tmp.path().join("state");
+    let h = host();
+    let before = observe(&h, &d);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_numapin"))
+        .args([
+            "apply",
+            "--sample",
+            "0",
+            "--pause-between-steps-ms",
+            "10000",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Step 1 (emulatorpin) is done once the pause before step 2 begins:
+    // the journal then says one step was started.
+    wait_for("the first step", Duration::from_secs(20), || {
+        attempted_steps(&state_dir) == 1 && observe(&h, &d).pins.emulator == set("1")
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let half = observe(&h, &d);
+    assert_ne!(half, before, "killed mid-transaction: half applied");
+    assert_eq!(half.threads, before.threads, "vCPUs not reached yet");
+
+    let out = numapin(&["recover", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&d.name) && said.contains("rolled back"),
+        "{said}"
+    );
+    assert_eq!(observe(&h, &d), before, "restored exactly");
+    assert_eq!(attempted_steps(&state_dir), 0, "journal emptied");
+
+    // A later apply does the whole change, in one go.
+    let out = numapin(&[
+        "apply",
+        "--sample",
+        "0",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.vcpu_thread_cpus()[&0], "1");
+}
+
+#[test]
+fn a_second_numapin_is_refused_while_one_applies() {
+    let _s = serial();
+    let d = TestDomain::start("locked", &unbound());
+    let tmp = tempfile::tempdir().unwrap();
+    let config = isolated_config(tmp.path(), &[&d], "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_numapin"))
+        .args(["apply", "--sample", "0", "--pause-between-steps-ms", "3000"])
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state_dir = tmp.path().join("state");
+    wait_for("the first step", Duration::from_secs(20), || {
+        attempted_steps(&state_dir) == 1
+    });
+    let out = numapin(&[
+        "apply",
+        "--sample",
+        "0",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another numapin"));
+    assert!(child.wait().unwrap().success());
+}
