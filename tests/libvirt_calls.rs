@@ -46,3 +46,38 @@ fn reads_and_changes_pins_of_a_running_domain() {
     println!("{b:?}");
     let _ = virsh(&["list"]);
 }
+
+/// The policy element documented in the README, set with `virsh metadata`
+/// on a running domain, is what numapin reads.
+#[test]
+fn metadata_policy_set_with_virsh_is_honoured() {
+    let dom = TestDomain::start(
+        "calls-metadata",
+        &Spec {
+            vcpus: 1,
+            ..Spec::default()
+        },
+    );
+    virsh(&[
+        "metadata",
+        &dom.name,
+        "--uri",
+        numapin::guest::metadata::METADATA_NAMESPACE,
+        "--key",
+        "numapin",
+        "--set",
+        "<policy name=\"exclude\"/>",
+        "--live",
+    ])
+    .unwrap();
+    let lv = libvirt();
+    let d = lv.domain(&dom.uuid()).unwrap();
+    let (live, persistent) = lv.domain_xml(&d).unwrap();
+    assert!(persistent.is_none(), "transient test domain");
+    let parsed = numapin::guest::domain_xml::parse(&live).unwrap();
+    assert_eq!(
+        parsed.policy,
+        Some(numapin::guest::DomainPolicy::Exclude),
+        "{live}"
+    );
+}
