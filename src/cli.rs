@@ -90,6 +90,24 @@ pub enum Command {
         #[command(flatten)]
         live: LiveArgs,
     },
+    /// Run the daemon: observe, plan and apply on an interval and on
+    /// libvirt domain events, until SIGTERM.
+    Run {
+        /// Config file [default: /etc/numapin/numapin.toml if it exists, else built-in defaults]; SIGHUP reloads it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Plan and log what would be applied; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Root of the /proc and /sys trees to read.
+        #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
+        root: PathBuf,
+    },
+    /// Ask the running daemon to rebalance now (sends it SIGUSR1).
+    Rebalance {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Roll back the transactions a killed numapin left unfinished, and
     /// change nothing else. (`apply` and the daemon do this first anyway.)
     Recover {

@@ -22,6 +22,8 @@ pub struct Config {
     pub planner: PlannerConfig,
     pub libvirt: LibvirtConfig,
     pub apply: ApplyConfig,
+    pub daemon: DaemonConfig,
+    pub metrics: MetricsConfig,
     /// Per-domain policy rules, first match wins; the domain's own numapin
     /// `<metadata>` overrides them.
     #[serde(rename = "domain")]
@@ -152,6 +154,61 @@ impl Default for ApplyConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Seconds between cycles when nothing happens. Domain events start a
+    /// cycle at once; the interval catches what events do not announce
+    /// (load shifting, memory growing, a node filling up).
+    pub interval_secs: u64,
+    /// Milliseconds to wait after an event for more, so a burst (many
+    /// domains starting together) is handled in one cycle.
+    pub event_delay_ms: u64,
+    /// Where `numapin run` writes its pid, for `numapin rebalance`.
+    pub pid_file: PathBuf,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 30,
+            event_delay_ms: 200,
+            pid_file: PathBuf::from("/run/numapin/numapin.pid"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Loopback address to serve Prometheus metrics on, e.g.
+    /// "127.0.0.1:9877"; empty: off.
+    pub listen: String,
+    /// node_exporter textfile to write after every cycle, e.g.
+    /// "/var/lib/prometheus/node-exporter/numapin.prom"; empty: off.
+    pub textfile: String,
+}
+
+impl MetricsConfig {
+    /// The listen address, when metrics are served.
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        if self.listen.trim().is_empty() {
+            return Ok(None);
+        }
+        let addr: std::net::SocketAddr = self
+            .listen
+            .trim()
+            .parse()
+            .map_err(|e| format!("{:?} is not an address:port: {e}", self.listen))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{addr} is not a loopback address; metrics are served on loopback only"
+            ));
+        }
+        Ok(Some(addr))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainRule {
     /// Domain name or shell-style pattern (`db-*`).
@@ -250,6 +307,27 @@ impl Config {
             return bad(
                 "apply.state_dir",
                 format!("{} is not an absolute path", self.apply.state_dir.display()),
+            );
+        }
+        if !(1..=86_400).contains(&self.daemon.interval_secs) {
+            return bad(
+                "daemon.interval_secs",
+                format!("{} is not between 1 and 86400", self.daemon.interval_secs),
+            );
+        }
+        if self.daemon.event_delay_ms > 10_000 {
+            return bad(
+                "daemon.event_delay_ms",
+                format!("{} is above 10000", self.daemon.event_delay_ms),
+            );
+        }
+        if let Err(reason) = self.metrics.listen_addr() {
+            return bad("metrics.listen", reason);
+        }
+        if !self.metrics.textfile.is_empty() && !Path::new(&self.metrics.textfile).is_absolute() {
+            return bad(
+                "metrics.textfile",
+                format!("{} is not an absolute path", self.metrics.textfile),
             );
         }
         for (i, rule) in self.domains.iter().enumerate() {

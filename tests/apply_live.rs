@@ -66,6 +66,7 @@ fn opts() -> ApplyOptions {
         persist: false,
         memory_on_target_share: 0.9,
         memory_verify_timeout: Duration::from_secs(5),
+        stop: None,
     }
 }
 

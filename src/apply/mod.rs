@@ -12,6 +12,8 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -30,6 +32,9 @@ pub struct ApplyOptions {
     pub persist: bool,
     pub memory_on_target_share: f64,
     pub memory_verify_timeout: Duration,
+    /// Set to stop after the transaction in flight (a shutdown): the
+    /// remaining domains are left for the next start.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl From<&ApplyConfig> for ApplyOptions {
@@ -38,6 +43,7 @@ impl From<&ApplyConfig> for ApplyOptions {
             persist: c.persist,
             memory_on_target_share: c.memory_on_target_share,
             memory_verify_timeout: Duration::from_secs(c.memory_verify_timeout_secs),
+            stop: None,
         }
     }
 }
@@ -91,11 +97,25 @@ pub fn apply_plan(
         .iter()
         .filter(|d| d.managed && !d.actions.is_empty())
     {
+        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            tracing::info!(domain = %dp.name, "stopping: left for the next start");
+            break;
+        }
         let outcome = match running.iter().find(|r| r.uuid == dp.uuid) {
             None => Outcome::Vanished {
                 during: "planning".into(),
             },
-            Some(expected) => transaction::run(host, journal, opts, expected, &dp.actions, hook)?,
+            Some(expected) => {
+                tracing::info!(
+                    domain = %dp.name,
+                    from = %dp.current.nodes,
+                    to = %dp.nodes,
+                    mib = dp.migrate_mib,
+                    reason = %dp.reason,
+                    "changing placement"
+                );
+                transaction::run(host, journal, opts, expected, &dp.actions, hook)?
+            }
         };
         // libvirt cannot unpin a running domain, so even a rollback leaves
         // explicit (prior-valued) pins behind; they are numapin's too.

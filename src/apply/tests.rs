@@ -82,6 +82,7 @@ fn opts() -> ApplyOptions {
         persist: false,
         memory_on_target_share: 0.9,
         memory_verify_timeout: Duration::from_millis(300),
+        stop: None,
     }
 }
 

@@ -14,7 +14,7 @@ use crate::exit::Exit;
 use crate::libvirt::{self, Libvirt};
 use crate::live::state::LiveError;
 use crate::live::{LiveHost, LiveState, Sampler};
-use crate::planner::{self, Plan, PlanInput};
+use crate::planner::Plan;
 use crate::report::{apply_table, status as status_report};
 use crate::snapshot::{self, DomainXml};
 
@@ -87,23 +87,7 @@ impl Session {
 
     fn plan(&self, state: &LiveState, rebalance: bool, exclude: &[String]) -> Plan {
         let placements = Placements::existing(&self.config.apply.state_dir);
-        let inputs: Vec<_> = state
-            .domains
-            .iter()
-            .filter(|d| !exclude.contains(&d.r.uuid))
-            .map(|d| {
-                let mut input = d.input.clone();
-                input.numapin_pins = placements.cputune_of(&d.r);
-                input
-            })
-            .collect();
-        planner::plan(&PlanInput {
-            topology: &state.topology,
-            domains: &inputs,
-            observations: &state.observations,
-            config: &self.config,
-            rebalance_all: rebalance,
-        })
+        crate::live::plan(state, &self.config, &placements, rebalance, exclude)
     }
 }
 

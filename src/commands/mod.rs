@@ -1,6 +1,7 @@
 //! The subcommands. Each returns a [`Failure`] carrying its exit class;
 //! `main` prints it once and exits with that code.
 
+mod daemon;
 mod live;
 mod offline;
 
@@ -8,7 +9,7 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{Cli, Command};
-use crate::config::{self, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::exit::Exit;
 use crate::snapshot::SnapshotError;
 use crate::topology::HostTopology;
@@ -47,15 +48,8 @@ impl From<ConfigError> for Failure {
 
 /// The config named on the command line (must exist), else the default
 /// path when present, else built-in defaults.
-fn load_config(path: Option<&Path>) -> Result<(Config, String), Failure> {
-    match path {
-        Some(p) => Ok((Config::load(p)?, p.display().to_string())),
-        None if Path::new(config::DEFAULT_PATH).exists() => Ok((
-            Config::load(Path::new(config::DEFAULT_PATH))?,
-            config::DEFAULT_PATH.to_string(),
-        )),
-        None => Ok((Config::default(), "built-in defaults".to_string())),
-    }
+pub(crate) fn load_config(path: Option<&Path>) -> Result<(Config, String), Failure> {
+    Ok(crate::daemon::load_config(path)?)
 }
 
 fn config_for_host(config: &Config, source: &str, topo: &HostTopology) -> Result<(), Failure> {
@@ -101,5 +95,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             live,
         } => live::apply(dry_run, rebalance, format, pause_between_steps_ms, &live),
         Command::Recover { live } => live::recover(&live),
+        Command::Run {
+            config,
+            dry_run,
+            root,
+        } => daemon::run(config, dry_run, root),
+        Command::Rebalance { config } => daemon::rebalance(config.as_deref()),
     }
 }

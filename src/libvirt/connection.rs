@@ -20,6 +20,8 @@ use virt::sys;
 
 use crate::host_error::{ErrorKind, HostError};
 
+use super::events::{self, EventSink};
+
 type Job = Box<dyn FnOnce(&Connect) + Send>;
 
 /// First wait before reopening after a failed open; doubles up to the cap.
@@ -36,6 +38,8 @@ pub struct Libvirt {
 struct Inner {
     uri: String,
     timeout: Duration,
+    /// Receives domain events from every connection opened, when set.
+    events: Option<EventSink>,
     state: Mutex<State>,
 }
 
@@ -58,10 +62,22 @@ struct Worker {
 impl Libvirt {
     /// Does not connect yet: the first call does.
     pub fn new(uri: &str, timeout: Duration) -> Self {
+        Self::build(uri, timeout, None)
+    }
+
+    /// Like [`Libvirt::new`], and every connection it opens delivers
+    /// domain lifecycle events (and its own closing) to `sink`.
+    pub fn with_events(uri: &str, timeout: Duration, sink: EventSink) -> Self {
+        events::start_event_loop();
+        Self::build(uri, timeout, Some(sink))
+    }
+
+    fn build(uri: &str, timeout: Duration, events: Option<EventSink>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 uri: uri.to_string(),
                 timeout,
+                events,
                 state: Mutex::new(State::default()),
             }),
         }
@@ -167,7 +183,13 @@ impl Libvirt {
         }
         // Opening under the lock: concurrent callers wait for this attempt
         // instead of starting their own.
-        match spawn_worker(&self.inner.uri, self.inner.timeout, state.generation + 1) {
+        let events = self.inner.events.clone();
+        match spawn_worker(
+            &self.inner.uri,
+            self.inner.timeout,
+            state.generation + 1,
+            events,
+        ) {
             Ok(worker) => {
                 tracing::info!(uri = %self.inner.uri, "connected to libvirt");
                 state.generation += 1;
@@ -189,7 +211,12 @@ impl Libvirt {
     }
 }
 
-fn spawn_worker(uri: &str, timeout: Duration, generation: u64) -> Result<Worker, HostError> {
+fn spawn_worker(
+    uri: &str,
+    timeout: Duration,
+    generation: u64,
+    events: Option<EventSink>,
+) -> Result<Worker, HostError> {
     let (jobs, queue) = mpsc::channel::<Job>();
     let (opened_tx, opened) = mpsc::sync_channel(1);
     let thread_uri = uri.to_string();
@@ -208,9 +235,15 @@ fn spawn_worker(uri: &str, timeout: Duration, generation: u64) -> Result<Worker,
             };
             // Ends when every sender is dropped: the connection was
             // abandoned or the last handle went away.
+            let registration = events
+                .as_ref()
+                .and_then(|sink| events::register(&conn, sink));
             // Dropping `conn` afterwards closes it.
             while let Ok(job) = queue.recv() {
                 job(&conn);
+            }
+            if let Some(r) = registration {
+                events::deregister(&conn, r);
             }
         })
         .map_err(|e| HostError::unavailable("connect", &format!("cannot start a thread: {e}")))?;

@@ -3,6 +3,7 @@
 
 mod calls;
 mod connection;
+pub mod events;
 
 pub use calls::{DomainRef, MemoryBinding, Pins, Scope};
 pub use connection::Libvirt;

@@ -17,6 +17,35 @@ use crate::observe::{ObserveError, pid_file, threads};
 
 pub use state::{LiveDomain, LiveState, Sampler};
 
+/// Plans a live reading: domains in `exclude` (UUIDs) are left out, and
+/// each domain's pins are recognised as numapin's when they are what
+/// `placements` recorded for its current run.
+pub fn plan(
+    state: &LiveState,
+    config: &crate::config::Config,
+    placements: &crate::apply::Placements,
+    rebalance: bool,
+    exclude: &[String],
+) -> crate::planner::Plan {
+    let inputs: Vec<_> = state
+        .domains
+        .iter()
+        .filter(|d| !exclude.contains(&d.r.uuid))
+        .map(|d| {
+            let mut input = d.input.clone();
+            input.numapin_pins = placements.cputune_of(&d.r);
+            input
+        })
+        .collect();
+    crate::planner::plan(&crate::planner::PlanInput {
+        topology: &state.topology,
+        domains: &inputs,
+        observations: &state.observations,
+        config,
+        rebalance_all: rebalance,
+    })
+}
+
 /// libvirt plus the host's files under `root` (`/` in production).
 #[derive(Clone)]
 pub struct LiveHost {
