@@ -1,0 +1,368 @@
+//! `numapin run` against the real libvirtd: events place a new domain
+//! within 2 s, signals do what they say, dry-run changes nothing, systemd's
+//! notify protocol is spoken, and the daemon survives 100 domain
+//! start/stop cycles with stable memory.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Spec, TestDomain, serial};
+
+fn spec() -> Spec {
+    Spec {
+        vcpus: 1,
+        ..Spec::default()
+    }
+}
+
+/// A config for one daemon test. Domains whose names start with `prefix`
+/// are managed; CPU 0 is reserved so placement really changes pins.
+fn config(dir: &Path, prefix: &str, reserved: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        "[host]\nreserved_cpus = \"{reserved}\"\n\
+         [apply]\nstate_dir = \"{state}\"\n\
+         [daemon]\ninterval_secs = 1\npid_file = \"{state}/numapin.pid\"\n{extra}\n\
+         [[domain]]\nname = \"nptest-{prefix}*\"\npolicy = \"auto\"\n\
+         [[domain]]\nname = \"*\"\npolicy = \"exclude\"\n",
+        state = dir.join("state").display()
+    );
+    let path = dir.join("numapin.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        common::require_libvirt();
+        let log = config.with_file_name("daemon.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_numapin"));
+        cmd.args(["-v", "run", "--config"])
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "numapin=debug")
+            .env("NO_COLOR", "1")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let d = Daemon { child, log };
+        d.wait_log("first cycle", Duration::from_secs(20), |l| {
+            l.contains("cycle:")
+        });
+        d
+    }
+
+    fn log(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // Strip ANSI colours, whatever the terminal detection decided.
+        let mut out = String::new();
+        let mut chars = raw.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    fn wait_log(&self, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "daemon did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn pinned_to(d: &TestDomain, cpus: &str) -> bool {
+    d.vcpu_thread_cpus().get(&0).is_some_and(|c| c == cpus)
+}
+
+#[test]
+fn a_domain_started_under_the_daemon_is_pinned_within_two_seconds() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    // A long interval: only the start event can explain a quick placement.
+    let cfg = config(tmp.path(), "event", "0", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("interval_secs = 1", "interval_secs = 3600");
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = Daemon::start(&cfg, &[], &[]);
+    // `virsh create` returns once the domain runs, when libvirt sends the
+    // start event.
+    let d = TestDomain::start("event-a", &spec());
+    let took = wait_for("the new domain's pins", Duration::from_secs(10), || {
+        pinned_to(&d, "1")
+    });
+    eprintln!("pinned {took:?} after it started");
+    assert!(
+        took < Duration::from_secs(2),
+        "placed {took:?} after start; log:\n{}",
+        daemon.log()
+    );
+    assert!(daemon.log().contains("domain event"), "{}", daemon.log());
+}
+
+#[test]
+fn signals_rebalance_reload_and_stop() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "signals", "0", "");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let cfg_text = good.replace("interval_secs = 1", "interval_secs = 3600");
+    std::fs::write(&cfg, &cfg_text).unwrap();
+    let d = TestDomain::start("signals-a", &spec());
+    let mut daemon = Daemon::start(&cfg, &[], &[]);
+    wait_for("placement", Duration::from_secs(10), || pinned_to(&d, "1"));
+
+    // SIGUSR1: a cycle now, even with an hour-long interval.
+    let cycles = daemon.count("cycle:");
+    daemon.signal(libc::SIGUSR1);
+    daemon.wait_log("a rebalance cycle", Duration::from_secs(10), |l| {
+        l.contains("SIGUSR1") && l.matches("cycle:").count() > cycles
+    });
+
+    // `numapin rebalance` finds the daemon through its pid file.
+    let cycles = daemon.count("cycle:");
+    let out = common::numapin(&["rebalance", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon.wait_log("a rebalance cycle", Duration::from_secs(10), |l| {
+        l.matches("cycle:").count() > cycles
+    });
+
+    // SIGHUP with a broken config: reported, the old one keeps running.
+    std::fs::write(&cfg, "[planner]\nmin_gian = 0.3\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("the failed reload", Duration::from_secs(10), |l| {
+        l.contains("config reload failed")
+    });
+    assert!(daemon.log().contains("min_gian"), "{}", daemon.log());
+    assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
+    let cycles = daemon.count("cycle:");
+    daemon.signal(libc::SIGUSR1);
+    daemon.wait_log("a cycle on the old config", Duration::from_secs(10), |l| {
+        l.matches("cycle:").count() > cycles
+    });
+    assert!(
+        pinned_to(&d, "1"),
+        "old config (CPU 0 reserved) still applies"
+    );
+
+    // SIGHUP with a good config: the new settings apply (CPU 1 reserved
+    // now, so the domain moves to CPU 0).
+    std::fs::write(
+        &cfg,
+        cfg_text.replace("reserved_cpus = \"0\"", "reserved_cpus = \"1\""),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("the reload", Duration::from_secs(10), |l| {
+        l.contains("config reloaded")
+    });
+    daemon.signal(libc::SIGUSR1);
+    wait_for("the move to CPU 0", Duration::from_secs(10), || {
+        pinned_to(&d, "0")
+    });
+
+    // SIGTERM: exit 0, nothing left in the journal.
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    let pending = std::fs::read_dir(tmp.path().join("state/transactions"))
+        .unwrap()
+        .count();
+    assert_eq!(pending, 0, "no transaction left open");
+    assert!(
+        !tmp.path().join("state/numapin.pid").exists(),
+        "pid file removed"
+    );
+}
+
+#[test]
+fn a_dry_run_daemon_changes_nothing_over_several_cycles() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "dry", "0", "");
+    let d = TestDomain::start("dry-a", &spec());
+    let before = d.vcpu_thread_cpus();
+    let daemon = Daemon::start(&cfg, &["--dry-run"], &[]);
+    daemon.wait_log("three cycles", Duration::from_secs(15), |l| {
+        l.matches("cycle:").count() >= 3
+    });
+    assert_eq!(d.vcpu_thread_cpus(), before, "a dry run pinned something");
+    let log = daemon.log();
+    assert!(
+        log.contains("dry run: would apply") && log.contains("vcpupin 0 1"),
+        "{log}"
+    );
+    assert!(
+        !tmp.path()
+            .join("state/placements")
+            .read_dir()
+            .unwrap()
+            .any(|_| true)
+    );
+}
+
+#[test]
+fn systemd_notify_messages_are_sent() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "notify", "0", "");
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut daemon = Daemon::start(
+        &cfg,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let mut messages = Vec::new();
+    let read = |messages: &mut Vec<String>, until: Duration| {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < until {
+            if let Ok(n) = socket.recv(&mut buf) {
+                messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    read(&mut messages, Duration::from_secs(2));
+    daemon.signal(libc::SIGHUP);
+    read(&mut messages, Duration::from_secs(1));
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    read(&mut messages, Duration::from_millis(300));
+    let all = messages.join("\n");
+    assert!(all.contains("READY=1"), "{all}");
+    assert!(all.contains("STATUS="), "{all}");
+    assert!(all.contains("managed"), "the status line summarises: {all}");
+    assert!(all.contains("WATCHDOG=1"), "{all}");
+    assert!(all.contains("RELOADING=1"), "{all}");
+    assert!(all.contains("STOPPING=1"), "{all}");
+    let ready = messages.iter().position(|m| m.contains("READY=1")).unwrap();
+    let watchdogs = messages.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(watchdogs >= 2, "fed at half the 1 s timeout: {all}");
+    assert!(ready < messages.len());
+}
+
+#[test]
+fn a_hundred_domain_starts_and_stops_under_the_daemon() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "churn", "0", "");
+    let mut daemon = Daemon::start(&cfg, &[], &[]);
+    let mut running: std::collections::VecDeque<TestDomain> = Default::default();
+    let mut rss_after_warmup = 0;
+    for i in 0..100 {
+        running.push_back(TestDomain::start(&format!("churn-{}", i % 6), &spec()));
+        if running.len() > 4 {
+            running.pop_front(); // destroyed on drop
+        }
+        if i == 20 {
+            rss_after_warmup = daemon.rss_kib();
+        }
+    }
+    for d in &running {
+        wait_for(
+            &format!("{} placed", d.name),
+            Duration::from_secs(10),
+            || pinned_to(d, "1"),
+        );
+    }
+    let rss_end = daemon.rss_kib();
+    assert!(
+        rss_end <= rss_after_warmup + rss_after_warmup / 5 + 2048,
+        "RSS grew from {rss_after_warmup} KiB to {rss_end} KiB"
+    );
+    assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
+    let log = daemon.log();
+    assert!(!log.contains("panicked"), "{log}");
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    eprintln!("daemon RSS: {rss_after_warmup} KiB after 20 starts, {rss_end} KiB after 100");
+}
