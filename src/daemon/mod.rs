@@ -316,11 +316,10 @@ impl Daemon {
             let worker = self.worker.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let w = lock(&worker);
-                recovery::recover(&w.host, &w.journal).map(|r| {
+                recovery::recover(&w.host, &w.journal).inspect(|r| {
                     for done in r.iter().filter(|d| d.result == RecoveryResult::RolledBack) {
                         apply::remember(&w.host, &w.placements, &done.domain);
                     }
-                    r
                 })
             })
             .await;
