@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -24,7 +25,8 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(cli.verbose);
+    let daemon = matches!(cli.command, numapin::cli::Command::Run { .. });
+    init_logging(cli.verbose, daemon);
     match numapin::commands::run(cli) {
         Ok(()) => Exit::Ok.into(),
         Err(f) => {
@@ -34,16 +36,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
+/// Logs go to stderr. The daemon logs its decisions at info by default;
+/// one-shot commands only warnings. Under systemd (JOURNAL_STREAM set) the
+/// journal adds timestamps itself, and colours are only for terminals.
+fn init_logging(verbose: u8, daemon: bool) {
+    let default = match verbose + u8::from(daemon) {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(ansi);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
 }

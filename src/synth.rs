@@ -124,6 +124,7 @@ pub fn domain(name: &str, vcpus: u32, mem_mib: u64) -> Domain {
         numatune: None,
         iothreads: Vec::new(),
         policy: None,
+        disks: Vec::new(),
     }
 }
 

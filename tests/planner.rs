@@ -639,3 +639,89 @@ fn kept_dedicated_domains_reclaim_their_cpus_before_anyone_allocates() {
         "b re-pinned off a's and c's CPUs: {b}"
     );
 }
+
+mod coexistence {
+    use super::*;
+    use numapin::planner::Recorded;
+
+    fn recorded_pins(d: &Domain) -> Recorded {
+        Recorded {
+            cputune: d.cputune.clone(),
+            nodeset: d.numatune.as_ref().and_then(|n| n.nodeset.clone()),
+        }
+    }
+
+    fn plan_one(input: DomainInput) -> numapin::planner::DomainPlan {
+        let topo = two_socket();
+        let config = Config::default();
+        let obs = Observations::default();
+        let domains = vec![input];
+        plan(&PlanInput {
+            topology: &topo,
+            domains: &domains,
+            observations: &obs,
+            config: &config,
+            rebalance_all: false,
+        })
+        .domains
+        .remove(0)
+    }
+
+    #[test]
+    fn numapins_own_pins_on_a_transient_domain_are_not_manual() {
+        let d = domain("t", 2, 1024).pinned_to("0-3");
+        let mut input = DomainInput::new(d.clone(), None);
+        assert!(
+            !plan_one(input.clone()).managed,
+            "unknown live pins are the operator's"
+        );
+        input.recorded = Some(recorded_pins(&d));
+        assert!(plan_one(input).managed, "recorded pins are numapin's");
+    }
+
+    #[test]
+    fn an_operators_change_after_placement_is_noticed_and_not_fought() {
+        let placed = domain("op", 2, 1024).pinned_to("0-3");
+        let mut changed = placed.clone();
+        changed.cputune.vcpupin.insert(1, "8".parse().unwrap());
+        let mut input = DomainInput::new(changed, None);
+        input.recorded = Some(recorded_pins(&placed));
+        let p = plan_one(input);
+        assert!(!p.managed);
+        assert!(p.actions.is_empty());
+        assert!(
+            p.reason.contains("changed by hand")
+                && p.reason.contains("vCPU 1 0-3 -> 8")
+                && p.reason.contains("numapin manage op"),
+            "{}",
+            p.reason
+        );
+    }
+
+    #[test]
+    fn an_unplugged_vcpu_is_not_an_operators_change() {
+        let placed = domain("hot", 4, 1024).pinned_to("0-3");
+        let mut now = placed.clone();
+        now.online_vcpus = "0-1".parse().unwrap();
+        now.vcpus_current = 2;
+        now.cputune.vcpupin.remove(&3);
+        let mut input = DomainInput::new(now, None);
+        input.recorded = Some(recorded_pins(&placed));
+        let p = plan_one(input);
+        assert!(p.managed, "{}", p.reason);
+        assert!(
+            p.vcpupin.keys().all(|&v| v < 2),
+            "only online vCPUs get pins: {:?}",
+            p.vcpupin
+        );
+    }
+
+    #[test]
+    fn a_held_domain_is_left_alone_with_the_reason() {
+        let mut input = DomainInput::new(domain("busy", 2, 1024), None);
+        input.hold = Some("busy: outgoing migration in progress; retried when it ends".into());
+        let p = plan_one(input);
+        assert!(!p.managed);
+        assert!(p.reason.contains("outgoing migration"), "{}", p.reason);
+    }
+}

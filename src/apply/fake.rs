@@ -37,6 +37,10 @@ pub struct Faults {
     pub threads_on: Option<CpuSet>,
     /// Memory does not move.
     pub memory_stuck: bool,
+    /// A libvirt job holds the domain.
+    pub busy: Option<String>,
+    /// The host's online CPUs (default 0-7).
+    pub online: Option<CpuSet>,
 }
 
 pub struct FakeHost {
@@ -195,14 +199,31 @@ impl DomainHost for FakeHost {
         Ok(())
     }
 
-    fn cputune(&self, d: &DomainRef) -> Result<crate::guest::CpuTune, HostError> {
+    fn recorded(&self, d: &DomainRef) -> Result<crate::planner::Recorded, HostError> {
         self.running(d)?;
         let s = self.state.borrow();
-        Ok(crate::guest::CpuTune {
-            vcpupin: s.pins.vcpus.clone(),
-            emulatorpin: Some(s.pins.emulator.clone()),
-            iothreadpin: s.pins.iothreads.clone(),
+        Ok(crate::planner::Recorded {
+            cputune: crate::guest::CpuTune {
+                vcpupin: s.pins.vcpus.clone(),
+                emulatorpin: Some(s.pins.emulator.clone()),
+                iothreadpin: s.pins.iothreads.clone(),
+            },
+            nodeset: s.binding.nodeset.clone(),
         })
+    }
+
+    fn activity(&self, d: &DomainRef) -> Result<Option<String>, HostError> {
+        self.running(d)?;
+        Ok(self.faults.borrow().busy.clone())
+    }
+
+    fn online_cpus(&self) -> Result<CpuSet, HostError> {
+        Ok(self
+            .faults
+            .borrow()
+            .online
+            .clone()
+            .unwrap_or_else(|| "0-7".parse().unwrap()))
     }
 
     fn is_persistent(&self, d: &DomainRef) -> Result<bool, HostError> {

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::guest::CpuTune;
 use crate::host_error::HostError;
 use crate::idset::{CpuSet, NodeSet};
 use crate::libvirt::{DomainRef, MemoryBinding, Pins, Scope};
+use crate::planner::Recorded;
 
 pub trait DomainHost {
     /// The running domain with this UUID; a Gone error when it is not.
@@ -35,8 +35,14 @@ pub trait DomainHost {
         nodeset: &NodeSet,
         scope: Scope,
     ) -> Result<(), HostError>;
-    /// The live `<cputune>` (pins as the domain's live XML shows them).
-    fn cputune(&self, d: &DomainRef) -> Result<CpuTune, HostError>;
+    /// The live `<cputune>` and memory nodeset: what numapin records as
+    /// its own after a change.
+    fn recorded(&self, d: &DomainRef) -> Result<Recorded, HostError>;
+    /// Why the domain must not be touched now (not running, a libvirt job
+    /// in progress), if it must not.
+    fn activity(&self, d: &DomainRef) -> Result<Option<String>, HostError>;
+    /// The host's online CPUs now.
+    fn online_cpus(&self) -> Result<CpuSet, HostError>;
     /// Whether the domain has a persistent definition to write to.
     fn is_persistent(&self, d: &DomainRef) -> Result<bool, HostError>;
     /// Resident memory of the domain's QEMU process per host node, MiB.

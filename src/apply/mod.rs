@@ -140,13 +140,13 @@ pub fn apply_plan(
 /// Records the pins numapin left, so the next round knows them for its own.
 pub fn remember(host: &dyn DomainHost, placements: &Placements, d: &DomainRef) {
     let result = host
-        .cputune(d)
+        .recorded(d)
         .map_err(|e| e.to_string())
-        .and_then(|cputune| {
+        .and_then(|recorded| {
             placements
                 .record(&placements::Placement {
                     domain: d.clone(),
-                    cputune,
+                    recorded,
                 })
                 .map_err(|e| e.to_string())
         });

@@ -9,15 +9,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::guest::CpuTune;
 use crate::libvirt::DomainRef;
+use crate::planner::Recorded;
 
 const PLACEMENTS: &str = "placements";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
     pub domain: DomainRef,
-    pub cputune: CpuTune,
+    pub recorded: Recorded,
 }
 
 #[derive(Debug, Clone)]
@@ -55,11 +55,19 @@ impl Placements {
         fs::rename(&tmp, &path)
     }
 
-    /// The cputune numapin left on this run of the domain, if recorded.
-    pub fn cputune_of(&self, d: &DomainRef) -> Option<CpuTune> {
+    /// What numapin left on this run of the domain, if recorded.
+    pub fn recorded_of(&self, d: &DomainRef) -> Option<Recorded> {
         let text = fs::read(self.path_of(&d.uuid)).ok()?;
         let p: Placement = serde_json::from_slice(&text).ok()?;
-        (p.domain.id == d.id).then_some(p.cputune)
+        (p.domain.id == d.id).then_some(p.recorded)
+    }
+
+    /// Forgets a domain's record (`numapin manage` replaces it).
+    pub fn forget(&self, uuid: &str) -> io::Result<()> {
+        match fs::remove_file(self.path_of(uuid)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Drops records of domains that are no longer running.
@@ -90,20 +98,23 @@ mod tests {
             uuid: "u-1".into(),
             id: 4,
         };
-        let cputune = CpuTune {
-            emulatorpin: Some("1".parse().unwrap()),
-            ..CpuTune::default()
+        let recorded = Recorded {
+            cputune: crate::guest::CpuTune {
+                emulatorpin: Some("1".parse().unwrap()),
+                ..Default::default()
+            },
+            nodeset: None,
         };
         p.record(&Placement {
             domain: d.clone(),
-            cputune: cputune.clone(),
+            recorded: recorded.clone(),
         })
         .unwrap();
-        assert_eq!(p.cputune_of(&d), Some(cputune));
+        assert_eq!(p.recorded_of(&d), Some(recorded));
         d.id = 5;
-        assert_eq!(p.cputune_of(&d), None, "a restarted domain starts afresh");
+        assert_eq!(p.recorded_of(&d), None, "a restarted domain starts afresh");
         p.prune(&[]);
         d.id = 4;
-        assert_eq!(p.cputune_of(&d), None);
+        assert_eq!(p.recorded_of(&d), None);
     }
 }

@@ -364,3 +364,91 @@ fn persisting_writes_the_definition_after_the_live_change_is_verified() {
     );
     assert_eq!(first_config, 5, "{changes:?}");
 }
+
+#[test]
+fn a_domain_busy_with_a_job_is_skipped_untouched() {
+    let host = FakeHost::new(state(None));
+    host.faults.borrow_mut().busy = Some("busy: outgoing migration in progress".into());
+    let (_t, j) = journal();
+    let outcome = apply(&host, &j, &steps(migrate()));
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.contains("outgoing migration")),
+        "{outcome:?}"
+    );
+    assert!(host.changes.borrow().is_empty());
+    assert!(j.pending().unwrap().is_empty());
+}
+
+#[test]
+fn a_target_cpu_gone_offline_is_never_pinned_to() {
+    let host = FakeHost::new(state(None));
+    host.faults.borrow_mut().online = Some(set("0-5"));
+    let (_t, j) = journal();
+    let outcome = apply(&host, &j, &steps(migrate()));
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.contains("CPU 6 went offline")),
+        "{outcome:?}"
+    );
+    assert!(host.changes.borrow().is_empty());
+}
+
+#[test]
+fn an_unplugged_vcpu_is_never_pinned() {
+    let mut s = state(None);
+    s.pins.vcpus.remove(&1);
+    let host = FakeHost::new(s);
+    let (_t, j) = journal();
+    let outcome = apply(&host, &j, &steps(migrate()));
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.contains("vCPU 1 is not online")),
+        "{outcome:?}"
+    );
+    assert!(host.changes.borrow().is_empty());
+}
+
+/// Starts a job once the pins are done, before the memory step.
+struct JobBeforeMemory<'a>(&'a FakeHost);
+impl StepHook for JobBeforeMemory<'_> {
+    fn before_step(&mut self, _d: &DomainRef, index: usize, _s: &Action) {
+        if index == 4 {
+            self.0.faults.borrow_mut().busy = Some("busy: backup in progress".into());
+        }
+    }
+}
+
+#[test]
+fn memory_never_moves_under_a_job_that_started_meanwhile() {
+    let before = state(None);
+    let host = FakeHost::new(before.clone());
+    let (_t, j) = journal();
+    let outcome = run(
+        &host,
+        &j,
+        &opts(),
+        &domain(),
+        &steps(migrate()),
+        &mut JobBeforeMemory(&host),
+    )
+    .unwrap();
+    match outcome {
+        Outcome::RolledBack {
+            failed_step,
+            error,
+            restored,
+            ..
+        } => {
+            assert_eq!(failed_step, 5);
+            assert!(error.message.contains("backup"), "{error}");
+            assert!(restored);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !host
+            .changes
+            .borrow()
+            .iter()
+            .any(|c| c.starts_with("migrate_pages"))
+    );
+    assert_eq!(host.snapshot().pins, before.pins);
+}

@@ -99,6 +99,9 @@ pub fn run(
             ),
         });
     }
+    if let Some(reason) = precheck(host, &d, steps) {
+        return Ok(reason);
+    }
     let prior = match read_prior(host, &d, steps) {
         Ok(p) => p,
         Err(e) if e.is_gone() => {
@@ -117,6 +120,11 @@ pub fn run(
 
     for (i, step) in steps.iter().enumerate() {
         hook.before_step(&d, i, step);
+        // Checked before the step counts as started, so a refusal leaves
+        // nothing of it to undo (memory is never moved back under a job).
+        if let Err(error) = guard(host, &d, step) {
+            return fail(host, journal, &record, i, error);
+        }
         record.attempted = i + 1;
         journal.write(&record)?;
         tracing::info!(
@@ -145,6 +153,54 @@ pub fn run(
         persisted,
         persist_error,
     })
+}
+
+/// Conditions that changed between planning and now: a job started, a
+/// target CPU went offline, a vCPU was unplugged. The domain is skipped
+/// untouched and retried next cycle.
+fn precheck(host: &dyn DomainHost, d: &DomainRef, steps: &[Action]) -> Option<Outcome> {
+    let skip = |reason: String| Some(Outcome::Skipped { reason });
+    match host.activity(d) {
+        Ok(Some(hold)) => return skip(hold),
+        Ok(None) => {}
+        Err(e) if e.is_gone() => {
+            return Some(Outcome::Vanished {
+                during: "the check before the first step".into(),
+            });
+        }
+        Err(e) => return skip(e.to_string()),
+    }
+    let online = match host.online_cpus() {
+        Ok(o) => o,
+        Err(e) => return skip(e.to_string()),
+    };
+    let threads = match host.vcpu_thread_affinity(d) {
+        Ok(t) => t,
+        Err(e) if e.is_gone() => {
+            return Some(Outcome::Vanished {
+                during: "the check before the first step".into(),
+            });
+        }
+        Err(e) => return skip(e.to_string()),
+    };
+    for step in steps {
+        let cpus = match step {
+            Action::Vcpupin { vcpu, cpus } => {
+                if !threads.contains_key(vcpu) {
+                    return skip(format!(
+                        "vCPU {vcpu} is not online any more (vCPUs changed since planning)"
+                    ));
+                }
+                cpus
+            }
+            Action::Emulatorpin { cpus } | Action::Iothreadpin { cpus, .. } => cpus,
+            _ => continue,
+        };
+        if let Some(cpu) = cpus.difference(&online).first() {
+            return skip(format!("CPU {cpu} went offline since planning"));
+        }
+    }
+    None
 }
 
 /// What the steps will touch, as it is now.
@@ -237,6 +293,22 @@ fn prior_value(prior: &Prior, step: &Action) -> String {
 
 fn show(set: Option<&crate::idset::IdSet>) -> String {
     set.map_or_else(|| "nothing".into(), |s| s.to_string())
+}
+
+/// Memory never moves while a migration, backup or other job runs on the
+/// domain: one started since the transaction began fails a memory step
+/// before it starts.
+fn guard(host: &dyn DomainHost, d: &DomainRef, step: &Action) -> Result<(), HostError> {
+    if !matches!(
+        step,
+        Action::MigratePages { .. } | Action::SetMemoryNodeset { .. }
+    ) {
+        return Ok(());
+    }
+    match host.activity(d)? {
+        Some(hold) => Err(HostError::new(&step.to_string(), ErrorKind::Failed, &hold)),
+        None => Ok(()),
+    }
 }
 
 /// Waits until the configured share of the domain's memory is on

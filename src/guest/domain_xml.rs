@@ -135,7 +135,18 @@ fn domain(root: Node) -> Result<Domain> {
         numatune,
         iothreads,
         policy: policy(root)?,
+        disks: disks(root),
     })
+}
+
+/// `<devices><disk><target dev='vda'/>` names.
+fn disks(root: Node) -> Vec<String> {
+    child(root, "devices")
+        .into_iter()
+        .flat_map(|devices| children(devices, "disk"))
+        .filter_map(|disk| child(disk, "target")?.attribute("dev"))
+        .map(str::to_string)
+        .collect()
 }
 
 // ---- element and attribute access -------------------------------------

@@ -45,6 +45,9 @@ pub struct Domain {
     pub iothreads: Vec<u32>,
     /// numapin's own `<metadata>` element, when present.
     pub policy: Option<DomainPolicy>,
+    /// Target names of its disks (`vda`, `sdb`): where block jobs (copy,
+    /// commit, backup) run.
+    pub disks: Vec<String>,
 }
 
 /// One `<memoryBacking><hugepages><page .../>` entry. A `<hugepages/>` with

@@ -1,10 +1,12 @@
 //! The libvirt adapter: a self-healing, time-bounded connection and the
 //! calls numapin makes through it.
 
+pub mod activity;
 mod calls;
 mod connection;
 pub mod events;
 
+pub use activity::Activity;
 pub use calls::{DomainRef, MemoryBinding, Pins, Scope};
 pub use connection::Libvirt;
 

@@ -33,7 +33,8 @@ pub fn plan(
         .filter(|d| !exclude.contains(&d.r.uuid))
         .map(|d| {
             let mut input = d.input.clone();
-            input.numapin_pins = placements.cputune_of(&d.r);
+            input.recorded = placements.recorded_of(&d.r);
+            input.hold = d.activity.hold();
             input
         })
         .collect();
@@ -118,12 +119,32 @@ impl DomainHost for LiveHost {
         self.libvirt.set_memory_nodeset(d, nodeset, scope)
     }
 
-    fn cputune(&self, d: &DomainRef) -> Result<crate::guest::CpuTune, HostError> {
+    fn recorded(&self, d: &DomainRef) -> Result<crate::planner::Recorded, HostError> {
         let (live, _) = self.libvirt.domain_xml(d)?;
         let op = format!("read live XML of {}", d.name);
         crate::guest::domain_xml::parse(&live)
-            .map(|dom| dom.cputune)
+            .map(|dom| crate::planner::Recorded {
+                nodeset: dom.numatune.as_ref().and_then(|n| n.nodeset.clone()),
+                cputune: dom.cputune,
+            })
             .map_err(|e| HostError::new(&op, ErrorKind::Failed, &e.to_string()))
+    }
+
+    fn activity(&self, d: &DomainRef) -> Result<Option<String>, HostError> {
+        // Disks only matter for block jobs; the live XML names them.
+        let (live, _) = self.libvirt.domain_xml(d)?;
+        let disks = crate::guest::domain_xml::parse(&live)
+            .map(|dom| dom.disks)
+            .unwrap_or_default();
+        Ok(self.libvirt.activity(d, &disks)?.hold())
+    }
+
+    fn online_cpus(&self) -> Result<CpuSet, HostError> {
+        let path = self.root.join("sys/devices/system/cpu/online");
+        std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| t.trim().parse::<CpuSet>().map_err(|e| e.to_string()))
+            .map_err(|e| HostError::new(&format!("read {}", path.display()), ErrorKind::Failed, &e))
     }
 
     fn is_persistent(&self, d: &DomainRef) -> Result<bool, HostError> {

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::guest::domain_xml;
 use crate::host_error::HostError;
-use crate::libvirt::{DomainRef, Libvirt};
+use crate::libvirt::{Activity, DomainRef, Libvirt};
 use crate::observations::{DomainObservation, NodeObservation, Observations};
 use crate::observe::node_stats::{self, NodeNumaStat};
 use crate::observe::pid_file;
@@ -30,6 +30,8 @@ pub struct LiveDomain {
     pub persistent_xml: Option<String>,
     pub input: DomainInput,
     pub pid: Option<u32>,
+    /// Its state and any libvirt job in progress.
+    pub activity: Activity,
 }
 
 /// A domain that is running but could not be read; it is left alone.
@@ -161,6 +163,11 @@ impl Sampler {
             Some(x) => Some(domain_xml::parse(x).map_err(|e| format!("persistent XML: {e}"))?),
             None => None,
         };
+        let activity = match self.libvirt.activity(r, &live.disks) {
+            Ok(a) => a,
+            Err(e) if e.is_gone() => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
         let pid = match pid_file::read(&self.root, &r.name) {
             Ok(pid) => Some(pid),
             Err(e) => {
@@ -174,6 +181,7 @@ impl Sampler {
             persistent_xml,
             input: DomainInput::new(live, persistent),
             pid,
+            activity,
         }))
     }
 

@@ -90,6 +90,13 @@ pub enum LeftAlone {
         persistent: bool,
     },
     NoVcpus,
+    /// Not running, or a libvirt job is in progress; why.
+    Held(String),
+    /// Someone changed its pins or nodeset after numapin placed it.
+    ChangedByOperator {
+        domain: String,
+        what: String,
+    },
 }
 
 impl std::fmt::Display for LeftAlone {
@@ -108,6 +115,11 @@ impl std::fmt::Display for LeftAlone {
                 "its live pins were set by hand, not by numapin (set planner.manage_pinned = true to manage it)",
             ),
             LeftAlone::NoVcpus => f.write_str("it has no online vCPU"),
+            LeftAlone::Held(why) => f.write_str(why),
+            LeftAlone::ChangedByOperator { domain, what } => write!(
+                f,
+                "changed by hand after numapin placed it ({what}); left alone until `numapin manage {domain}`"
+            ),
         }
     }
 }
@@ -272,12 +284,24 @@ impl<'a> Analyzer<'a> {
             (DomainPolicy::Exclude, None) => return Err(LeftAlone::ExcludedByMetadata),
             _ => {}
         }
+        if let Some(hold) = &input.hold {
+            return Err(LeftAlone::Held(hold.clone()));
+        }
+        if let Some(change) = input.recorded.as_ref().and_then(|r| r.drift(&input.live)) {
+            return Err(LeftAlone::ChangedByOperator {
+                domain: d.name.clone(),
+                what: change,
+            });
+        }
         // Without the persistent config, live pins may be numapin's own or
         // the operator's: they are numapin's only when they are exactly
         // what numapin recorded leaving; otherwise the operator's, the
         // safe side.
         let persistent = input.persistent.as_ref().unwrap_or(&input.live);
-        let numapins = input.numapin_pins.as_ref() == Some(&persistent.cputune)
+        let numapins = input
+            .recorded
+            .as_ref()
+            .is_some_and(|r| r.owns(&persistent.cputune, &input.live))
             && persistent.vcpu_cpuset.is_none();
         if persistent.has_manual_pinning() && !numapins && !self.config.planner.manage_pinned {
             return Err(LeftAlone::ManualPinning {

@@ -42,9 +42,11 @@ pub struct DomainInput {
     pub live: Domain,
     /// Persistent XML, when known: decides what counts as manual pinning.
     pub persistent: Option<Domain>,
-    /// The `<cputune>` numapin itself left on this run of the domain, if
-    /// any: pins equal to it are numapin's, not an operator's.
-    pub numapin_pins: Option<CpuTune>,
+    /// What numapin itself left on this run of the domain, if anything:
+    /// pins equal to it are numapin's, pins that differ an operator's.
+    pub recorded: Option<Recorded>,
+    /// Why the domain must not be touched now (paused, a job running).
+    pub hold: Option<String>,
 }
 
 impl DomainInput {
@@ -52,9 +54,71 @@ impl DomainInput {
         Self {
             live,
             persistent,
-            numapin_pins: None,
+            recorded: None,
+            hold: None,
         }
     }
+}
+
+/// The pins and memory nodeset numapin left on a domain after a verified
+/// change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+pub struct Recorded {
+    pub cputune: CpuTune,
+    /// The live `<numatune>` nodeset, when the domain has one.
+    pub nodeset: Option<NodeSet>,
+}
+
+impl Recorded {
+    /// What an operator changed since numapin left `self`, if anything.
+    /// Only vCPUs online now count: unplugging a vCPU is not a change of
+    /// placement.
+    pub fn drift(&self, live: &Domain) -> Option<String> {
+        let mut changes = self.pin_changes(&live.cputune, live);
+        let nodeset = live.numatune.as_ref().and_then(|n| n.nodeset.clone());
+        if self.nodeset.is_some() && self.nodeset != nodeset {
+            changes.push(format!(
+                "memory nodeset {} -> {}",
+                shown(self.nodeset.as_ref()),
+                shown(nodeset.as_ref())
+            ));
+        }
+        (!changes.is_empty()).then(|| changes.join(", "))
+    }
+
+    /// Whether `cputune` (live, or a persistent definition numapin wrote)
+    /// holds exactly the pins numapin left, for the threads `live` has.
+    pub fn owns(&self, cputune: &CpuTune, live: &Domain) -> bool {
+        self.pin_changes(cputune, live).is_empty()
+    }
+
+    fn pin_changes(&self, now: &CpuTune, live: &Domain) -> Vec<String> {
+        let mut changes = Vec::new();
+        for vcpu in live.online_vcpus.iter() {
+            let (was, is) = (self.cputune.vcpupin.get(&vcpu), now.vcpupin.get(&vcpu));
+            if was != is {
+                changes.push(format!("vCPU {vcpu} {} -> {}", shown(was), shown(is)));
+            }
+        }
+        if self.cputune.emulatorpin != now.emulatorpin {
+            changes.push(format!(
+                "emulator {} -> {}",
+                shown(self.cputune.emulatorpin.as_ref()),
+                shown(now.emulatorpin.as_ref())
+            ));
+        }
+        for id in &live.iothreads {
+            let (was, is) = (self.cputune.iothreadpin.get(id), now.iothreadpin.get(id));
+            if was != is {
+                changes.push(format!("iothread {id} {} -> {}", shown(was), shown(is)));
+            }
+        }
+        changes
+    }
+}
+
+fn shown(set: Option<&CpuSet>) -> String {
+    set.map_or_else(|| "unpinned".into(), |s| s.to_string())
 }
 
 pub struct PlanInput<'a> {
