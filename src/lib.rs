@@ -17,6 +17,7 @@ pub mod host_error;
 pub mod idset;
 pub mod libvirt;
 pub mod live;
+pub mod metrics;
 pub mod observations;
 pub mod observe;
 pub mod planner;

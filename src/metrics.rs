@@ -1,0 +1,599 @@
+//! Prometheus metrics of the daemon: what its cycles did and where the
+//! domains and nodes stand.
+//!
+//! [`Metrics`] holds the registry; the daemon updates it after each cycle and
+//! after each reload. [`serve`] exposes it over HTTP on a loopback address,
+//! [`write_textfile`] writes it for node_exporter's textfile collector.
+//!
+//! [`Metrics::render`] gives the Prometheus text format (0.0.4), which every
+//! scraper and node_exporter's textfile collector read; the HTTP endpoint
+//! gives OpenMetrics instead to a scraper that asks for it (its `# EOF` shows
+//! a truncated scrape).
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Upper bounds of the cycle duration buckets, in seconds: a quiet cycle
+/// takes milliseconds; one that migrates memory or waits on a slow libvirt
+/// call takes up to a minute.
+pub const CYCLE_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// `Content-Type` of [`Metrics::render_openmetrics`].
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `Content-Type` of [`Metrics::render`].
+pub const TEXT_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// One running domain, as the last cycle saw it.
+#[derive(Debug, Clone)]
+pub struct DomainGauge {
+    pub name: String,
+    pub managed: bool,
+    /// Distance-weighted memory locality (1 = all local); `None` when the
+    /// domain's memory was not measured.
+    pub locality: Option<f64>,
+    pub nodes_spanned: usize,
+    pub memory_mib: u64,
+}
+
+/// One host NUMA node, as the last cycle saw it.
+#[derive(Debug, Clone)]
+pub struct NodeGauge {
+    pub id: u32,
+    /// `None` when free memory was not measured.
+    pub free_mib: Option<u64>,
+    pub vcpu_demand: f64,
+    pub cpus: usize,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+const OK: ResultLabel = ResultLabel { result: "ok" };
+const ERROR: ResultLabel = ResultLabel { result: "error" };
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabel {
+    domain: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: u32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+type UintGauge = Gauge<u64, AtomicU64>;
+
+/// The daemon's metrics. Shared between the work loop and the HTTP thread:
+/// every update takes `&self`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    cycles: Family<ResultLabel, Counter>,
+    cycle_duration: Histogram,
+    last_cycle: FloatGauge,
+    last_successful_cycle: FloatGauge,
+    actions_applied: Counter,
+    transactions_failed: Counter,
+    rollbacks: Counter,
+    domains_skipped: Counter,
+    config_reloads: Family<ResultLabel, Counter>,
+    config_last_reload_successful: UintGauge,
+    domain_managed: Family<DomainLabel, UintGauge>,
+    domain_locality: Family<DomainLabel, FloatGauge>,
+    domain_nodes_spanned: Family<DomainLabel, UintGauge>,
+    domain_memory: Family<DomainLabel, UintGauge>,
+    node_free_memory: Family<NodeLabel, UintGauge>,
+    node_vcpu_demand: Family<NodeLabel, FloatGauge>,
+    node_cpus: Family<NodeLabel, UintGauge>,
+    /// Held for writing while the per-domain or per-node series are
+    /// replaced, for reading while rendering, so a scrape never sees half a
+    /// replacement.
+    series: RwLock<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("numapin");
+        let mib = || Unit::Other("mib".into());
+
+        let build_info = Family::<VersionLabel, UintGauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register(
+            "build_info",
+            "The running numapin's version, as a label; always 1",
+            build_info,
+        );
+
+        let cycles = Family::<ResultLabel, Counter>::default();
+        let cycle_duration = Histogram::new(CYCLE_BUCKETS);
+        let last_cycle = FloatGauge::default();
+        let last_successful_cycle = FloatGauge::default();
+        r.register(
+            "cycles",
+            "Placement cycles finished, by result (error: the cycle stopped on an error)",
+            cycles.clone(),
+        );
+        r.register_with_unit(
+            "cycle_duration",
+            "Wall time of one placement cycle, ok or not",
+            Unit::Seconds,
+            cycle_duration.clone(),
+        );
+        r.register_with_unit(
+            "last_cycle_timestamp",
+            "Unix time the last cycle finished; 0 before the first",
+            Unit::Seconds,
+            last_cycle.clone(),
+        );
+        r.register_with_unit(
+            "last_successful_cycle_timestamp",
+            "Unix time the last cycle without error finished; 0 before the first",
+            Unit::Seconds,
+            last_successful_cycle.clone(),
+        );
+
+        let actions_applied = Counter::default();
+        let transactions_failed = Counter::default();
+        let rollbacks = Counter::default();
+        let domains_skipped = Counter::default();
+        r.register(
+            "actions_applied",
+            "Placement steps applied: emulator, iothread and vCPU pins, nodesets, memory moves",
+            actions_applied.clone(),
+        );
+        r.register(
+            "transactions_failed",
+            "Domain transactions that failed at a step",
+            transactions_failed.clone(),
+        );
+        r.register(
+            "rollbacks",
+            "Transactions rolled back, after a failed step or left unfinished by a killed numapin",
+            rollbacks.clone(),
+        );
+        r.register(
+            "domains_skipped",
+            "Domains left out of a cycle because they vanished or were busy",
+            domains_skipped.clone(),
+        );
+
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        let config_last_reload_successful = UintGauge::default();
+        r.register(
+            "config_reloads",
+            "Config reloads, by result (error: the previous config stays in use)",
+            config_reloads.clone(),
+        );
+        r.register(
+            "config_last_reload_successful",
+            "Whether the last config reload succeeded (1) or was refused (0); 1 before any reload",
+            config_last_reload_successful.clone(),
+        );
+
+        let domain_managed = Family::default();
+        let domain_locality = Family::default();
+        let domain_nodes_spanned = Family::default();
+        let domain_memory = Family::default();
+        r.register(
+            "domain_managed",
+            "Whether numapin manages the running domain (1) or leaves it alone (0)",
+            domain_managed.clone(),
+        );
+        r.register_with_unit(
+            "domain_memory_locality",
+            "Distance-weighted share of the domain's memory local to its vCPUs (1 = all local); absent when not measured",
+            Unit::Other("ratio".into()),
+            domain_locality.clone(),
+        );
+        r.register(
+            "domain_nodes_spanned",
+            "Host NUMA nodes the domain spans",
+            domain_nodes_spanned.clone(),
+        );
+        r.register_with_unit(
+            "domain_memory",
+            "Resident memory of the domain",
+            mib(),
+            domain_memory.clone(),
+        );
+
+        let node_free_memory = Family::default();
+        let node_vcpu_demand = Family::default();
+        let node_cpus = Family::default();
+        r.register_with_unit(
+            "node_free_memory",
+            "Free memory of the host NUMA node; absent when not measured",
+            mib(),
+            node_free_memory.clone(),
+        );
+        r.register(
+            "node_vcpu_demand",
+            "Busy vCPUs expected on the node's CPUs (measured vCPU loads, each shared over the nodes its affinity allows)",
+            node_vcpu_demand.clone(),
+        );
+        r.register("node_cpus", "Host CPUs of the NUMA node", node_cpus.clone());
+
+        // Both results show from the start, so a rate over them is defined
+        // before the first error.
+        for label in [OK, ERROR] {
+            let _ = cycles.get_or_create(&label);
+            let _ = config_reloads.get_or_create(&label);
+        }
+        // The daemon only starts with a config that loaded.
+        config_last_reload_successful.set(1);
+
+        Metrics {
+            registry: r,
+            cycles,
+            cycle_duration,
+            last_cycle,
+            last_successful_cycle,
+            actions_applied,
+            transactions_failed,
+            rollbacks,
+            domains_skipped,
+            config_reloads,
+            config_last_reload_successful,
+            domain_managed,
+            domain_locality,
+            domain_nodes_spanned,
+            domain_memory,
+            node_free_memory,
+            node_vcpu_demand,
+            node_cpus,
+            series: RwLock::new(()),
+        }
+    }
+
+    /// One finished cycle: its wall time and whether it completed without error.
+    pub fn cycle_done(&self, duration: Duration, ok: bool) {
+        let now = unix_now();
+        self.cycle_duration.observe(duration.as_secs_f64());
+        self.cycles
+            .get_or_create(if ok { &OK } else { &ERROR })
+            .inc();
+        self.last_cycle.set(now);
+        if ok {
+            self.last_successful_cycle.set(now);
+        }
+    }
+
+    pub fn actions_applied(&self, n: u64) {
+        self.actions_applied.inc_by(n);
+    }
+
+    pub fn transactions_failed(&self, n: u64) {
+        self.transactions_failed.inc_by(n);
+    }
+
+    pub fn rollbacks(&self, n: u64) {
+        self.rollbacks.inc_by(n);
+    }
+
+    /// Domains left out of a cycle: vanished or busy.
+    pub fn domains_skipped(&self, n: u64) {
+        self.domains_skipped.inc_by(n);
+    }
+
+    /// Replaces every per-domain series: domains that are gone disappear
+    /// from the output. A locality that is not a finite number counts as not
+    /// measured.
+    pub fn set_domains(&self, domains: &[DomainGauge]) {
+        let _replacing = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        self.domain_managed.clear();
+        self.domain_locality.clear();
+        self.domain_nodes_spanned.clear();
+        self.domain_memory.clear();
+        for d in domains {
+            let label = DomainLabel {
+                domain: d.name.clone(),
+            };
+            self.domain_managed
+                .get_or_create(&label)
+                .set(u64::from(d.managed));
+            if let Some(locality) = d.locality.filter(|l| l.is_finite()) {
+                self.domain_locality.get_or_create(&label).set(locality);
+            }
+            self.domain_nodes_spanned
+                .get_or_create(&label)
+                .set(d.nodes_spanned as u64);
+            self.domain_memory.get_or_create(&label).set(d.memory_mib);
+        }
+    }
+
+    /// Replaces every per-node series, as [`Metrics::set_domains`] does.
+    pub fn set_nodes(&self, nodes: &[NodeGauge]) {
+        let _replacing = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        self.node_free_memory.clear();
+        self.node_vcpu_demand.clear();
+        self.node_cpus.clear();
+        for n in nodes {
+            let label = NodeLabel { node: n.id };
+            if let Some(free) = n.free_mib {
+                self.node_free_memory.get_or_create(&label).set(free);
+            }
+            if n.vcpu_demand.is_finite() {
+                self.node_vcpu_demand
+                    .get_or_create(&label)
+                    .set(n.vcpu_demand);
+            }
+            self.node_cpus.get_or_create(&label).set(n.cpus as u64);
+        }
+    }
+
+    /// Counts a config reload and records its result.
+    pub fn set_config_reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(if ok { &OK } else { &ERROR })
+            .inc();
+        self.config_last_reload_successful.set(u64::from(ok));
+    }
+
+    /// The metrics in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let _reading = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The metrics in the OpenMetrics text format, ending in `# EOF`.
+    pub fn render_openmetrics(&self) -> String {
+        let _reading = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::new();
+        text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The HTTP endpoint: GET (or HEAD) `/metrics` on a loopback address, served
+/// from a thread of its own. Dropping it stops the thread; see
+/// [`MetricsServer::detach`] to keep it running. Should accepting a
+/// connection fail (tiny_http then stops listening), the thread logs an
+/// error and ends; Prometheus sees the target down.
+pub struct MetricsServer {
+    /// Taken when stopping: the last handle's drop closes the listener.
+    server: Option<Arc<tiny_http::Server>>,
+    addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MetricsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsServer {
+    /// Listens on `addr`, which must be a loopback address (the metrics
+    /// name every domain on the host, and the endpoint has no
+    /// authentication); returns once listening. Port 0 picks a free port:
+    /// [`MetricsServer::local_addr`] tells which.
+    pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<Self> {
+        if !addr.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "metrics address {addr} is not a loopback address; \
+                     numapin serves metrics on 127.0.0.0/8 or [::1] only"
+                ),
+            ));
+        }
+        let server = tiny_http::Server::http(addr).map_err(|e| {
+            let kind = e
+                .downcast_ref::<io::Error>()
+                .map_or(io::ErrorKind::Other, io::Error::kind);
+            io::Error::new(kind, format!("cannot listen on {addr} for metrics: {e}"))
+        })?;
+        let server = Arc::new(server);
+        let addr = server.server_addr().to_ip().unwrap_or(addr);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("numapin-metrics".into())
+            .spawn({
+                let server = server.clone();
+                let stopping = stopping.clone();
+                move || serve_requests(&server, &metrics, &stopping)
+            })?;
+        Ok(MetricsServer {
+            server: Some(server),
+            addr,
+            stopping,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Lets the server run for the rest of the process; returns its thread.
+    pub fn detach(mut self) -> JoinHandle<()> {
+        self.thread.take().expect("the thread is only taken here")
+    }
+
+    /// Stops serving and returns once the address is free again (or after
+    /// two seconds at most), so it can be listened on anew.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        let (Some(thread), Some(server)) = (self.thread.take(), self.server.take()) else {
+            return;
+        };
+        self.stopping.store(true, Ordering::SeqCst);
+        server.unblock();
+        let _ = thread.join();
+        // tiny_http closes the listener from its own accept thread once the
+        // last handle is dropped, a moment later: wait for that.
+        drop(server);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline
+            && TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Serves `render()` at GET /metrics on `addr` (must be a loopback address:
+/// refuses others with an error naming the address) from a thread of its
+/// own; returns once listening. The server runs for the rest of the process;
+/// [`MetricsServer`] can also be stopped.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<JoinHandle<()>> {
+    Ok(MetricsServer::start(addr, metrics)?.detach())
+}
+
+fn serve_requests(server: &tiny_http::Server, metrics: &Metrics, stopping: &AtomicBool) {
+    loop {
+        match server.recv() {
+            Ok(request) => {
+                let (status, content_type, body) = respond_to(&request, metrics);
+                let header = |name: &str, value: &str| {
+                    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+                        .expect("header names and values here are ASCII")
+                };
+                let mut response = tiny_http::Response::from_string(body)
+                    .with_status_code(status)
+                    .with_header(header("Content-Type", content_type));
+                if status == 405 {
+                    response.add_header(header("Allow", "GET, HEAD"));
+                }
+                if let Err(e) = request.respond(response) {
+                    tracing::debug!("metrics: answering a request failed: {e}");
+                }
+            }
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(e) => {
+                // tiny_http stops accepting after an accept error (e.g. out
+                // of file descriptors): nothing more will come.
+                tracing::error!("metrics: the HTTP endpoint stopped: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn respond_to(request: &tiny_http::Request, metrics: &Metrics) -> (u16, &'static str, String) {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    let path = request.url().split('?').next().unwrap_or("");
+    if path != "/metrics" {
+        return (
+            404,
+            PLAIN,
+            "not found; numapin's metrics are at /metrics\n".into(),
+        );
+    }
+    if !matches!(
+        request.method(),
+        tiny_http::Method::Get | tiny_http::Method::Head
+    ) {
+        return (405, PLAIN, "only GET and HEAD\n".into());
+    }
+    let openmetrics = request.headers().iter().any(|h| {
+        h.field.equiv("Accept") && h.value.as_str().contains("application/openmetrics-text")
+    });
+    if openmetrics {
+        (200, OPENMETRICS_CONTENT_TYPE, metrics.render_openmetrics())
+    } else {
+        (200, TEXT_CONTENT_TYPE, metrics.render())
+    }
+}
+
+/// node_exporter textfile collector: writes render() to `path` atomically
+/// (temp file in the same dir, then rename), so the collector never reads
+/// half a file. The file is made readable by all (0644), whatever the
+/// umask: node_exporter runs as another user.
+pub fn write_textfile(path: &Path, metrics: &Metrics) -> io::Result<()> {
+    let context = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot write metrics file {}: {e}", path.display()),
+        )
+    };
+    let name = path.file_name().ok_or_else(|| {
+        context(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path names no file",
+        ))
+    })?;
+    // Not `*.prom`, so the collector skips it; the pid keeps two writers
+    // apart.
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(0o644))?;
+        file.write_all(metrics.render().as_bytes())?;
+        // No fsync: after a crash a stale or empty metrics file is harmless,
+        // and the rename alone keeps readers from a partial one.
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map_err(context)
+}
+
+#[cfg(test)]
+mod tests;
