@@ -103,6 +103,14 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
         root: PathBuf,
     },
+    /// Hand a domain back to numapin after changing its pins by hand: its
+    /// current pins become numapin's starting point.
+    Manage {
+        /// Name of the running domain.
+        domain: String,
+        #[command(flatten)]
+        live: LiveArgs,
+    },
     /// Ask the running daemon to rebalance now (sends it SIGUSR1).
     Rebalance {
         #[arg(long, value_name = "FILE")]

@@ -51,6 +51,9 @@ pub struct DomainGauge {
     pub locality: Option<f64>,
     pub nodes_spanned: usize,
     pub memory_mib: u64,
+    /// An operator changed its pins after numapin placed it, so numapin
+    /// stopped managing it.
+    pub changed_by_operator: bool,
 }
 
 /// One host NUMA node, as the last cycle saw it.
@@ -107,6 +110,7 @@ pub struct Metrics {
     domain_managed: Family<DomainLabel, UintGauge>,
     domain_locality: Family<DomainLabel, FloatGauge>,
     domain_nodes_spanned: Family<DomainLabel, UintGauge>,
+    domain_changed_by_operator: Family<DomainLabel, UintGauge>,
     domain_memory: Family<DomainLabel, UintGauge>,
     node_free_memory: Family<NodeLabel, UintGauge>,
     node_vcpu_demand: Family<NodeLabel, FloatGauge>,
@@ -209,6 +213,7 @@ impl Metrics {
         let domain_managed = Family::default();
         let domain_locality = Family::default();
         let domain_nodes_spanned = Family::default();
+        let domain_changed_by_operator = Family::default();
         let domain_memory = Family::default();
         r.register(
             "domain_managed",
@@ -225,6 +230,11 @@ impl Metrics {
             "domain_nodes_spanned",
             "Host NUMA nodes the domain spans",
             domain_nodes_spanned.clone(),
+        );
+        r.register(
+            "domain_changed_by_operator",
+            "1 when an operator changed the domain's pins after numapin placed it, so numapin stopped managing it",
+            domain_changed_by_operator.clone(),
         );
         r.register_with_unit(
             "domain_memory",
@@ -273,6 +283,7 @@ impl Metrics {
             domain_managed,
             domain_locality,
             domain_nodes_spanned,
+            domain_changed_by_operator,
             domain_memory,
             node_free_memory,
             node_vcpu_demand,
@@ -319,6 +330,7 @@ impl Metrics {
         self.domain_managed.clear();
         self.domain_locality.clear();
         self.domain_nodes_spanned.clear();
+        self.domain_changed_by_operator.clear();
         self.domain_memory.clear();
         for d in domains {
             let label = DomainLabel {
@@ -333,6 +345,9 @@ impl Metrics {
             self.domain_nodes_spanned
                 .get_or_create(&label)
                 .set(d.nodes_spanned as u64);
+            self.domain_changed_by_operator
+                .get_or_create(&label)
+                .set(u64::from(d.changed_by_operator));
             self.domain_memory.get_or_create(&label).set(d.memory_mib);
         }
     }

@@ -366,3 +366,53 @@ fn a_hundred_domain_starts_and_stops_under_the_daemon() {
     assert_eq!(daemon.wait_exit(Duration::from_secs(15)).code(), Some(0));
     eprintln!("daemon RSS: {rss_after_warmup} KiB after 20 starts, {rss_end} KiB after 100");
 }
+
+#[test]
+fn metrics_are_served_on_loopback_and_written_to_a_textfile() {
+    use std::io::{Read, Write};
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let textfile = tmp.path().join("numapin.prom");
+    let extra = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\ntextfile = \"{}\"\n",
+        textfile.display()
+    );
+    let cfg = config(tmp.path(), "metrics", "0", &extra);
+    let d = TestDomain::start("metrics-a", &spec());
+    let daemon = Daemon::start(&cfg, &[], &[]);
+    wait_for("placement", Duration::from_secs(10), || pinned_to(&d, "1"));
+    daemon.wait_log("a cycle after placement", Duration::from_secs(10), |l| {
+        l.matches("cycle:").count() >= 2
+    });
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200"),
+        "{body}"
+    );
+    for needle in [
+        "numapin_cycles_total{result=\"ok\"}",
+        "numapin_cycle_duration_seconds_bucket",
+        "numapin_actions_applied_total",
+        &format!("numapin_domain_managed{{domain=\"{}\"}} 1", d.name),
+        &format!(
+            "numapin_domain_memory_locality_ratio{{domain=\"{}\"}}",
+            d.name
+        ),
+        "numapin_node_free_memory_mib{node=\"0\"}",
+        "numapin_node_vcpu_demand{node=\"0\"}",
+    ] {
+        assert!(body.contains(needle), "{needle} missing from:\n{body}");
+    }
+    let file = std::fs::read_to_string(&textfile).unwrap();
+    assert!(file.contains("numapin_cycles_total"), "{file}");
+}

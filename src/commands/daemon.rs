@@ -23,6 +23,7 @@ pub fn run(config: Option<PathBuf>, dry_run: bool, root: PathBuf) -> Result<(), 
             | DaemonError::PidFile { .. }
             | DaemonError::StateDir { .. } => Exit::IoErr,
             DaemonError::Runtime(_) => Exit::Software,
+            DaemonError::Metrics { .. } => Exit::Unavailable,
         };
         Failure::new(exit, e)
     })

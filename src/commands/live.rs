@@ -276,6 +276,38 @@ pub fn recover(args: &LiveArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+pub fn manage(name: &str, args: &LiveArgs) -> Result<(), Failure> {
+    let s = connect(args)?;
+    let unavailable = |e: crate::host_error::HostError| Failure::new(Exit::Unavailable, e);
+    let d = s
+        .host
+        .libvirt
+        .running_domains()
+        .map_err(unavailable)?
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::NoInput,
+                format!("no running domain is called {name:?}"),
+            )
+        })?;
+    let recorded = crate::apply::DomainHost::recorded(&s.host, &d).map_err(unavailable)?;
+    let state_dir = &s.config.apply.state_dir;
+    Placements::open(state_dir)
+        .and_then(|p| {
+            p.record(&crate::apply::placements::Placement {
+                domain: d.clone(),
+                recorded,
+            })
+        })
+        .map_err(|e| Failure::new(Exit::IoErr, format!("{}: {e}", state_dir.display())))?;
+    println!(
+        "numapin manages {name} again, starting from its current pins; the daemon's next cycle (or `numapin apply`) places it"
+    );
+    Ok(())
+}
+
 /// The plan's changes, as a dry run reports them.
 fn planned(plan: &Plan) -> Vec<apply::DomainOutcome> {
     plan.domains

@@ -95,6 +95,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             live,
         } => live::apply(dry_run, rebalance, format, pause_between_steps_ms, &live),
         Command::Recover { live } => live::recover(&live),
+        Command::Manage { domain, live } => live::manage(&domain, &live),
         Command::Run {
             config,
             dry_run,

@@ -13,6 +13,8 @@ use crate::live::{LiveHost, LiveState, Sampler};
 use crate::planner::{Action, Plan};
 use crate::report::status::{self, StatusReport};
 
+use crate::metrics::{DomainGauge, Metrics, NodeGauge};
+
 use super::notify::Notifier;
 
 /// What the cycle does besides planning.
@@ -32,6 +34,9 @@ pub struct Worker {
     pub placements: Placements,
     pub notifier: Notifier,
     pub stop: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    /// Domains an operator took over, by UUID, with what they changed.
+    pub changed_by_operator: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -93,7 +98,53 @@ impl Worker {
             },
         };
         report.duration = start.elapsed();
+        self.publish(&report);
         report
+    }
+
+    /// Metrics for the cycle: counters, and gauges that replace the last
+    /// cycle's (domains that left disappear from the output).
+    fn publish(&self, report: &CycleReport) {
+        let m = &self.metrics;
+        m.cycle_done(report.duration, report.error.is_none());
+        if !self.dry_run {
+            m.actions_applied(report.actions as u64);
+            m.transactions_failed(report.failed as u64);
+            m.rollbacks(report.rolled_back as u64);
+            m.domains_skipped(report.skipped as u64);
+        }
+        if let Some(status) = &report.status {
+            let domains: Vec<DomainGauge> = status
+                .domains
+                .iter()
+                .map(|d| DomainGauge {
+                    name: d.name.clone(),
+                    managed: d.managed,
+                    locality: d.locality,
+                    nodes_spanned: d.vcpu_nodes.len(),
+                    memory_mib: d.memory_mib.values().sum(),
+                    changed_by_operator: d.changed_by_operator.is_some(),
+                })
+                .collect();
+            m.set_domains(&domains);
+            let nodes: Vec<NodeGauge> = status
+                .nodes
+                .iter()
+                .map(|n| NodeGauge {
+                    id: n.id,
+                    free_mib: n.free_mib,
+                    vcpu_demand: n.vcpu_demand,
+                    cpus: n.cpus.len(),
+                })
+                .collect();
+            m.set_nodes(&nodes);
+        }
+        let textfile = &self.config.metrics.textfile;
+        if !textfile.is_empty()
+            && let Err(e) = crate::metrics::write_textfile(std::path::Path::new(textfile), m)
+        {
+            tracing::warn!(path = %textfile, error = %e, "cannot write the metrics textfile");
+        }
     }
 
     fn plan_and_apply(&mut self, state: &LiveState, req: CycleRequest) -> CycleReport {
@@ -111,6 +162,7 @@ impl Worker {
         }
         let plan = crate::live::plan(state, &self.config, &self.placements, req.rebalance, &[]);
         report.managed = plan.domains.iter().filter(|d| d.managed).count();
+        self.note_operator_changes(&plan);
         if self.dry_run {
             log_would_apply(&plan, &mut report);
         } else {
@@ -118,6 +170,29 @@ impl Worker {
         }
         report.status = Some(status::build(state, &plan, &self.config, Vec::new()));
         report
+    }
+
+    /// Logs, once per change, a domain numapin stopped managing because an
+    /// operator changed it.
+    fn note_operator_changes(&mut self, plan: &Plan) {
+        let now: std::collections::BTreeMap<String, String> = plan
+            .domains
+            .iter()
+            .filter_map(|d| Some((d.uuid.clone(), d.changed_by_operator.clone()?)))
+            .collect();
+        for d in &plan.domains {
+            if let Some(change) = &d.changed_by_operator
+                && self.changed_by_operator.get(&d.uuid) != Some(change)
+            {
+                tracing::warn!(
+                    domain = %d.name,
+                    change = %change,
+                    "changed by hand after numapin placed it; no longer managed (numapin manage {} hands it back)",
+                    d.name
+                );
+            }
+        }
+        self.changed_by_operator = now;
     }
 
     fn apply(&mut self, plan: &Plan, refs: &[DomainRef], report: &mut CycleReport) {

@@ -24,6 +24,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::libvirt::events::{Event, EventSink};
 use crate::libvirt::{self, Libvirt};
 use crate::live::{LiveHost, Sampler};
+use crate::metrics::{Metrics, MetricsServer};
 
 use cycle::{CycleReport, CycleRequest, Worker};
 use notify::Notifier;
@@ -63,6 +64,12 @@ pub enum DaemonError {
     },
     #[error("runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("metrics.listen = {listen:?}")]
+    Metrics {
+        listen: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why the loop wakes.
@@ -135,8 +142,12 @@ async fn serve(opts: RunOptions, config: Config) -> Result<(), DaemonError> {
     let host = LiveHost::new(lv.clone(), opts.root.clone());
     spawn_signal_handlers(wake_tx.clone())?;
 
+    let metrics = Arc::new(Metrics::new());
+    let server = start_metrics(&config, &metrics)?;
     let stop = Arc::new(AtomicBool::new(false));
     let worker = Arc::new(Mutex::new(Worker {
+        metrics: metrics.clone(),
+        changed_by_operator: Default::default(),
         sampler: Sampler::new(lv, opts.root.clone(), config.planner.default_vcpu_load),
         config: Arc::new(config),
         dry_run: opts.dry_run,
@@ -150,6 +161,8 @@ async fn serve(opts: RunOptions, config: Config) -> Result<(), DaemonError> {
     let mut daemon = Daemon {
         opts,
         worker,
+        metrics,
+        server,
         notifier,
         stop,
         wake,
@@ -172,6 +185,8 @@ struct FollowUp {
 struct Daemon {
     opts: RunOptions,
     worker: Arc<Mutex<Worker>>,
+    metrics: Arc<Metrics>,
+    server: Option<MetricsServer>,
     notifier: Notifier,
     stop: Arc<AtomicBool>,
     wake: mpsc::UnboundedReceiver<Wake>,
@@ -222,6 +237,12 @@ impl Daemon {
                             let at = Instant::now() + delay;
                             due = Some(due.map_or(at, |d| d.min(at)));
                         }
+                    }
+                    Wake::Event(Event::JobEnded { name }) => {
+                        tracing::debug!(domain = %name, "libvirt job ended");
+                        let delay = Duration::from_millis(self.config().daemon.event_delay_ms);
+                        let at = Instant::now() + delay;
+                        due = Some(due.map_or(at, |d| d.min(at)));
                     }
                     Wake::Event(Event::ConnectionClosed) => {
                         tracing::warn!("libvirt connection closed; reconnecting on the next call");
@@ -287,7 +308,9 @@ impl Daemon {
                     follow_up.rebalance = true;
                 }
                 Wake::Event(Event::Domain { what, .. }) => follow_up.cycle |= what.needs_cycle(),
-                Wake::Event(Event::ConnectionClosed) => follow_up.cycle = true,
+                Wake::Event(Event::ConnectionClosed | Event::JobEnded { .. }) => {
+                    follow_up.cycle = true
+                }
                 Wake::Stop => {}
             }
         }
@@ -374,21 +397,54 @@ impl Daemon {
                 new.daemon.pid_file = w.config.daemon.pid_file.clone();
                 w.sampler
                     .set_default_vcpu_load(new.planner.default_vcpu_load);
+                let listen_changed = new.metrics.listen != w.config.metrics.listen;
                 w.config = Arc::new(new);
-                tracing::info!(config = %source, "config reloaded");
+                let config = w.config.clone();
                 drop(w);
+                if listen_changed {
+                    if let Some(old) = self.server.take() {
+                        old.stop();
+                    }
+                    match start_metrics(&config, &self.metrics) {
+                        Ok(server) => self.server = server,
+                        Err(e) => {
+                            tracing::error!(error = %crate::report::error_chain(&e), "metrics not served")
+                        }
+                    }
+                }
+                tracing::info!(config = %source, "config reloaded");
+                self.metrics.set_config_reload(true);
                 self.notifier.ready("config reloaded");
             }
             Err(e) => {
                 let text = crate::report::error_chain(&e);
                 tracing::error!(error = %text, "config reload failed; still running on the previous config");
                 drop(w);
+                self.metrics.set_config_reload(false);
                 self.notifier.ready(&format!(
                     "config reload failed, running on the previous config: {text}"
                 ));
             }
         }
     }
+}
+
+/// Serves metrics when `metrics.listen` is set.
+fn start_metrics(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<MetricsServer>, DaemonError> {
+    // Validated with the config, so the address parses.
+    let Ok(Some(addr)) = config.metrics.listen_addr() else {
+        return Ok(None);
+    };
+    let server =
+        MetricsServer::start(addr, metrics.clone()).map_err(|source| DaemonError::Metrics {
+            listen: config.metrics.listen.clone(),
+            source,
+        })?;
+    tracing::info!(address = %server.local_addr(), "serving metrics");
+    Ok(Some(server))
 }
 
 fn spawn_signal_handlers(tx: mpsc::UnboundedSender<Wake>) -> Result<(), DaemonError> {

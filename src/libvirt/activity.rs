@@ -112,6 +112,37 @@ fn block_job_name(kind: c_int) -> &'static str {
     }
 }
 
+/// The current job's operation code, None when no job runs. Called
+/// through the C API directly: `virt`'s `job_stats` builds a Vec from the
+/// parameter array even when libvirt returns none (a null pointer).
+fn current_job(dom: &Domain) -> Result<Option<Option<i32>>, Error> {
+    let mut kind: c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut nparams: c_int = 0;
+    // SAFETY: out-parameters; libvirt allocates `params`, freed below.
+    let rc =
+        unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut nparams, 0) };
+    if rc < 0 {
+        return Err(Error::last_error());
+    }
+    let mut operation: c_int = 0;
+    let found = !params.is_null()
+        // SAFETY: params/nparams as returned by libvirt.
+        && unsafe {
+            sys::virTypedParamsGetInt(
+                params,
+                nparams,
+                sys::VIR_DOMAIN_JOB_OPERATION.as_ptr(),
+                &mut operation,
+            )
+        } == 1;
+    if !params.is_null() {
+        // SAFETY: frees what libvirt allocated, once.
+        unsafe { sys::virTypedParamsFree(params, nparams) };
+    }
+    Ok((kind as u32 != sys::VIR_DOMAIN_JOB_NONE).then_some(found.then_some(operation)))
+}
+
 fn read(dom: &Domain, disks: &[String]) -> Result<Activity, Error> {
     let (mut state, mut reason): (c_int, c_int) = (0, 0);
     // SAFETY: plain out-parameters.
@@ -123,9 +154,7 @@ fn read(dom: &Domain, disks: &[String]) -> Result<Activity, Error> {
     } else {
         None
     };
-    let stats = dom.job_stats(0)?;
-    let mut job =
-        (stats.r#type as u32 != sys::VIR_DOMAIN_JOB_NONE).then(|| job_name(stats.operation));
+    let mut job = current_job(dom)?.map(job_name);
     if job.is_none() {
         for disk in disks {
             let Ok(name) = CString::new(disk.as_str()) else {

@@ -111,7 +111,16 @@ impl Libvirt {
         let worker = self.worker(false)?;
         let (tx, rx) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |conn| {
-            let result = f(conn);
+            // A panic in a call must not take the connection's thread (and
+            // every later call) with it.
+            let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
+                Ok(r) => r,
+                Err(_) => {
+                    let _ = tx.send((Err(None), true));
+                    return;
+                }
+            };
+            let result = result.map_err(Some);
             // A failed call on a dead connection looks like any other
             // error; ask the connection itself whether it is still alive.
             let alive = result.is_ok() || conn.is_alive().unwrap_or(false);
@@ -126,7 +135,8 @@ impl Libvirt {
         }
         match rx.recv_timeout(self.inner.timeout) {
             Ok((Ok(value), _)) => Ok(value),
-            Ok((Err(e), alive)) => {
+            Ok((Err(None), _)) => Err(HostError::new(op, ErrorKind::Failed, "the call panicked")),
+            Ok((Err(Some(e)), alive)) => {
                 if !alive {
                     tracing::warn!(uri = %self.inner.uri, error = %e.message(), "libvirt connection lost");
                     self.drop_worker(worker.generation);

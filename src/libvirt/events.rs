@@ -63,6 +63,9 @@ pub enum Event {
         /// libvirt's detail code (e.g. started by migration).
         detail: i32,
     },
+    /// A libvirt job (migration, dump, backup, block job) on a domain
+    /// ended: a domain held for it can be placed now.
+    JobEnded { name: String },
     /// The connection closed (libvirtd stopped or stopped answering).
     ConnectionClosed,
 }
@@ -98,7 +101,61 @@ pub fn start_event_loop() {
 /// Registrations on one connection, removed when the connection's thread
 /// ends.
 pub struct Registration {
-    lifecycle: c_int,
+    ids: Vec<c_int>,
+}
+
+/// The domain's name, inside a callback.
+///
+/// # Safety
+/// `dom` must be a valid domain pointer for the duration of the call.
+unsafe fn domain_name(dom: sys::virDomainPtr) -> String {
+    // SAFETY: per the caller; the name is owned by the domain object.
+    unsafe {
+        let name_ptr = sys::virDomainGetName(dom);
+        if name_ptr.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(name_ptr).to_string_lossy().into_owned()
+        }
+    }
+}
+
+unsafe extern "C" fn on_job_completed(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _params: sys::virTypedParameterPtr,
+    _nparams: c_int,
+    opaque: *mut c_void,
+) {
+    // SAFETY: as for `on_lifecycle`.
+    unsafe {
+        let sink = &*(opaque as *const EventSink);
+        sink(Event::JobEnded {
+            name: domain_name(dom),
+        });
+    }
+}
+
+unsafe extern "C" fn on_block_job(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _disk: *const c_char,
+    _kind: c_int,
+    status: c_int,
+    opaque: *mut c_void,
+) {
+    // Only the end of a block job matters (completed, failed, cancelled;
+    // READY means a copy is mirroring and still running).
+    if status as u32 == sys::VIR_DOMAIN_BLOCK_JOB_READY {
+        return;
+    }
+    // SAFETY: as for `on_lifecycle`.
+    unsafe {
+        let sink = &*(opaque as *const EventSink);
+        sink(Event::JobEnded {
+            name: domain_name(dom),
+        });
+    }
 }
 
 unsafe extern "C" fn on_lifecycle(
@@ -112,12 +169,7 @@ unsafe extern "C" fn on_lifecycle(
     // libvirt calls `free_sink`; `dom` is valid during the callback.
     unsafe {
         let sink = &*(opaque as *const EventSink);
-        let name_ptr = sys::virDomainGetName(dom);
-        let name = if name_ptr.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(name_ptr).to_string_lossy().into_owned()
-        };
+        let name = domain_name(dom);
         let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
         let uuid = if sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) == 0 {
             CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
@@ -163,21 +215,54 @@ pub fn register(conn: &Connect, sink: &EventSink) -> Option<Registration> {
             c_int,
             *mut c_void,
         ) -> c_int = on_lifecycle;
-        let generic: unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void) =
-            std::mem::transmute(lifecycle_cb as *const c_void);
-        let opaque = Box::into_raw(Box::new(sink.clone())) as *mut c_void;
-        let id = sys::virConnectDomainEventRegisterAny(
-            conn.as_ptr(),
-            std::ptr::null_mut(),
-            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
-            Some(generic),
-            opaque,
-            Some(free_sink),
-        );
-        if id < 0 {
-            drop(Box::from_raw(opaque as *mut EventSink));
-            tracing::warn!(error = %virt::error::Error::last_error(), "cannot register for domain events; relying on the interval");
-            return None;
+        let job_cb: unsafe extern "C" fn(
+            sys::virConnectPtr,
+            sys::virDomainPtr,
+            sys::virTypedParameterPtr,
+            c_int,
+            *mut c_void,
+        ) = on_job_completed;
+        let block_cb: unsafe extern "C" fn(
+            sys::virConnectPtr,
+            sys::virDomainPtr,
+            *const c_char,
+            c_int,
+            c_int,
+            *mut c_void,
+        ) = on_block_job;
+        let callbacks = [
+            (
+                sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                lifecycle_cb as *const c_void,
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+                job_cb as *const c_void,
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2,
+                block_cb as *const c_void,
+            ),
+        ];
+        let mut ids = Vec::new();
+        for (event, cb) in callbacks {
+            let generic: unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void) =
+                std::mem::transmute(cb);
+            let opaque = Box::into_raw(Box::new(sink.clone())) as *mut c_void;
+            let id = sys::virConnectDomainEventRegisterAny(
+                conn.as_ptr(),
+                std::ptr::null_mut(),
+                event as c_int,
+                Some(generic),
+                opaque,
+                Some(free_sink),
+            );
+            if id < 0 {
+                drop(Box::from_raw(opaque as *mut EventSink));
+                tracing::warn!(event, error = %virt::error::Error::last_error(), "cannot register for domain events; relying on the interval");
+            } else {
+                ids.push(id);
+            }
         }
         let close_opaque = Box::into_raw(Box::new(sink.clone())) as *mut c_void;
         if sys::virConnectRegisterCloseCallback(
@@ -189,7 +274,7 @@ pub fn register(conn: &Connect, sink: &EventSink) -> Option<Registration> {
         {
             drop(Box::from_raw(close_opaque as *mut EventSink));
         }
-        Some(Registration { lifecycle: id })
+        Some(Registration { ids })
     }
 }
 
@@ -197,7 +282,9 @@ pub fn register(conn: &Connect, sink: &EventSink) -> Option<Registration> {
 pub fn deregister(conn: &Connect, reg: Registration) {
     // SAFETY: ids and callback returned by `register` on this connection.
     unsafe {
-        sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), reg.lifecycle);
+        for id in reg.ids {
+            sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id);
+        }
         sys::virConnectUnregisterCloseCallback(conn.as_ptr(), Some(on_close));
     }
 }

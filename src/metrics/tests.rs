@@ -176,6 +176,7 @@ fn domain(name: &str, locality: Option<f64>) -> DomainGauge {
         locality,
         nodes_spanned: 1,
         memory_mib: 4096,
+        changed_by_operator: false,
     }
 }
 
@@ -198,6 +199,7 @@ fn busy_metrics() -> Metrics {
             locality: Some(1.0),
             nodes_spanned: 2,
             memory_mib: 65536,
+            changed_by_operator: true,
         },
     ]);
     m.set_nodes(&[
@@ -217,7 +219,7 @@ fn busy_metrics() -> Metrics {
     m
 }
 
-const NAMES: [(&str, &str); 18] = [
+const NAMES: [(&str, &str); 19] = [
     ("numapin_build_info", "gauge"),
     ("numapin_cycles_total", "counter"),
     ("numapin_cycle_duration_seconds", "histogram"),
@@ -232,6 +234,7 @@ const NAMES: [(&str, &str); 18] = [
     ("numapin_domain_managed", "gauge"),
     ("numapin_domain_memory_locality_ratio", "gauge"),
     ("numapin_domain_nodes_spanned", "gauge"),
+    ("numapin_domain_changed_by_operator", "gauge"),
     ("numapin_domain_memory_mib", "gauge"),
     ("numapin_node_free_memory_mib", "gauge"),
     ("numapin_node_vcpu_demand", "gauge"),
@@ -334,6 +337,14 @@ fn render_is_a_valid_text_exposition_of_every_family() {
             &[("domain", "db")]
         ),
         Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &families,
+            "numapin_domain_changed_by_operator",
+            &[("domain", "db")]
+        ),
+        Some(1.0)
     );
     assert_eq!(
         value(&families, "numapin_domain_memory_mib", &[("domain", "db")]),
@@ -480,6 +491,7 @@ fn set_domains_replaces_every_domain_series() {
     for name in [
         "numapin_domain_managed",
         "numapin_domain_nodes_spanned",
+        "numapin_domain_changed_by_operator",
         "numapin_domain_memory_mib",
     ] {
         let domains: Vec<&str> = samples(&families, name)

@@ -182,6 +182,10 @@ pub struct DomainPlan {
     pub migrate_mib: u64,
     pub locality_after: f64,
     pub advice: Vec<String>,
+    /// What an operator changed after numapin placed the domain, when
+    /// that is why it is left alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_by_operator: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -392,11 +396,17 @@ fn domain_plan(
         migrate_mib: 0,
         locality_after: round3(locality_now),
         advice: Vec::new(),
+        changed_by_operator: None,
     };
     let parts = decision.and_then(|x| x.parts());
     plan.advice = advice::advice_for(info, topo, parts, pins);
     match (decision, &info.managed) {
-        (_, Err(why)) => plan.reason = why.to_string(),
+        (_, Err(why)) => {
+            plan.reason = why.to_string();
+            if let domain_info::LeftAlone::ChangedByOperator { what, .. } = why {
+                plan.changed_by_operator = Some(what.clone());
+            }
+        }
         (None, Ok(_)) => plan.reason = "not planned".into(),
         (Some(Decision::Deferred(why)), _) => {
             plan.status = Status::Deferred;

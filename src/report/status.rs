@@ -44,7 +44,7 @@ pub struct NodeStatus {
 pub struct DomainStatus {
     pub name: String,
     pub uuid: String,
-    pub state: &'static str,
+    pub state: String,
     pub vcpus: usize,
     /// Host nodes its vCPUs may run on.
     pub vcpu_nodes: NodeSet,
@@ -55,6 +55,10 @@ pub struct DomainStatus {
     pub managed: bool,
     /// Why not managed, or what numapin would do now.
     pub reason: String,
+    /// What an operator changed after numapin placed it, when that is why
+    /// numapin stopped managing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_by_operator: Option<String>,
 }
 
 pub fn build(
@@ -91,13 +95,14 @@ pub fn build(
         domains.push(DomainStatus {
             name: live.r.name.clone(),
             uuid: live.r.uuid.clone(),
-            state: "running",
+            state: live.activity.state.clone(),
             vcpus: info.vcpu_count(),
             vcpu_nodes: info.current.nodes.clone(),
             memory_mib,
             locality,
             managed: planned.map_or(info.is_managed(), |p| p.managed),
             reason,
+            changed_by_operator: planned.and_then(|p| p.changed_by_operator.clone()),
         });
     }
     let nodes = topo

@@ -47,6 +47,8 @@ pub struct Spec {
     pub iothreads: u32,
     /// Extra elements, e.g. `<numatune>...</numatune>` or `<cputune>`.
     pub extra: String,
+    /// Extra devices, e.g. a `<disk>`.
+    pub devices: String,
 }
 
 impl Default for Spec {
@@ -57,6 +59,7 @@ impl Default for Spec {
             memory_mib: 64,
             iothreads: 0,
             extra: String::new(),
+            devices: String::new(),
         }
     }
 }
@@ -83,11 +86,13 @@ fn xml(name: &str, kind: &str, spec: &Spec) -> String {
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <memballoon model='none'/>
+    {devices}
   </devices>
 </domain>",
         mem = spec.memory_mib,
         vcpus = spec.vcpus,
         extra = spec.extra,
+        devices = spec.devices,
     )
 }
 
