@@ -366,7 +366,9 @@ impl Chooser<'_> {
 
     /// Splits a domain no single node can take over the fewest, closest
     /// nodes: grow a set from each seed by nearest node until it has room,
-    /// keep the smallest set, then the one with the least total distance.
+    /// keep the smallest set, then the one with the least total distance,
+    /// then the one the strategy prefers (as for one node, staying where
+    /// the memory is counts for the threshold).
     fn place_split(
         &mut self,
         info: &DomainInfo,
@@ -385,8 +387,12 @@ impl Chooser<'_> {
         // none free can pass (a split gives each of them nothing).
         let memory_too_little = piece.mem_mib as u128 > free.iter().map(|&f| f as u128).sum();
         let ids: Vec<u32> = candidates.iter().map(|&i| self.ledger.ids[i]).collect();
+        let pressure: Vec<f64> = candidates
+            .iter()
+            .map(|&i| self.ledger.pressure(i))
+            .collect();
         let mut shares = SplitShares::default();
-        let mut best: Option<(usize, u32, Vec<Part>)> = None;
+        let mut best: Option<(usize, u32, f64, Vec<Part>)> = None;
         // Per candidate (by position): whether it is in the set, and its
         // largest distance from the set's members.
         let mut in_set = vec![false; candidates.len()];
@@ -401,7 +407,7 @@ impl Chooser<'_> {
             let mut has_free = free[k] > 0;
             loop {
                 // A larger set than the best so far cannot win.
-                if best.as_ref().is_some_and(|(n, _, _)| set.len() > *n) {
+                if best.as_ref().is_some_and(|(n, _, _, _)| set.len() > *n) {
                     break;
                 }
                 if memory_too_little && has_free {
@@ -413,17 +419,33 @@ impl Chooser<'_> {
                         .flat_map(|&a| set.iter().map(move |&b| (a, b)))
                         .map(|(a, b)| self.distances.get(self.ledger.ids[a], self.ledger.ids[b]))
                         .sum();
+                    let closer = |n: usize, d: u32| (set.len(), spread).cmp(&(n, d));
                     if best
                         .as_ref()
-                        .is_none_or(|(n, d, _)| (set.len(), spread) < (*n, *d))
+                        .is_none_or(|(n, d, _, _)| closer(*n, *d).is_le())
                     {
-                        best = Some((set.len(), spread, self.split_parts(piece, &set, &shares)));
+                        let parts = self.split_parts(piece, &set, &shares);
+                        let cost = self.split_cost(info, &parts, pol);
+                        // The same nodes in another order are no other choice.
+                        if best.as_ref().is_none_or(|(n, d, c, p)| {
+                            closer(*n, *d).is_lt()
+                                || (cost < c - 1e-12 && nodes_of(p) != nodes_of(&parts))
+                        }) {
+                            best = Some((set.len(), spread, cost, parts));
+                        }
                     }
                     break;
                 }
+                // The nearest node; among equally near ones the least
+                // pressed, then the lowest id.
                 let next = (0..candidates.len())
                     .filter(|&c| !in_set[c])
-                    .min_by_key(|&c| (far[c], ids[c]));
+                    .min_by(|&a, &b| {
+                        far[a]
+                            .cmp(&far[b])
+                            .then(pressure[a].total_cmp(&pressure[b]))
+                            .then(ids[a].cmp(&ids[b]))
+                    });
                 let Some(next) = next else {
                     break;
                 };
@@ -436,7 +458,7 @@ impl Chooser<'_> {
             }
         }
         match best {
-            Some((_, _, parts)) => {
+            Some((_, _, _, parts)) => {
                 let nodes = nodes_of(&parts);
                 let why = if self.fits_an_empty_node(info, piece) {
                     format!("fits one node but none has room now: split over nodes {nodes}")
@@ -452,6 +474,30 @@ impl Chooser<'_> {
             }
             None => Err(self.no_split_reason(piece)),
         }
+    }
+
+    /// Lower is better: the busiest of the split's nodes once it is there,
+    /// by strategy, plus the threshold for the share of memory elsewhere.
+    fn split_cost(&mut self, info: &DomainInfo, parts: &[Part], pol: CpuPolicy) -> f64 {
+        let at: Vec<usize> = parts
+            .iter()
+            .filter_map(|p| self.ledger.index(p.node))
+            .collect();
+        for (&i, p) in at.iter().zip(parts) {
+            self.ledger.reserve(i, &p.demand(), pol);
+        }
+        let peak = at
+            .iter()
+            .map(|&i| self.ledger.pressure(i))
+            .fold(0.0, f64::max);
+        for (&i, p) in at.iter().zip(parts) {
+            self.ledger.release(i, &p.demand(), pol);
+        }
+        let by_strategy = match self.strategy {
+            Strategy::Spread => peak,
+            Strategy::Pack => 1.0 - peak,
+        };
+        by_strategy + self.min_gain * (1.0 - info.memory_share_on(&nodes_of(parts)))
     }
 
     fn no_split_reason(&self, piece: &Piece) -> String {
@@ -572,8 +618,14 @@ impl Chooser<'_> {
     }
 
     /// What moving a domain's single part from node index `hot` to `cold`
-    /// would gain; `None` when it does not fit, gains no more than the
+    /// would gain: how much it narrows the gap between the two nodes'
+    /// pressures. `None` when it does not fit, gains no more than the
     /// threshold, or the budget cannot pay for it.
+    ///
+    /// The gain is measured on the gap, as the threshold that starts
+    /// rebalancing is: measured on the peak alone, a move could never
+    /// gain more than half the gap, and gaps up to twice the threshold
+    /// would stay.
     fn evaluate_move(
         &mut self,
         info: &DomainInfo,
@@ -594,12 +646,12 @@ impl Chooser<'_> {
         self.ledger.release(hot, &demand, pol);
         let after = self.ledger.fits(cold, &demand, pol).then(|| {
             self.ledger.reserve(cold, &demand, pol);
-            let peak = self.ledger.pressure(hot).max(self.ledger.pressure(cold));
+            let gap = (self.ledger.pressure(hot) - self.ledger.pressure(cold)).abs();
             self.ledger.release(cold, &demand, pol);
-            peak
+            gap
         });
         self.ledger.reserve(hot, &demand, pol);
-        let gain = self.ledger.pressure(hot) - after?;
+        let gain = self.ledger.pressure(hot) - self.ledger.pressure(cold) - after?;
         let target = NodeSet::single(to_node);
         let mib = info.migrate_mib_to(&target);
         let is_move = is_move(info, &target);
@@ -617,7 +669,8 @@ impl Chooser<'_> {
     }
 
     /// Moves single-node domains from the most to the least pressed node
-    /// while that narrows the gap by more than the threshold.
+    /// while that narrows the gap by more than the threshold; when nothing
+    /// on the most pressed node can move, from the next most pressed.
     fn improve(
         &mut self,
         infos: &[DomainInfo],
@@ -629,42 +682,51 @@ impl Chooser<'_> {
             let cpu_nodes: Vec<usize> = (0..self.ledger.ids.len())
                 .filter(|&i| self.ledger.has_cpus(i))
                 .collect();
-            let by_pressure = |l: &Ledger, pick_max: bool| {
-                cpu_nodes.iter().copied().reduce(|a, b| {
-                    let (pa, pb) = (l.pressure(a), l.pressure(b));
-                    if (pick_max && pb > pa + 1e-12) || (!pick_max && pb < pa - 1e-12) {
-                        b
-                    } else {
-                        a
-                    }
-                })
-            };
-            let (Some(hot), Some(cold)) = (
-                by_pressure(&self.ledger, true),
-                by_pressure(&self.ledger, false),
-            ) else {
-                return;
-            };
-            let gap = self.ledger.pressure(hot) - self.ledger.pressure(cold);
-            if hot == cold || gap <= self.min_gain {
-                return;
-            }
-            let mut best: Option<Candidate> = None;
-            for &d in order {
-                let Some(parts) = decisions[d].as_ref().and_then(|x| x.parts()) else {
-                    continue;
-                };
-                if moved[d] || parts.len() != 1 || parts[0].node != self.ledger.ids[hot] {
-                    continue;
+            let Some(cold) = cpu_nodes.iter().copied().reduce(|a, b| {
+                if self.ledger.pressure(b) < self.ledger.pressure(a) - 1e-12 {
+                    b
+                } else {
+                    a
                 }
-                let Some(c) = self.evaluate_move(&infos[d], d, &parts[0], hot, cold) else {
-                    continue;
-                };
-                let better = best.as_ref().is_none_or(|b| {
-                    c.gain > b.gain + 1e-12 || (c.gain > b.gain - 1e-12 && c.mib < b.mib)
-                });
-                if better {
-                    best = Some(c);
+            }) else {
+                return;
+            };
+            // The busiest node first; when nothing on it can move, the next
+            // busiest, while its gap to the idlest passes the threshold.
+            let mut hots: Vec<usize> = cpu_nodes
+                .iter()
+                .copied()
+                .filter(|&h| self.ledger.pressure(h) - self.ledger.pressure(cold) > self.min_gain)
+                .collect();
+            hots.sort_by(|&a, &b| {
+                self.ledger
+                    .pressure(b)
+                    .total_cmp(&self.ledger.pressure(a))
+                    .then(a.cmp(&b))
+            });
+            let mut best: Option<Candidate> = None;
+            let mut hot = cold;
+            for h in hots {
+                hot = h;
+                for &d in order {
+                    let Some(parts) = decisions[d].as_ref().and_then(|x| x.parts()) else {
+                        continue;
+                    };
+                    if moved[d] || parts.len() != 1 || parts[0].node != self.ledger.ids[hot] {
+                        continue;
+                    }
+                    let Some(c) = self.evaluate_move(&infos[d], d, &parts[0], hot, cold) else {
+                        continue;
+                    };
+                    let better = best.as_ref().is_none_or(|b| {
+                        c.gain > b.gain + 1e-12 || (c.gain > b.gain - 1e-12 && c.mib < b.mib)
+                    });
+                    if better {
+                        best = Some(c);
+                    }
+                }
+                if best.is_some() {
+                    break;
                 }
             }
             let Some(Candidate {
@@ -686,7 +748,7 @@ impl Chooser<'_> {
             moved[d] = true;
             decisions[d] = Some(Decision::Placed {
                 why: format!(
-                    "rebalance: node {} was {:.0}% loaded and node {} {:.0}%; the move cuts the peak by {:.0} points",
+                    "rebalance: node {} was {:.0}% loaded and node {} {:.0}%; the move narrows the gap by {:.0} points",
                     from.node,
                     hot_before * 100.0,
                     to.node,
