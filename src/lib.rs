@@ -13,6 +13,7 @@ pub mod idset;
 pub mod observations;
 pub mod planner;
 pub mod report;
+pub mod simulate;
 pub mod snapshot;
 pub mod synth;
 pub mod topology;
