@@ -8,6 +8,8 @@
 //!
 //! Stored as a bitmap because the planner clones and intersects node CPU sets
 //! for every vCPU of every domain: a few machine words beat a tree of nodes.
+//! Sets of ids below 512 keep their words inline, so cloning one (once per
+//! vCPU in a plan) does not allocate.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,11 +21,102 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const MAX_ID: u32 = 65_535;
 
 /// A set of CPU or NUMA node ids.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default)]
 pub struct IdSet {
     /// Bit `i % 64` of word `i / 64` is id `i`. No trailing zero words, so
-    /// derived equality and hashing are equality of sets.
-    words: Vec<u64>,
+    /// equality and hashing of the words are equality of sets.
+    words: Words,
+}
+
+impl PartialEq for IdSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.words.as_slice() == other.words.as_slice()
+    }
+}
+
+impl Eq for IdSet {}
+
+impl std::hash::Hash for IdSet {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.words.as_slice().hash(state);
+    }
+}
+
+/// Words kept inline: ids 0-511, every CPU of most hosts.
+const INLINE_WORDS: usize = 8;
+
+/// The words of a set: inline when few, else on the heap.
+#[derive(Clone)]
+enum Words {
+    Inline { len: u8, buf: [u64; INLINE_WORDS] },
+    Heap(Vec<u64>),
+}
+
+impl Default for Words {
+    fn default() -> Self {
+        Words::Inline {
+            len: 0,
+            buf: [0; INLINE_WORDS],
+        }
+    }
+}
+
+impl Words {
+    /// `len` zero words.
+    fn zeroed(len: usize) -> Self {
+        if len <= INLINE_WORDS {
+            Words::Inline {
+                len: len as u8,
+                buf: [0; INLINE_WORDS],
+            }
+        } else {
+            Words::Heap(vec![0; len])
+        }
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Words::Inline { len, buf } => &buf[..*len as usize],
+            Words::Heap(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u64] {
+        match self {
+            Words::Inline { len, buf } => &mut buf[..*len as usize],
+            Words::Heap(v) => v,
+        }
+    }
+
+    /// Grows with zero words or shrinks to `new_len` words.
+    fn resize(&mut self, new_len: usize) {
+        match self {
+            Words::Inline { len, buf } if new_len <= INLINE_WORDS => {
+                buf[new_len.min(*len as usize)..].fill(0);
+                *len = new_len as u8;
+            }
+            Words::Inline { len, buf } => {
+                let mut v = buf[..*len as usize].to_vec();
+                v.resize(new_len, 0);
+                *self = Words::Heap(v);
+            }
+            Words::Heap(v) => v.resize(new_len, 0),
+        }
+    }
+}
+
+impl std::ops::Deref for Words {
+    type Target = [u64];
+
+    fn deref(&self) -> &[u64] {
+        self.as_slice()
+    }
+}
+
+impl std::ops::DerefMut for Words {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        self.as_mut_slice()
+    }
 }
 
 /// CPU ids (host or guest). Same type as [`NodeSet`] by design.
@@ -71,7 +164,7 @@ impl IdSet {
     pub fn insert(&mut self, id: u32) {
         let (w, b) = (id as usize / 64, id % 64);
         if self.words.len() <= w {
-            self.words.resize(w + 1, 0);
+            self.words.resize(w + 1);
         }
         self.words[w] |= 1 << b;
     }
@@ -114,11 +207,10 @@ impl IdSet {
 
     /// Ids in ascending order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = u32> + '_ {
-        self.words.iter().enumerate().flat_map(|(i, &word)| {
-            (0..64u32)
-                .filter(move |b| word & (1 << b) != 0)
-                .map(move |b| i as u32 * 64 + b)
-        })
+        self.words
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &word)| Bits(word).map(move |b| i as u32 * 64 + b))
     }
 
     pub fn union(&self, other: &Self) -> Self {
@@ -128,7 +220,7 @@ impl IdSet {
             (other, self)
         };
         let mut words = long.words.clone();
-        for (w, o) in words.iter_mut().zip(&short.words) {
+        for (w, o) in words.iter_mut().zip(short.words.iter()) {
             *w |= o;
         }
         Self { words }
@@ -136,22 +228,23 @@ impl IdSet {
 
     pub fn union_with(&mut self, other: &Self) {
         if self.words.len() < other.words.len() {
-            self.words.resize(other.words.len(), 0);
+            self.words.resize(other.words.len());
         }
-        for (w, o) in self.words.iter_mut().zip(&other.words) {
+        for (w, o) in self.words.iter_mut().zip(other.words.iter()) {
             *w |= o;
         }
     }
 
     pub fn intersection(&self, other: &Self) -> Self {
-        let mut s = Self {
-            words: self
-                .words
-                .iter()
-                .zip(&other.words)
-                .map(|(a, b)| a & b)
-                .collect(),
-        };
+        let mut words = Words::zeroed(self.words.len().min(other.words.len()));
+        for ((w, a), b) in words
+            .iter_mut()
+            .zip(self.words.iter())
+            .zip(other.words.iter())
+        {
+            *w = a & b;
+        }
+        let mut s = Self { words };
         s.trim();
         s
     }
@@ -163,7 +256,7 @@ impl IdSet {
     }
 
     pub fn subtract(&mut self, other: &Self) {
-        for (w, o) in self.words.iter_mut().zip(&other.words) {
+        for (w, o) in self.words.iter_mut().zip(other.words.iter()) {
             *w &= !o;
         }
         self.trim();
@@ -180,13 +273,16 @@ impl IdSet {
     pub fn intersection_len(&self, other: &Self) -> usize {
         self.words
             .iter()
-            .zip(&other.words)
+            .zip(other.words.iter())
             .map(|(a, b)| (a & b).count_ones() as usize)
             .sum()
     }
 
     pub fn intersects(&self, other: &Self) -> bool {
-        self.words.iter().zip(&other.words).any(|(a, b)| a & b != 0)
+        self.words
+            .iter()
+            .zip(other.words.iter())
+            .any(|(a, b)| a & b != 0)
     }
 
     /// The set as a little-endian bitmap of `len` bytes (libvirt's cpumap
@@ -200,24 +296,22 @@ impl IdSet {
 
     /// Reads a little-endian bitmap (libvirt cpumap layout).
     pub fn from_bitmap_bytes(bytes: &[u8]) -> Self {
-        let mut words: Vec<u64> = bytes
-            .chunks(8)
-            .map(|chunk| {
-                let mut word = [0u8; 8];
-                word[..chunk.len()].copy_from_slice(chunk);
-                u64::from_le_bytes(word)
-            })
-            .collect();
-        while words.last() == Some(&0) {
-            words.pop();
+        let mut set = Self {
+            words: Words::zeroed(bytes.len().div_ceil(8)),
+        };
+        for (w, chunk) in set.words.as_mut_slice().iter_mut().zip(bytes.chunks(8)) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_le_bytes(word);
         }
-        Self { words }
+        set.trim();
+        set
     }
 
     /// The set as machine words (the kernel's `unsigned long` node mask
     /// layout on 64-bit hosts), padded with zero words to `min_words`.
     pub fn to_words(&self, min_words: usize) -> Vec<u64> {
-        let mut words = self.words.clone();
+        let mut words = self.words.as_slice().to_vec();
         if words.len() < min_words {
             words.resize(min_words, 0);
         }
@@ -225,8 +319,13 @@ impl IdSet {
     }
 
     fn trim(&mut self) {
-        while self.words.last() == Some(&0) {
-            self.words.pop();
+        let len = self
+            .words
+            .iter()
+            .rposition(|&w| w != 0)
+            .map_or(0, |i| i + 1);
+        if len < self.words.len() {
+            self.words.resize(len);
         }
     }
 
@@ -240,6 +339,33 @@ impl IdSet {
             }
         }
         runs
+    }
+}
+
+/// The set bits of one word, lowest first.
+struct Bits(u64);
+
+impl Iterator for Bits {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        if self.0 == 0 {
+            return None;
+        }
+        let b = self.0.trailing_zeros();
+        self.0 &= self.0 - 1;
+        Some(b)
+    }
+}
+
+impl DoubleEndedIterator for Bits {
+    fn next_back(&mut self) -> Option<u32> {
+        if self.0 == 0 {
+            return None;
+        }
+        let b = 63 - self.0.leading_zeros();
+        self.0 &= !(1 << b);
+        Some(b)
     }
 }
 
@@ -438,6 +564,30 @@ mod tests {
         );
         assert_eq!(IdSet::from_bitmap_bytes(&[0; 4]), IdSet::new());
         assert_eq!(set("1,65").to_words(3), [0b10, 0b10, 0]);
+    }
+
+    #[test]
+    fn large_sets_spill_to_the_heap_and_compare_by_ids() {
+        let big = set("0-1000");
+        assert_eq!(big.len(), 1001);
+        assert_eq!(big.last(), Some(1000));
+        let small = big.difference(&set("64-1000"));
+        assert_eq!(small, set("0-63"));
+        assert_eq!(big.intersection(&set("500-520")).to_string(), "500-520");
+        let mut grown = set("3");
+        grown.union_with(&set("900"));
+        grown.insert(700);
+        assert_eq!(grown.to_string(), "3,700,900");
+        assert_eq!(grown.iter().rev().collect::<Vec<_>>(), [900, 700, 3]);
+        grown.subtract(&set("700-900"));
+        assert_eq!(grown, set("3"));
+        let hash = |s: &IdSet| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            s.hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(hash(&grown), hash(&set("3")));
     }
 
     proptest! {

@@ -22,6 +22,7 @@ pub mod observations;
 pub mod observe;
 pub mod planner;
 pub mod report;
+pub mod simulate;
 pub mod snapshot;
 pub mod synth;
 pub mod topology;

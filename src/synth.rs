@@ -1,6 +1,12 @@
 //! Synthetic hosts and domains built in code, for tests, property tests and
 //! benchmarks of the planner at sizes no fixture file covers.
 
+mod fleet;
+mod rng;
+
+pub use fleet::{BenchHost, Fleet, bench_hosts, mixed_fleet};
+pub use rng::Rng;
+
 use std::collections::BTreeMap;
 
 use crate::guest::{

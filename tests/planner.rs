@@ -225,12 +225,13 @@ fn excluded_and_hand_pinned_domains_are_left_alone() {
 fn a_well_placed_domain_stays_unless_the_gain_passes_the_threshold() {
     let topo = two_socket();
     let node0 = topo.node(0).unwrap().cpus.to_string();
-    // Node 0 a little busier than node 1: below the 10-point threshold.
+    // Node 0 a little busier than node 1 (3 of 32 CPUs): below the
+    // 10-point threshold.
     let domains = vec![
-        domain("a", 4, 4096).pinned_to(&node0),
-        domain("b", 2, 4096).pinned_to(&node0),
+        domain("a", 2, 2048).pinned_to(&node0),
+        domain("b", 1, 2048).pinned_to(&node0),
     ];
-    let obs = observed_memory(&[("a", &[(0, 4096)]), ("b", &[(0, 4096)])]);
+    let obs = observed_memory(&[("a", &[(0, 2048)]), ("b", &[(0, 2048)])]);
     let mut config = Config::default();
     config.planner.manage_pinned = true;
     let p = run(&topo, domains.clone(), &obs, &config);
@@ -249,6 +250,81 @@ fn a_well_placed_domain_stays_unless_the_gain_passes_the_threshold() {
         rebalance_all: true,
     });
     assert_eq!(p.score.moves, 1, "{:#?}", p.domains);
+}
+
+#[test]
+fn a_gap_above_the_threshold_is_narrowed_by_a_move_smaller_than_the_threshold() {
+    let topo = two_socket();
+    let node0 = topo.node(0).unwrap().cpus.to_string();
+    // Node 0 has 5 of 32 CPUs busy, node 1 none: a 16-point gap. Moving
+    // either domain lowers node 0 by under 10 points but leaves a 3-point gap.
+    let domains = vec![
+        domain("a", 3, 1024).pinned_to(&node0),
+        domain("b", 2, 1024).pinned_to(&node0),
+    ];
+    let obs = observed_memory(&[("a", &[(0, 1024)]), ("b", &[(0, 1024)])]);
+    let mut config = Config::default();
+    config.planner.manage_pinned = true;
+    let p = run(&topo, domains, &obs, &config);
+    assert_eq!(p.score.moves, 1, "{p:#?}");
+    let moved = p
+        .domains
+        .iter()
+        .find(|d| d.status == Status::Moved)
+        .unwrap();
+    assert!(
+        moved.reason.contains("narrows the gap by 12 points"),
+        "{}",
+        moved.reason
+    );
+}
+
+#[test]
+fn when_nothing_on_the_busiest_node_can_move_the_next_busiest_is_relieved() {
+    let topo = HostShape::new(3, 4, 1, 16 * 1024).build();
+    let cpus = |n: u32| topo.node(n).unwrap().cpus.to_string();
+    // Node 0 is full with a domain numapin must leave alone; node 1 is
+    // three quarters busy with two it manages; node 2 is idle.
+    let domains = vec![
+        domain("fixed", 4, 1024)
+            .pinned_to(&cpus(0))
+            .with_policy(DomainPolicy::Exclude),
+        domain("a", 2, 1024).pinned_to(&cpus(1)),
+        domain("b", 1, 1024).pinned_to(&cpus(1)),
+    ];
+    let obs = observed_memory(&[("a", &[(1, 1024)]), ("b", &[(1, 1024)])]);
+    let mut config = Config::default();
+    config.planner.manage_pinned = true;
+    let p = run(&topo, domains, &obs, &config);
+    assert_eq!(p.score.moves, 1, "{p:#?}");
+    let moved = p
+        .domains
+        .iter()
+        .find(|d| d.status == Status::Moved)
+        .unwrap();
+    assert_eq!(moved.nodes.to_string(), "2");
+    assert_eq!(get(&p, "fixed").status, Status::LeftAlone);
+}
+
+#[test]
+fn a_split_guest_goes_to_the_least_loaded_of_equally_close_node_sets() {
+    // Four nodes, all equally far apart; nodes 0 and 1 busy with domains
+    // numapin leaves alone.
+    let topo = HostShape::new(4, 4, 1, 16 * 1024).build();
+    let busy = |name: &str, node: u32| {
+        domain(name, 4, 2048)
+            .pinned_to(&topo.node(node).unwrap().cpus.to_string())
+            .with_policy(DomainPolicy::Exclude)
+    };
+    let domains = vec![
+        busy("busy0", 0),
+        busy("busy1", 1),
+        domain("big", 6, 20 * 1024),
+    ];
+    let p = simple(&topo, domains);
+    let big = get(&p, "big");
+    assert_eq!(big.status, Status::Placed, "{}", big.reason);
+    assert_eq!(big.nodes.to_string(), "2-3", "{}", big.reason);
 }
 
 #[test]

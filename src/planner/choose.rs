@@ -11,8 +11,9 @@ use crate::config::Strategy;
 use crate::idset::NodeSet;
 use crate::topology::HostTopology;
 
-use super::domain_info::{CpuPolicy, DomainInfo, Piece};
-use super::ledger::{Ledger, Part};
+use super::domain_info::{CpuPolicy, DomainInfo, Piece, distribute_shares};
+use super::ledger::{Demand, Ledger, Part};
+use super::score::Distances;
 
 /// The outcome for one managed domain.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +70,7 @@ impl Budget {
 
 pub struct Chooser<'a> {
     pub topo: &'a HostTopology,
+    pub distances: &'a Distances,
     pub strategy: Strategy,
     /// Least gain in node pressure worth a move.
     pub min_gain: f64,
@@ -77,7 +79,10 @@ pub struct Chooser<'a> {
 }
 
 fn policy(info: &DomainInfo) -> CpuPolicy {
-    info.managed.clone().unwrap_or(CpuPolicy::Shared)
+    match info.managed {
+        Ok(policy) => policy,
+        Err(_) => CpuPolicy::Shared,
+    }
 }
 
 /// A change of placement counts as a move (against the move budget) only
@@ -95,6 +100,14 @@ struct Candidate {
     gain: f64,
     mib: u64,
     is_move: bool,
+}
+
+/// Scratch space for trying splits: weights and the shares they give.
+#[derive(Default)]
+struct SplitShares {
+    weights: Vec<u64>,
+    vcpus: Vec<u64>,
+    mem: Vec<u64>,
 }
 
 fn part_of(piece: &Piece, node: u32) -> Part {
@@ -133,13 +146,13 @@ impl Chooser<'_> {
         let mut done = Vec::new();
         for part in parts {
             match self.ledger.index(part.node) {
-                Some(i) if self.ledger.fits(i, part, policy) => {
-                    self.ledger.reserve(i, part, policy);
+                Some(i) if self.ledger.fits(i, &part.demand(), policy) => {
+                    self.ledger.reserve(i, &part.demand(), policy);
                     done.push((i, part));
                 }
                 _ => {
                     for (i, p) in done {
-                        self.ledger.release(i, p, policy);
+                        self.ledger.release(i, &p.demand(), policy);
                     }
                     return false;
                 }
@@ -151,7 +164,7 @@ impl Chooser<'_> {
     fn release_all(&mut self, parts: &[Part], policy: CpuPolicy) {
         for part in parts {
             if let Some(i) = self.ledger.index(part.node) {
-                self.ledger.release(i, part, policy);
+                self.ledger.release(i, &part.demand(), policy);
             }
         }
     }
@@ -166,8 +179,13 @@ impl Chooser<'_> {
         let mut parts = Vec::new();
         for piece in &info.pieces {
             let mut node = None;
+            let mut previous = None;
             for v in &piece.vcpus {
                 let affinity = info.current.vcpu_affinity.get(v)?;
+                // The same affinity as the vCPU before passed already.
+                if previous == Some(affinity) {
+                    continue;
+                }
                 let nodes = self.topo.nodes_of_cpus(affinity);
                 let n = nodes.first()?;
                 let i = self.ledger.index(n)?;
@@ -177,6 +195,7 @@ impl Chooser<'_> {
                 if *node.get_or_insert(n) != n {
                     return None;
                 }
+                previous = Some(affinity);
             }
             parts.push(part_of(piece, node?));
         }
@@ -185,7 +204,7 @@ impl Chooser<'_> {
             return None;
         }
         if let Some(fixed) = info.fixed_nodes()
-            && !nodes.is_subset(&fixed)
+            && !nodes.is_subset(fixed)
         {
             return None;
         }
@@ -195,19 +214,20 @@ impl Chooser<'_> {
     /// Node indexes a domain may use: nodes with CPUs, within the bound
     /// nodeset when its memory cannot move.
     fn candidates(&self, info: &DomainInfo) -> Vec<usize> {
-        let fixed = info.fixed_nodes();
         (0..self.ledger.ids.len())
-            .filter(|&i| self.ledger.has_cpus(i))
-            .filter(|&i| {
-                fixed
-                    .as_ref()
-                    .is_none_or(|f| f.contains(self.ledger.ids[i]))
-            })
+            .filter(|&i| self.is_candidate(info, i))
             .collect()
     }
 
+    fn is_candidate(&self, info: &DomainInfo, i: usize) -> bool {
+        self.ledger.has_cpus(i)
+            && info
+                .fixed_nodes()
+                .is_none_or(|f| f.contains(self.ledger.ids[i]))
+    }
+
     /// Lower is better.
-    fn cost(&mut self, info: &DomainInfo, i: usize, part: &Part) -> f64 {
+    fn cost(&mut self, info: &DomainInfo, i: usize, part: &Demand) -> f64 {
         let p = self.ledger.pressure_with(i, part, policy(info));
         let by_strategy = match self.strategy {
             Strategy::Spread => p,
@@ -215,18 +235,18 @@ impl Chooser<'_> {
         };
         // Staying where the memory is costs nothing; moving all of it costs
         // the threshold, so a move must win by more than that.
-        let away = 1.0 - info.memory_share_on(&NodeSet::single(self.ledger.ids[i]));
+        let away = 1.0 - info.memory_share_on_node(self.ledger.ids[i]);
         by_strategy + self.min_gain * away
     }
 
     fn best_node(&mut self, info: &DomainInfo, piece: &Piece, avoid: &NodeSet) -> Option<usize> {
         let mut best: Option<(f64, usize)> = None;
-        for i in self.candidates(info) {
-            let part = part_of(piece, self.ledger.ids[i]);
-            if !self.ledger.fits(i, &part, policy(info)) {
+        let demand = piece.demand();
+        for i in 0..self.ledger.ids.len() {
+            if !self.is_candidate(info, i) || !self.ledger.fits(i, &demand, policy(info)) {
                 continue;
             }
-            let mut cost = self.cost(info, i, &part);
+            let mut cost = self.cost(info, i, &demand);
             if avoid.contains(self.ledger.ids[i]) {
                 cost += 10.0;
             }
@@ -302,18 +322,18 @@ impl Chooser<'_> {
         let mut parts: Vec<Part> = Vec::new();
         for piece in &info.pieces {
             let used = nodes_of(&parts);
+            let demand = piece.demand();
             let mut best: Option<(f64, usize)> = None;
-            for i in self.candidates(info) {
+            for i in 0..self.ledger.ids.len() {
                 let node = self.ledger.ids[i];
-                let part = part_of(piece, node);
-                if !self.ledger.fits(i, &part, pol) {
+                if !self.is_candidate(info, i) || !self.ledger.fits(i, &demand, pol) {
                     continue;
                 }
-                let mut cost = self.cost(info, i, &part);
+                let mut cost = self.cost(info, i, &demand);
                 if used.contains(node) {
                     cost += 10.0;
                 }
-                let far: u32 = parts.iter().map(|p| self.topo.distance(p.node, node)).sum();
+                let far: u32 = parts.iter().map(|p| self.distances.get(p.node, node)).sum();
                 cost += far as f64 / 100.0;
                 if best.is_none_or(|(c, _)| cost < c - 1e-12) {
                     best = Some((cost, i));
@@ -329,7 +349,7 @@ impl Chooser<'_> {
                 ));
             };
             let part = part_of(piece, self.ledger.ids[i]);
-            self.ledger.reserve(i, &part, pol);
+            self.ledger.reserve(i, &demand, pol);
             parts.push(part);
         }
         // Reserved again by the caller once the budget allows.
@@ -346,7 +366,9 @@ impl Chooser<'_> {
 
     /// Splits a domain no single node can take over the fewest, closest
     /// nodes: grow a set from each seed by nearest node until it has room,
-    /// keep the smallest set, then the one with the least total distance.
+    /// keep the smallest set, then the one with the least total distance,
+    /// then the one the strategy prefers (as for one node, staying where
+    /// the memory is counts for the threshold).
     fn place_split(
         &mut self,
         info: &DomainInfo,
@@ -354,43 +376,89 @@ impl Chooser<'_> {
     ) -> Result<(Vec<Part>, String), String> {
         let candidates = self.candidates(info);
         let pol = policy(info);
-        let mut best: Option<(usize, u32, Vec<Part>)> = None;
-        for &seed in &candidates {
+        if self.cpus_too_few(piece, &candidates, pol) {
+            return Err(self.no_split_reason(piece));
+        }
+        let free: Vec<u64> = candidates
+            .iter()
+            .map(|&i| self.split_free_mib(piece, i))
+            .collect();
+        // More memory than all candidates have free: only sets of nodes with
+        // none free can pass (a split gives each of them nothing).
+        let memory_too_little = piece.mem_mib as u128 > free.iter().map(|&f| f as u128).sum();
+        let ids: Vec<u32> = candidates.iter().map(|&i| self.ledger.ids[i]).collect();
+        let pressure: Vec<f64> = candidates
+            .iter()
+            .map(|&i| self.ledger.pressure(i))
+            .collect();
+        let mut shares = SplitShares::default();
+        let mut best: Option<(usize, u32, f64, Vec<Part>)> = None;
+        // Per candidate (by position): whether it is in the set, and its
+        // largest distance from the set's members.
+        let mut in_set = vec![false; candidates.len()];
+        let mut far = vec![0u32; candidates.len()];
+        for (k, &seed) in candidates.iter().enumerate() {
             let mut set = vec![seed];
+            in_set.fill(false);
+            in_set[k] = true;
+            for (c, f) in far.iter_mut().enumerate() {
+                *f = self.distances.get(ids[k], ids[c]);
+            }
+            let mut has_free = free[k] > 0;
             loop {
-                if let Some(parts) = self.split_parts(piece, &set, pol) {
+                // A larger set than the best so far cannot win.
+                if best.as_ref().is_some_and(|(n, _, _, _)| set.len() > *n) {
+                    break;
+                }
+                if memory_too_little && has_free {
+                    break;
+                }
+                if self.split_fits(piece, &set, pol, &mut shares) {
                     let spread: u32 = set
                         .iter()
                         .flat_map(|&a| set.iter().map(move |&b| (a, b)))
-                        .map(|(a, b)| self.topo.distance(self.ledger.ids[a], self.ledger.ids[b]))
+                        .map(|(a, b)| self.distances.get(self.ledger.ids[a], self.ledger.ids[b]))
                         .sum();
+                    let closer = |n: usize, d: u32| (set.len(), spread).cmp(&(n, d));
                     if best
                         .as_ref()
-                        .is_none_or(|(k, d, _)| (set.len(), spread) < (*k, *d))
+                        .is_none_or(|(n, d, _, _)| closer(*n, *d).is_le())
                     {
-                        best = Some((set.len(), spread, parts));
+                        let parts = self.split_parts(piece, &set, &shares);
+                        let cost = self.split_cost(info, &parts, pol);
+                        // The same nodes in another order are no other choice.
+                        if best.as_ref().is_none_or(|(n, d, c, p)| {
+                            closer(*n, *d).is_lt()
+                                || (cost < c - 1e-12 && nodes_of(p) != nodes_of(&parts))
+                        }) {
+                            best = Some((set.len(), spread, cost, parts));
+                        }
                     }
                     break;
                 }
-                let next = candidates
-                    .iter()
-                    .filter(|c| !set.contains(c))
-                    .min_by_key(|&&c| {
-                        let far = set
-                            .iter()
-                            .map(|&s| self.topo.distance(self.ledger.ids[s], self.ledger.ids[c]))
-                            .max()
-                            .unwrap_or(0);
-                        (far, self.ledger.ids[c])
+                // The nearest node; among equally near ones the least
+                // pressed, then the lowest id.
+                let next = (0..candidates.len())
+                    .filter(|&c| !in_set[c])
+                    .min_by(|&a, &b| {
+                        far[a]
+                            .cmp(&far[b])
+                            .then(pressure[a].total_cmp(&pressure[b]))
+                            .then(ids[a].cmp(&ids[b]))
                     });
-                match next {
-                    Some(&c) => set.push(c),
-                    None => break,
+                let Some(next) = next else {
+                    break;
+                };
+                set.push(candidates[next]);
+                in_set[next] = true;
+                has_free |= free[next] > 0;
+                for (c, f) in far.iter_mut().enumerate() {
+                    *f = (*f).max(self.distances.get(ids[next], ids[c]));
                 }
             }
         }
         match best {
-            Some((_, _, parts)) => {
+            Some((_, _, _, parts)) => {
                 let nodes = nodes_of(&parts);
                 let why = if self.fits_an_empty_node(info, piece) {
                     format!("fits one node but none has room now: split over nodes {nodes}")
@@ -404,16 +472,89 @@ impl Chooser<'_> {
                 };
                 Ok((parts, why))
             }
-            None => Err(format!(
-                "does not fit: needs {} vCPUs and {} MiB{}, more than the free capacity of all its candidate nodes",
-                piece.vcpus.len(),
-                piece.mem_mib,
-                piece
-                    .hugepage_kib
-                    .map(|k| format!(" of {k} KiB pages"))
-                    .unwrap_or_default()
-            )),
+            None => Err(self.no_split_reason(piece)),
         }
+    }
+
+    /// Lower is better: the busiest of the split's nodes once it is there,
+    /// by strategy, plus the threshold for the share of memory elsewhere.
+    fn split_cost(&mut self, info: &DomainInfo, parts: &[Part], pol: CpuPolicy) -> f64 {
+        let at: Vec<usize> = parts
+            .iter()
+            .filter_map(|p| self.ledger.index(p.node))
+            .collect();
+        for (&i, p) in at.iter().zip(parts) {
+            self.ledger.reserve(i, &p.demand(), pol);
+        }
+        let peak = at
+            .iter()
+            .map(|&i| self.ledger.pressure(i))
+            .fold(0.0, f64::max);
+        for (&i, p) in at.iter().zip(parts) {
+            self.ledger.release(i, &p.demand(), pol);
+        }
+        let by_strategy = match self.strategy {
+            Strategy::Spread => peak,
+            Strategy::Pack => 1.0 - peak,
+        };
+        by_strategy + self.min_gain * (1.0 - info.memory_share_on(&nodes_of(parts)))
+    }
+
+    fn no_split_reason(&self, piece: &Piece) -> String {
+        format!(
+            "does not fit: needs {} vCPUs and {} MiB{}, more than the free capacity of all its candidate nodes",
+            piece.vcpus.len(),
+            piece.mem_mib,
+            piece
+                .hugepage_kib
+                .map(|k| format!(" of {k} KiB pages"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// Whether the candidates together lack the CPUs for the piece, so that
+    /// no split over any of them can fit (see `split_fits`: every node's
+    /// vCPU share and load must fit it, and the shares add up to the piece).
+    fn cpus_too_few(&self, piece: &Piece, candidates: &[usize], pol: CpuPolicy) -> bool {
+        let l = &self.ledger;
+        let vcpus = piece.vcpus.len() as i64;
+        match pol {
+            CpuPolicy::Dedicated => {
+                let room: i64 = candidates
+                    .iter()
+                    .map(|&i| {
+                        let needed = if l.shared_load[i] > 0.0 {
+                            ((l.shared_load[i] / l.overcommit).ceil() as i64).max(1)
+                        } else {
+                            0
+                        };
+                        (l.usable[i].len() as i64 - l.dedicated[i] as i64 - needed).max(0)
+                    })
+                    .sum();
+                vcpus > room
+            }
+            CpuPolicy::Shared => {
+                let pool: i64 = candidates.iter().map(|&i| l.shared_cpus(i) as i64).sum();
+                let room: f64 = candidates
+                    .iter()
+                    .map(|&i| (l.shared_capacity(i) + 1e-9 - l.shared_load[i]).max(0.0))
+                    .sum();
+                // The margin covers rounding in the per-node loads.
+                vcpus > pool || piece.load > room + 1e-6
+            }
+        }
+    }
+
+    /// Free memory (MiB) of the piece's kind on node index `i`, as a split
+    /// weighs it.
+    fn split_free_mib(&self, piece: &Piece, i: usize) -> u64 {
+        let free = match piece.hugepage_kib {
+            Some(size) => {
+                self.ledger.pages_free[i].get(&size).copied().unwrap_or(0) * size as i64 / 1024
+            }
+            None => self.ledger.mem_free[i],
+        };
+        free.max(0) as u64
     }
 
     fn fits_an_empty_node(&self, info: &DomainInfo, piece: &Piece) -> bool {
@@ -423,60 +564,73 @@ impl Chooser<'_> {
         })
     }
 
-    /// Divides the piece over the node set: vCPUs in contiguous blocks in
-    /// proportion to CPUs, memory in proportion to free memory; `None` when
-    /// some share does not fit its node.
-    fn split_parts(&mut self, piece: &Piece, set: &[usize], pol: CpuPolicy) -> Option<Vec<Part>> {
-        let cpu_weights: Vec<(u32, u64)> = set
-            .iter()
-            .map(|&i| (i as u32, self.ledger.usable[i].len() as u64))
-            .collect();
-        let mem_weights: Vec<(u32, u64)> = set
-            .iter()
-            .map(|&i| {
-                let free = match piece.hugepage_kib {
-                    Some(size) => {
-                        self.ledger.pages_free[i].get(&size).copied().unwrap_or(0) * size as i64
-                            / 1024
-                    }
-                    None => self.ledger.mem_free[i],
-                };
-                (i as u32, free.max(0) as u64)
-            })
-            .collect();
-        let vcpu_shares = super::domain_info::distribute(piece.vcpus.len() as u64, &cpu_weights);
-        let mem_shares = super::domain_info::distribute(piece.mem_mib, &mem_weights);
-        let mut parts = Vec::new();
+    /// Whether the piece divided over the node set fits: vCPUs in proportion
+    /// to CPUs, memory in proportion to free memory. Leaves the shares in
+    /// `shares` for [`Self::split_parts`].
+    fn split_fits(
+        &self,
+        piece: &Piece,
+        set: &[usize],
+        pol: CpuPolicy,
+        shares: &mut SplitShares,
+    ) -> bool {
+        shares.weights.clear();
+        shares
+            .weights
+            .extend(set.iter().map(|&i| self.ledger.usable[i].len() as u64));
+        distribute_shares(piece.vcpus.len() as u64, &shares.weights, &mut shares.vcpus);
+        shares.weights.clear();
+        shares
+            .weights
+            .extend(set.iter().map(|&i| self.split_free_mib(piece, i)));
+        distribute_shares(piece.mem_mib, &shares.weights, &mut shares.mem);
+        set.iter().enumerate().all(|(k, &i)| {
+            let n = shares.vcpus[k] as usize;
+            let demand = Demand {
+                vcpus: n,
+                mem_mib: shares.mem[k],
+                hugepage_kib: piece.hugepage_kib,
+                load: piece.load * n as f64 / piece.vcpus.len().max(1) as f64,
+            };
+            self.ledger.fits(i, &demand, pol)
+        })
+    }
+
+    /// The parts of a split that [`Self::split_fits`] accepted, by node:
+    /// vCPUs in contiguous blocks in the order of the set.
+    fn split_parts(&self, piece: &Piece, set: &[usize], shares: &SplitShares) -> Vec<Part> {
+        let mut parts = Vec::with_capacity(set.len());
         let mut next_vcpu = 0usize;
-        for &i in set {
-            let n = vcpu_shares.get(&(i as u32)).copied().unwrap_or(0) as usize;
-            let vcpus = piece.vcpus[next_vcpu..next_vcpu + n].to_vec();
-            next_vcpu += n;
-            let part = Part {
+        for (k, &i) in set.iter().enumerate() {
+            let n = shares.vcpus[k] as usize;
+            parts.push(Part {
                 node: self.ledger.ids[i],
                 cell: None,
                 load: piece.load * n as f64 / piece.vcpus.len().max(1) as f64,
-                vcpus,
-                mem_mib: mem_shares.get(&(i as u32)).copied().unwrap_or(0),
+                vcpus: piece.vcpus[next_vcpu..next_vcpu + n].to_vec(),
+                mem_mib: shares.mem[k],
                 hugepage_kib: piece.hugepage_kib,
-            };
-            if !self.ledger.fits(i, &part, pol) {
-                return None;
-            }
-            parts.push(part);
+            });
+            next_vcpu += n;
         }
         parts.sort_by_key(|p| p.node);
-        Some(parts)
+        parts
     }
 
     /// What moving a domain's single part from node index `hot` to `cold`
-    /// would gain; `None` when it does not fit, gains no more than the
+    /// would gain: how much it narrows the gap between the two nodes'
+    /// pressures. `None` when it does not fit, gains no more than the
     /// threshold, or the budget cannot pay for it.
+    ///
+    /// The gain is measured on the gap, as the threshold that starts
+    /// rebalancing is: measured on the peak alone, a move could never
+    /// gain more than half the gap, and gaps up to twice the threshold
+    /// would stay.
     fn evaluate_move(
         &mut self,
         info: &DomainInfo,
         domain: usize,
-        from: Part,
+        from: &Part,
         hot: usize,
         cold: usize,
     ) -> Option<Candidate> {
@@ -488,26 +642,26 @@ impl Chooser<'_> {
             return None;
         }
         let pol = policy(info);
-        let to = Part {
-            node: to_node,
-            ..from.clone()
-        };
-        self.ledger.release(hot, &from, pol);
-        let after = self.ledger.fits(cold, &to, pol).then(|| {
-            self.ledger.reserve(cold, &to, pol);
-            let peak = self.ledger.pressure(hot).max(self.ledger.pressure(cold));
-            self.ledger.release(cold, &to, pol);
-            peak
+        let demand = from.demand();
+        self.ledger.release(hot, &demand, pol);
+        let after = self.ledger.fits(cold, &demand, pol).then(|| {
+            self.ledger.reserve(cold, &demand, pol);
+            let gap = (self.ledger.pressure(hot) - self.ledger.pressure(cold)).abs();
+            self.ledger.release(cold, &demand, pol);
+            gap
         });
-        self.ledger.reserve(hot, &from, pol);
-        let gain = self.ledger.pressure(hot) - after?;
+        self.ledger.reserve(hot, &demand, pol);
+        let gain = self.ledger.pressure(hot) - self.ledger.pressure(cold) - after?;
         let target = NodeSet::single(to_node);
         let mib = info.migrate_mib_to(&target);
         let is_move = is_move(info, &target);
-        (gain > self.min_gain && self.budget.affords(is_move, mib)).then_some(Candidate {
+        (gain > self.min_gain && self.budget.affords(is_move, mib)).then(|| Candidate {
             domain,
-            from,
-            to,
+            from: from.clone(),
+            to: Part {
+                node: to_node,
+                ..from.clone()
+            },
             gain,
             mib,
             is_move,
@@ -515,7 +669,8 @@ impl Chooser<'_> {
     }
 
     /// Moves single-node domains from the most to the least pressed node
-    /// while that narrows the gap by more than the threshold.
+    /// while that narrows the gap by more than the threshold; when nothing
+    /// on the most pressed node can move, from the next most pressed.
     fn improve(
         &mut self,
         infos: &[DomainInfo],
@@ -527,43 +682,51 @@ impl Chooser<'_> {
             let cpu_nodes: Vec<usize> = (0..self.ledger.ids.len())
                 .filter(|&i| self.ledger.has_cpus(i))
                 .collect();
-            let by_pressure = |l: &Ledger, pick_max: bool| {
-                cpu_nodes.iter().copied().reduce(|a, b| {
-                    let (pa, pb) = (l.pressure(a), l.pressure(b));
-                    if (pick_max && pb > pa + 1e-12) || (!pick_max && pb < pa - 1e-12) {
-                        b
-                    } else {
-                        a
-                    }
-                })
-            };
-            let (Some(hot), Some(cold)) = (
-                by_pressure(&self.ledger, true),
-                by_pressure(&self.ledger, false),
-            ) else {
-                return;
-            };
-            let gap = self.ledger.pressure(hot) - self.ledger.pressure(cold);
-            if hot == cold || gap <= self.min_gain {
-                return;
-            }
-            let mut best: Option<Candidate> = None;
-            for &d in order {
-                let Some(parts) = decisions[d].as_ref().and_then(|x| x.parts()) else {
-                    continue;
-                };
-                if moved[d] || parts.len() != 1 || parts[0].node != self.ledger.ids[hot] {
-                    continue;
+            let Some(cold) = cpu_nodes.iter().copied().reduce(|a, b| {
+                if self.ledger.pressure(b) < self.ledger.pressure(a) - 1e-12 {
+                    b
+                } else {
+                    a
                 }
-                let from = parts[0].clone();
-                let Some(c) = self.evaluate_move(&infos[d], d, from, hot, cold) else {
-                    continue;
-                };
-                let better = best.as_ref().is_none_or(|b| {
-                    c.gain > b.gain + 1e-12 || (c.gain > b.gain - 1e-12 && c.mib < b.mib)
-                });
-                if better {
-                    best = Some(c);
+            }) else {
+                return;
+            };
+            // The busiest node first; when nothing on it can move, the next
+            // busiest, while its gap to the idlest passes the threshold.
+            let mut hots: Vec<usize> = cpu_nodes
+                .iter()
+                .copied()
+                .filter(|&h| self.ledger.pressure(h) - self.ledger.pressure(cold) > self.min_gain)
+                .collect();
+            hots.sort_by(|&a, &b| {
+                self.ledger
+                    .pressure(b)
+                    .total_cmp(&self.ledger.pressure(a))
+                    .then(a.cmp(&b))
+            });
+            let mut best: Option<Candidate> = None;
+            let mut hot = cold;
+            for h in hots {
+                hot = h;
+                for &d in order {
+                    let Some(parts) = decisions[d].as_ref().and_then(|x| x.parts()) else {
+                        continue;
+                    };
+                    if moved[d] || parts.len() != 1 || parts[0].node != self.ledger.ids[hot] {
+                        continue;
+                    }
+                    let Some(c) = self.evaluate_move(&infos[d], d, &parts[0], hot, cold) else {
+                        continue;
+                    };
+                    let better = best.as_ref().is_none_or(|b| {
+                        c.gain > b.gain + 1e-12 || (c.gain > b.gain - 1e-12 && c.mib < b.mib)
+                    });
+                    if better {
+                        best = Some(c);
+                    }
+                }
+                if best.is_some() {
+                    break;
                 }
             }
             let Some(Candidate {
@@ -579,13 +742,13 @@ impl Chooser<'_> {
             };
             let pol = policy(&infos[d]);
             let (hot_before, cold_before) = (self.ledger.pressure(hot), self.ledger.pressure(cold));
-            self.ledger.release(hot, &from, pol);
-            self.ledger.reserve(cold, &to, pol);
+            self.ledger.release(hot, &from.demand(), pol);
+            self.ledger.reserve(cold, &to.demand(), pol);
             self.budget.spend(is_move, mib);
             moved[d] = true;
             decisions[d] = Some(Decision::Placed {
                 why: format!(
-                    "rebalance: node {} was {:.0}% loaded and node {} {:.0}%; the move cuts the peak by {:.0} points",
+                    "rebalance: node {} was {:.0}% loaded and node {} {:.0}%; the move narrows the gap by {:.0} points",
                     from.node,
                     hot_before * 100.0,
                     to.node,

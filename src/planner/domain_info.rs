@@ -10,6 +10,8 @@ use crate::observations::Observations;
 use crate::topology::HostTopology;
 
 use super::DomainInput;
+use super::ledger::Demand;
+use super::score::{Distances, locality, vcpu_node_weights};
 
 /// How a managed domain's vCPUs use host CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -61,6 +63,17 @@ pub struct Piece {
     pub load: f64,
 }
 
+impl Piece {
+    pub fn demand(&self) -> Demand {
+        Demand {
+            vcpus: self.vcpus.len(),
+            mem_mib: self.mem_mib,
+            hugepage_kib: self.hugepage_kib,
+            load: self.load,
+        }
+    }
+}
+
 /// The domain as it is now.
 #[derive(Debug, Clone, Default)]
 pub struct Current {
@@ -72,6 +85,12 @@ pub struct Current {
     pub nodes: NodeSet,
     /// Resident MiB per host node (observed, else estimated).
     pub memory_mib: BTreeMap<u32, u64>,
+    /// The sum of `memory_mib`.
+    pub resident_mib: u64,
+    /// Share of each host node in where the vCPUs may run.
+    pub vcpu_weights: BTreeMap<u32, f64>,
+    /// Distance-weighted locality of the memory to the vCPUs (0-1).
+    pub locality: f64,
     /// Whether `memory_mib` was measured.
     pub memory_observed: bool,
     /// Whether numapin-style pins are in place (every vCPU pinned within
@@ -137,6 +156,8 @@ pub struct DomainInfo<'a> {
     pub load: f64,
     pub online_vcpus: Vec<u32>,
     pub current: Current,
+    /// Nodes the memory is bound to and cannot leave while running.
+    fixed: Option<NodeSet>,
 }
 
 impl DomainInfo<'_> {
@@ -157,21 +178,13 @@ impl DomainInfo<'_> {
     }
 
     /// Nodes the memory is bound to and cannot leave while running.
-    pub fn fixed_nodes(&self) -> Option<NodeSet> {
-        match self.memory {
-            MemoryHandling::Fixed(_) => self
-                .domain
-                .numatune
-                .as_ref()
-                .and_then(|n| n.nodeset.clone())
-                .filter(|s| !s.is_empty()),
-            _ => None,
-        }
+    pub fn fixed_nodes(&self) -> Option<&NodeSet> {
+        self.fixed.as_ref()
     }
 
     /// Share (0-1) of the domain's memory already on `nodes`.
     pub fn memory_share_on(&self, nodes: &NodeSet) -> f64 {
-        let total: u64 = self.current.memory_mib.values().sum();
+        let total = self.current.resident_mib;
         if total == 0 {
             return 0.0;
         }
@@ -182,6 +195,16 @@ impl DomainInfo<'_> {
             .filter(|(n, _)| nodes.contains(**n))
             .map(|(_, m)| m)
             .sum();
+        on as f64 / total as f64
+    }
+
+    /// Share (0-1) of the domain's memory already on one node.
+    pub fn memory_share_on_node(&self, node: u32) -> f64 {
+        let total = self.current.resident_mib;
+        if total == 0 {
+            return 0.0;
+        }
+        let on = self.current.memory_mib.get(&node).copied().unwrap_or(0);
         on as f64 / total as f64
     }
 
@@ -215,6 +238,7 @@ pub struct Analyzer<'a> {
     pub default_hugepage_kib: u64,
     /// The host's online CPUs: every unpinned vCPU's affinity, built once.
     online_cpus: CpuSet,
+    pub distances: Distances,
 }
 
 impl<'a> Analyzer<'a> {
@@ -232,6 +256,7 @@ impl<'a> Analyzer<'a> {
             config,
             default_hugepage_kib,
             online_cpus: topo.online_cpus(),
+            distances: Distances::new(topo),
         }
     }
 
@@ -251,6 +276,14 @@ impl<'a> Analyzer<'a> {
             }
             m => m,
         };
+        let fixed = match memory {
+            MemoryHandling::Fixed(_) => d
+                .numatune
+                .as_ref()
+                .and_then(|n| n.nodeset.clone())
+                .filter(|s| !s.is_empty()),
+            _ => None,
+        };
         let mut info = DomainInfo {
             domain: d,
             managed: self.management(input, nested, &online_vcpus),
@@ -259,9 +292,10 @@ impl<'a> Analyzer<'a> {
             pieces,
             mem_mib,
             hugepage_kib,
-            load: loads.values().sum(),
+            load: loads.iter().sum(),
             online_vcpus,
             current: Current::default(),
+            fixed,
         };
         info.current = self.current(&info);
         info
@@ -319,43 +353,41 @@ impl<'a> Analyzer<'a> {
         })
     }
 
-    fn vcpu_loads(&self, d: &Domain, online: &[u32]) -> BTreeMap<u32, f64> {
+    /// Load per online vCPU, in the order of `online`.
+    fn vcpu_loads(&self, d: &Domain, online: &[u32]) -> Vec<f64> {
         let observed = self.obs.domains.get(&d.name).map(|o| &o.vcpu_load);
         online
             .iter()
             .map(|&v| {
-                let load = observed
+                observed
                     .and_then(|l| l.get(v as usize).copied())
-                    .unwrap_or(self.config.planner.default_vcpu_load);
-                (v, load)
+                    .unwrap_or(self.config.planner.default_vcpu_load)
             })
             .collect()
     }
 
-    fn pieces(
-        &self,
-        d: &Domain,
-        online: &[u32],
-        loads: &BTreeMap<u32, f64>,
-        mem_mib: u64,
-    ) -> Vec<Piece> {
+    fn pieces(&self, d: &Domain, online: &[u32], loads: &[f64], mem_mib: u64) -> Vec<Piece> {
         if d.cpu.cells.is_empty() {
             return vec![Piece {
                 cell: None,
                 vcpus: online.to_vec(),
                 mem_mib,
                 hugepage_kib: d.hugepage_size_for_cell(None, self.default_hugepage_kib),
-                load: loads.values().sum(),
+                load: loads.iter().sum(),
             }];
         }
         d.cpu
             .cells
             .iter()
             .map(|cell| {
-                let vcpus: Vec<u32> = cell.cpus.iter().filter(|v| loads.contains_key(v)).collect();
+                let (vcpus, cell_loads): (Vec<u32>, Vec<f64>) = cell
+                    .cpus
+                    .iter()
+                    .filter_map(|v| online.binary_search(&v).ok().map(|i| (v, loads[i])))
+                    .unzip();
                 Piece {
                     cell: Some(cell.id),
-                    load: vcpus.iter().map(|v| loads[v]).sum(),
+                    load: cell_loads.iter().sum(),
                     vcpus,
                     mem_mib: cell.memory_kib.div_ceil(1024),
                     hugepage_kib: d
@@ -368,12 +400,12 @@ impl<'a> Analyzer<'a> {
     fn current(&self, info: &DomainInfo) -> Current {
         let d = info.domain;
         let all = &self.online_cpus;
-        let default_affinity = d.vcpu_cpuset.clone().unwrap_or_else(|| all.clone());
+        let default_affinity = d.vcpu_cpuset.as_ref().unwrap_or(all);
         let vcpu_affinity: BTreeMap<u32, CpuSet> = info
             .online_vcpus
             .iter()
             .map(|&v| {
-                let set = d.cputune.vcpupin.get(&v).unwrap_or(&default_affinity);
+                let set = d.cputune.vcpupin.get(&v).unwrap_or(default_affinity);
                 (v, set.clone())
             })
             .collect();
@@ -390,20 +422,27 @@ impl<'a> Analyzer<'a> {
                 (id, set.clone())
             })
             .collect();
+        // vCPUs mostly share one affinity: each distinct one is looked at once.
         let mut cpus = CpuSet::new();
+        let mut pinned = !vcpu_affinity.is_empty();
+        let mut previous: Option<&CpuSet> = None;
         for set in vcpu_affinity.values() {
+            if previous == Some(set) {
+                continue;
+            }
             cpus.union_with(set);
+            pinned = pinned && set != all && self.topo.nodes_of_cpus(set).len() == 1;
+            previous = Some(set);
         }
         let nodes = self.topo.nodes_of_cpus(&cpus);
-        let pinned = !vcpu_affinity.is_empty()
-            && vcpu_affinity
-                .values()
-                .all(|s| self.topo.nodes_of_cpus(s).len() == 1 && s != all);
         let (memory_mib, memory_observed) = match self.obs.domains.get(&d.name) {
             Some(o) if !o.memory_mib.is_empty() => (o.memory_mib.clone(), true),
             _ => (self.estimate_memory(info, &nodes), false),
         };
+        let vcpu_weights = vcpu_node_weights(self.topo, vcpu_affinity.values());
+        let (locality, _) = locality(&self.distances, &vcpu_weights, &memory_mib);
         Current {
+            resident_mib: memory_mib.values().sum(),
             vcpu_affinity,
             emulator_affinity,
             iothread_affinity,
@@ -411,6 +450,8 @@ impl<'a> Analyzer<'a> {
             memory_mib,
             memory_observed,
             pinned,
+            vcpu_weights,
+            locality,
         }
     }
 
@@ -441,21 +482,33 @@ impl<'a> Analyzer<'a> {
 /// Splits `total` over keys in proportion to weights, exactly (the remainder
 /// goes to the first keys), so estimates always add up.
 pub fn distribute(total: u64, weights: &[(u32, u64)]) -> BTreeMap<u32, u64> {
-    let sum: u128 = weights.iter().map(|(_, w)| *w as u128).sum();
-    let mut out = BTreeMap::new();
+    if weights.iter().all(|(_, w)| *w == 0) {
+        return BTreeMap::new();
+    }
+    let mut shares = Vec::new();
+    let only: Vec<u64> = weights.iter().map(|(_, w)| *w).collect();
+    distribute_shares(total, &only, &mut shares);
+    weights.iter().map(|(k, _)| *k).zip(shares).collect()
+}
+
+/// [`distribute`] by position: `out[i]` is the share of `weights[i]`; all
+/// zero when the weights add up to zero.
+pub fn distribute_shares(total: u64, weights: &[u64], out: &mut Vec<u64>) {
+    out.clear();
+    let sum: u128 = weights.iter().map(|w| *w as u128).sum();
     if sum == 0 {
-        return out;
+        out.resize(weights.len(), 0);
+        return;
     }
     let mut given = 0;
-    for (k, w) in weights {
+    for w in weights {
         let share = (total as u128 * *w as u128 / sum) as u64;
-        out.insert(*k, share);
+        out.push(share);
         given += share;
     }
-    for (k, _) in weights.iter().take((total - given) as usize) {
-        *out.get_mut(k).expect("key inserted above") += 1;
+    for share in out.iter_mut().take((total - given) as usize) {
+        *share += 1;
     }
-    out
 }
 
 fn memory_handling(d: &Domain) -> MemoryHandling {

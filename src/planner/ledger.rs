@@ -22,6 +22,26 @@ pub struct Part {
     pub load: f64,
 }
 
+/// What a part asks of a node: all the ledger needs to know of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Demand {
+    pub vcpus: usize,
+    pub mem_mib: u64,
+    pub hugepage_kib: Option<u64>,
+    pub load: f64,
+}
+
+impl Part {
+    pub fn demand(&self) -> Demand {
+        Demand {
+            vcpus: self.vcpus.len(),
+            mem_mib: self.mem_mib,
+            hugepage_kib: self.hugepage_kib,
+            load: self.load,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Ledger {
     /// Node ids, ascending; the index into every vector below.
@@ -92,7 +112,19 @@ impl Ledger {
                     .sum()
             })
             .collect();
-        for node in &topo.nodes {
+        // Each domain's memory by node index, in one pass over the domains.
+        let mut on_node: Vec<Vec<(&DomainInfo, i64)>> = vec![Vec::new(); topo.nodes.len()];
+        for d in domains {
+            for (&node, &mib) in &d.current.memory_mib {
+                if let Ok(i) = topo.nodes.binary_search_by_key(&node, |n| n.id) {
+                    on_node[i].push((d, mib as i64));
+                }
+            }
+        }
+        let mut page_sizes: Vec<u64> = domains.iter().filter_map(|d| d.hugepage_kib).collect();
+        page_sizes.sort_unstable();
+        page_sizes.dedup();
+        for (node, here) in topo.nodes.iter().zip(&on_node) {
             let seen = obs.nodes.get(&node.id);
             let pool_mib: u64 = node
                 .hugepages
@@ -112,8 +144,11 @@ impl Ledger {
                 })
                 .collect();
             let free_measured = seen.and_then(|o| o.free_mib).is_some();
-            for d in domains {
-                let mib = d.current.memory_mib.get(&node.id).copied().unwrap_or(0) as i64;
+            // Every page size a domain uses has an entry, if only of zero.
+            for &size in &page_sizes {
+                pages.entry(size).or_insert(0);
+            }
+            for &(d, mib) in here {
                 match d.hugepage_kib {
                     Some(size) => {
                         let measured = seen.is_some_and(|o| o.free_hugepages.contains_key(&size));
@@ -168,8 +203,8 @@ impl Ledger {
     }
 
     /// Whether the node can take the part under the given CPU policy.
-    pub fn fits(&self, i: usize, part: &Part, policy: CpuPolicy) -> bool {
-        if !part.vcpus.is_empty() && !self.has_cpus(i) {
+    pub fn fits(&self, i: usize, part: &Demand, policy: CpuPolicy) -> bool {
+        if part.vcpus > 0 && !self.has_cpus(i) {
             return false;
         }
         let memory_ok = match part.hugepage_kib {
@@ -182,8 +217,15 @@ impl Ledger {
         memory_ok && self.cpu_fits(i, part, policy)
     }
 
-    fn cpu_fits(&self, i: usize, part: &Part, policy: CpuPolicy) -> bool {
-        let n = part.vcpus.len();
+    /// Shared vCPU demand the node takes in all: its CPUs left to shared
+    /// vCPUs, weighted by time not stolen, times the overcommit.
+    pub fn shared_capacity(&self, i: usize) -> f64 {
+        self.cpu_capacity[i] * self.shared_cpus(i) as f64 / self.usable[i].len().max(1) as f64
+            * self.overcommit
+    }
+
+    fn cpu_fits(&self, i: usize, part: &Demand, policy: CpuPolicy) -> bool {
+        let n = part.vcpus;
         match policy {
             CpuPolicy::Dedicated => {
                 let left = self.usable[i].len() as i64 - self.dedicated[i] as i64 - n as i64;
@@ -197,24 +239,21 @@ impl Ledger {
                 left >= needed
             }
             CpuPolicy::Shared => {
-                let pool = self.shared_cpus(i);
-                let capacity = self.cpu_capacity[i] * pool as f64
-                    / self.usable[i].len().max(1) as f64
-                    * self.overcommit;
-                n <= pool && self.shared_load[i] + part.load <= capacity + 1e-9
+                n <= self.shared_cpus(i)
+                    && self.shared_load[i] + part.load <= self.shared_capacity(i) + 1e-9
             }
         }
     }
 
-    pub fn reserve(&mut self, i: usize, part: &Part, policy: CpuPolicy) {
+    pub fn reserve(&mut self, i: usize, part: &Demand, policy: CpuPolicy) {
         self.apply(i, part, policy, 1);
     }
 
-    pub fn release(&mut self, i: usize, part: &Part, policy: CpuPolicy) {
+    pub fn release(&mut self, i: usize, part: &Demand, policy: CpuPolicy) {
         self.apply(i, part, policy, -1);
     }
 
-    fn apply(&mut self, i: usize, part: &Part, policy: CpuPolicy, sign: i64) {
+    fn apply(&mut self, i: usize, part: &Demand, policy: CpuPolicy, sign: i64) {
         match part.hugepage_kib {
             Some(size) => {
                 let pages = (part.mem_mib * 1024).div_ceil(size) as i64;
@@ -224,8 +263,7 @@ impl Ledger {
         }
         match policy {
             CpuPolicy::Dedicated => {
-                self.dedicated[i] =
-                    (self.dedicated[i] as i64 + sign * part.vcpus.len() as i64) as u32
+                self.dedicated[i] = (self.dedicated[i] as i64 + sign * part.vcpus as i64) as u32
             }
             CpuPolicy::Shared => self.shared_load[i] += sign as f64 * part.load,
         }
@@ -248,7 +286,7 @@ impl Ledger {
     }
 
     /// Pressure the node would have with the part added.
-    pub fn pressure_with(&mut self, i: usize, part: &Part, policy: CpuPolicy) -> f64 {
+    pub fn pressure_with(&mut self, i: usize, part: &Demand, policy: CpuPolicy) -> f64 {
         self.reserve(i, part, policy);
         let p = self.pressure(i);
         self.release(i, part, policy);

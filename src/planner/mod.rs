@@ -32,8 +32,8 @@ pub use score::Score;
 use choose::{Budget, Chooser, Decision, nodes_of};
 use cpus::{CpuAssigner, Pins};
 use domain_info::{Analyzer, DomainInfo};
-use ledger::{Ledger, Part};
-use score::{locality, round3, vcpu_node_weights};
+use ledger::{Demand, Ledger, Part};
+use score::{Distances, locality, round3, vcpu_node_weights};
 
 /// One domain as the planner gets it.
 #[derive(Debug, Clone)]
@@ -235,11 +235,12 @@ pub fn plan(input: &PlanInput) -> Plan {
     infos.sort_by(|a, b| (&a.domain.name, &a.domain.uuid).cmp(&(&b.domain.name, &b.domain.uuid)));
 
     let base = Ledger::new(topo, input.observations, input.config, &infos);
-    let before = ledger_as_is(base.clone(), topo, &infos);
+    let before = ledger_as_is(base.clone(), &infos);
     let order = service_order(&infos);
     let p = &input.config.planner;
     let mut chooser = Chooser {
         topo,
+        distances: &analyzer.distances,
         strategy: p.strategy,
         min_gain: if input.rebalance_all {
             0.01
@@ -282,8 +283,10 @@ pub fn plan(input: &PlanInput) -> Plan {
     let domains: Vec<DomainPlan> = infos
         .iter()
         .zip(&decisions)
-        .zip(&pins)
-        .map(|((info, decision), pins)| domain_plan(topo, info, decision.as_ref(), pins.as_ref()))
+        .zip(pins)
+        .map(|((info, decision), pins)| {
+            domain_plan(topo, &analyzer.distances, info, decision.as_ref(), pins)
+        })
         .collect();
     let after = &chooser.ledger;
     let nodes = topo
@@ -329,14 +332,12 @@ fn service_order(infos: &[DomainInfo]) -> Vec<usize> {
 }
 
 /// The ledger with managed domains where they are now, for "before" figures.
-fn ledger_as_is(mut ledger: Ledger, topo: &HostTopology, infos: &[DomainInfo]) -> Ledger {
+fn ledger_as_is(mut ledger: Ledger, infos: &[DomainInfo]) -> Ledger {
     for d in infos.iter().filter(|d| d.is_managed()) {
         for (&node, &mib) in &d.current.memory_mib {
             if let Some(i) = ledger.index(node) {
-                let part = Part {
-                    node,
-                    cell: None,
-                    vcpus: Vec::new(),
+                let part = Demand {
+                    vcpus: 0,
                     mem_mib: mib,
                     hugepage_kib: d.hugepage_kib,
                     load: 0.0,
@@ -345,8 +346,7 @@ fn ledger_as_is(mut ledger: Ledger, topo: &HostTopology, infos: &[DomainInfo]) -
             }
         }
         let per_vcpu = d.load / d.vcpu_count().max(1) as f64;
-        let weights = vcpu_node_weights(topo, d.current.vcpu_affinity.values());
-        for (node, w) in weights {
+        for (&node, &w) in &d.current.vcpu_weights {
             if let Some(i) = ledger.index(node) {
                 ledger.shared_load[i] += per_vcpu * d.vcpu_count() as f64 * w;
             }
@@ -357,14 +357,14 @@ fn ledger_as_is(mut ledger: Ledger, topo: &HostTopology, infos: &[DomainInfo]) -
 
 fn domain_plan(
     topo: &HostTopology,
+    distances: &Distances,
     info: &DomainInfo,
     decision: Option<&Decision>,
-    pins: Option<&Pins>,
+    pins: Option<Pins>,
 ) -> DomainPlan {
     let d = info.domain;
     let cur = &info.current;
-    let weights_now = vcpu_node_weights(topo, cur.vcpu_affinity.values());
-    let (locality_now, _) = locality(topo, &weights_now, &cur.memory_mib);
+    let locality_now = cur.locality;
     let current = CurrentView {
         nodes: cur.nodes.clone(),
         memory_mib: cur.memory_mib.clone(),
@@ -381,10 +381,11 @@ fn domain_plan(
         vcpus: info.vcpu_count() as u32,
         memory_mib: info.mem_mib,
         current,
-        nodes: cur.nodes.clone(),
-        vcpupin: cur.vcpu_affinity.clone(),
-        emulatorpin: cur.emulator_affinity.clone(),
-        iothreadpin: cur.iothread_affinity.clone(),
+        // Filled below: the target's, or as they are now.
+        nodes: NodeSet::new(),
+        vcpupin: BTreeMap::new(),
+        emulatorpin: CpuSet::new(),
+        iothreadpin: BTreeMap::new(),
         nodeset: d
             .numatune
             .as_ref()
@@ -399,7 +400,16 @@ fn domain_plan(
         changed_by_operator: None,
     };
     let parts = decision.and_then(|x| x.parts());
-    plan.advice = advice::advice_for(info, topo, parts, pins);
+    plan.advice = advice::advice_for(info, topo, parts, pins.as_ref());
+    if let (Some(decision), Ok(_), Some(parts), Some(pins)) = (decision, &info.managed, parts, pins)
+    {
+        fill_target(topo, distances, info, decision, parts, pins, &mut plan);
+        return plan;
+    }
+    plan.nodes = cur.nodes.clone();
+    plan.vcpupin = cur.vcpu_affinity.clone();
+    plan.emulatorpin = cur.emulator_affinity.clone();
+    plan.iothreadpin = cur.iothread_affinity.clone();
     match (decision, &info.managed) {
         (_, Err(why)) => {
             plan.reason = why.to_string();
@@ -416,39 +426,35 @@ fn domain_plan(
             plan.status = Status::NoFit;
             plan.reason = why.clone();
         }
-        (Some(decision), Ok(_)) => {
-            let parts = decision.parts().expect("placed decisions have parts");
-            let pins = pins.expect("placed decisions have pins");
-            fill_target(topo, info, decision, parts, pins, &mut plan);
-        }
+        (Some(_), Ok(_)) => unreachable!("placed decisions have parts and pins"),
     }
     plan
 }
 
 fn fill_target(
     topo: &HostTopology,
+    distances: &Distances,
     info: &DomainInfo,
     decision: &Decision,
     parts: &[Part],
-    pins: &Pins,
+    pins: Pins,
     plan: &mut DomainPlan,
 ) {
     let nodes = nodes_of(parts);
-    plan.nodes = nodes.clone();
-    plan.vcpupin = pins.vcpupin.clone();
-    plan.emulatorpin = pins.emulatorpin.clone();
-    plan.iothreadpin = pins.iothreadpin.clone();
     plan.nodeset = match info.fixed_nodes() {
-        Some(fixed) => fixed,
+        Some(fixed) => fixed.clone(),
         None => nodes.clone(),
     };
     plan.cells = parts
         .iter()
         .filter_map(|p| p.cell.map(|c| (c, p.node)))
         .collect();
-    plan.actions = actions::actions_for(info, pins, &plan.nodeset);
+    plan.actions = actions::actions_for(info, &pins, &plan.nodeset);
     plan.migrate_mib = info.migrate_mib_to(&plan.nodeset);
-    plan.locality_after = round3(planned_locality(topo, info, parts, pins));
+    plan.locality_after = round3(planned_locality(topo, distances, info, parts, &pins));
+    plan.vcpupin = pins.vcpupin;
+    plan.emulatorpin = pins.emulatorpin;
+    plan.iothreadpin = pins.iothreadpin;
     let moved = choose::is_move(info, &nodes);
     let (status, reason) = match decision {
         Decision::Kept(_) if plan.actions.is_empty() => (
@@ -469,17 +475,24 @@ fn fill_target(
     };
     plan.status = status;
     plan.reason = reason;
+    plan.nodes = nodes;
 }
 
 /// Locality once the plan is applied: per part, its vCPUs' pins against its
 /// memory (which stays put when the binding cannot change live).
-fn planned_locality(topo: &HostTopology, info: &DomainInfo, parts: &[Part], pins: &Pins) -> f64 {
+fn planned_locality(
+    topo: &HostTopology,
+    distances: &Distances,
+    info: &DomainInfo,
+    parts: &[Part],
+    pins: &Pins,
+) -> f64 {
     if matches!(
         info.memory,
         MemoryHandling::Fixed(_) | MemoryHandling::FirstTouch
     ) {
         let w = vcpu_node_weights(topo, pins.vcpupin.values());
-        return locality(topo, &w, &info.current.memory_mib).0;
+        return locality(distances, &w, &info.current.memory_mib).0;
     }
     let (mut sum, mut total) = (0.0, 0u64);
     for part in parts {
@@ -489,7 +502,7 @@ fn planned_locality(topo: &HostTopology, info: &DomainInfo, parts: &[Part], pins
         } else {
             w
         };
-        let (l, mib) = locality(topo, &w, &BTreeMap::from([(part.node, part.mem_mib)]));
+        let (l, mib) = locality(distances, &w, &BTreeMap::from([(part.node, part.mem_mib)]));
         sum += l * mib as f64;
         total += mib;
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::idset::CpuSet;
-use crate::topology::{HostTopology, LOCAL_DISTANCE};
+use crate::topology::{DEFAULT_REMOTE_DISTANCE, HostTopology, LOCAL_DISTANCE};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Score {
@@ -27,36 +27,83 @@ pub struct Score {
     pub actions: u32,
 }
 
+/// Distances between host nodes as a dense matrix: the planner asks for
+/// them in its inner loops, where the topology's per-node maps are slow.
+#[derive(Debug, Clone)]
+pub struct Distances {
+    ids: Vec<u32>,
+    matrix: Vec<u32>,
+}
+
+impl Distances {
+    pub fn new(topo: &HostTopology) -> Self {
+        let ids: Vec<u32> = topo.nodes.iter().map(|n| n.id).collect();
+        let matrix = ids
+            .iter()
+            .flat_map(|&a| ids.iter().map(move |&b| topo.distance(a, b)))
+            .collect();
+        Self { ids, matrix }
+    }
+
+    fn index(&self, id: u32) -> Option<usize> {
+        match self.ids.get(id as usize) {
+            Some(&at) if at == id => Some(id as usize),
+            _ => self.ids.binary_search(&id).ok(),
+        }
+    }
+
+    /// As [`HostTopology::distance`]: unknown nodes count as remote.
+    pub fn get(&self, from: u32, to: u32) -> u32 {
+        match (self.index(from), self.index(to)) {
+            (Some(a), Some(b)) => self.matrix[a * self.ids.len() + b],
+            _ if from == to => LOCAL_DISTANCE,
+            _ => DEFAULT_REMOTE_DISTANCE,
+        }
+    }
+}
+
 /// Share of each node in where the vCPUs may run: each vCPU's affinity
-/// counts in proportion to the CPUs it has on each node.
+/// counts in proportion to the CPUs it has on each node. Consecutive vCPUs
+/// usually share one affinity; its per-node shares are computed once.
 pub fn vcpu_node_weights<'a>(
     topo: &HostTopology,
     affinities: impl Iterator<Item = &'a CpuSet>,
 ) -> BTreeMap<u32, f64> {
-    let mut weights = BTreeMap::new();
+    // Per node index: summed share, and whether any vCPU may run there.
+    let mut sums: Vec<(f64, bool)> = vec![(0.0, false); topo.nodes.len()];
+    let mut shares: Vec<(usize, f64)> = Vec::new();
+    let mut previous: Option<&CpuSet> = None;
     let mut count = 0.0;
     for set in affinities {
         count += 1.0;
-        let n = set.len().max(1) as f64;
-        for node in &topo.nodes {
-            let on = node.cpus.intersection_len(set);
-            if on > 0 {
-                *weights.entry(node.id).or_insert(0.0) += on as f64 / n;
+        if previous != Some(set) {
+            shares.clear();
+            let n = set.len().max(1) as f64;
+            for (i, node) in topo.nodes.iter().enumerate() {
+                let on = node.cpus.intersection_len(set);
+                if on > 0 {
+                    shares.push((i, on as f64 / n));
+                }
             }
+            previous = Some(set);
+        }
+        for &(i, share) in &shares {
+            sums[i].0 += share;
+            sums[i].1 = true;
         }
     }
-    if count > 0.0 {
-        for w in weights.values_mut() {
-            *w /= count;
-        }
-    }
-    weights
+    topo.nodes
+        .iter()
+        .zip(sums)
+        .filter(|(_, (_, seen))| *seen)
+        .map(|(node, (sum, _))| (node.id, sum / count))
+        .collect()
 }
 
 /// Locality (0-1) of memory placed as `memory` for vCPUs weighted as
 /// `weights`, and the MiB it covers.
 pub fn locality(
-    topo: &HostTopology,
+    distances: &Distances,
     weights: &BTreeMap<u32, f64>,
     memory: &BTreeMap<u32, u64>,
 ) -> (f64, u64) {
@@ -68,7 +115,7 @@ pub fn locality(
     for (&m, &mib) in memory {
         let closeness: f64 = weights
             .iter()
-            .map(|(&c, w)| w * LOCAL_DISTANCE as f64 / topo.distance(c, m) as f64)
+            .map(|(&c, w)| w * LOCAL_DISTANCE as f64 / distances.get(c, m) as f64)
             .sum();
         sum += mib as f64 * closeness;
     }

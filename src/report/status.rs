@@ -13,7 +13,7 @@ use crate::live::LiveState;
 use crate::live::state::Unreadable;
 use crate::observe::node_stats::NodeNumaStat;
 use crate::planner::domain_info::Analyzer;
-use crate::planner::score::{locality, vcpu_node_weights};
+use crate::planner::score::{Distances, locality, vcpu_node_weights};
 use crate::planner::{Plan, Status as PlanStatus};
 
 use super::{mib, percent};
@@ -69,6 +69,7 @@ pub fn build(
 ) -> StatusReport {
     let topo = &state.topology;
     let analyzer = Analyzer::new(topo, &state.observations, config);
+    let distances = Distances::new(topo);
     let mut demand: BTreeMap<u32, f64> = BTreeMap::new();
     let mut domains = Vec::new();
     for live in &state.domains {
@@ -84,7 +85,8 @@ pub fn build(
             .get(&live.r.name)
             .map(|o| o.memory_mib.clone())
             .unwrap_or_default();
-        let locality = (!memory_mib.is_empty()).then(|| locality(topo, &weights, &memory_mib).0);
+        let locality =
+            (!memory_mib.is_empty()).then(|| locality(&distances, &weights, &memory_mib).0);
         let planned = plan.domains.iter().find(|p| p.uuid == live.r.uuid);
         let reason = match planned {
             Some(p) if p.status == PlanStatus::LeftAlone => p.reason.clone(),
