@@ -75,8 +75,9 @@ pub struct PlannerConfig {
     pub dedicate_nested: bool,
     /// Also manage domains whose persistent config carries manual pinning.
     pub manage_pinned: bool,
-    /// Smallest improvement of a node's load (0-1) worth moving a running
-    /// domain for; below it the domain stays where it is.
+    /// Smallest narrowing of the gap between the busiest and the idlest
+    /// node's load (0-1) worth moving a running domain for; below it the
+    /// domain stays where it is.
     pub min_gain: f64,
     /// Most domains moved (re-placed, not first placed) in one cycle.
     pub max_moves_per_cycle: u32,
