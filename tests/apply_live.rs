@@ -17,10 +17,14 @@ use std::time::{Duration, Instant};
 
 use common::{Spec, TestDomain, isolated_config, numapin, serial};
 use numapin::apply::transaction::{self, Outcome};
-use numapin::apply::{ApplyOptions, Journal, NoHook, Placements, StepHook};
+use numapin::apply::{ApplyOptions, DomainHost, Journal, NoHook, Placements, StepHook};
+use numapin::host_error::HostError;
 use numapin::idset::CpuSet;
+use numapin::idset::NodeSet;
 use numapin::libvirt::{DomainRef, Libvirt, Pins};
+use numapin::libvirt::{MemoryBinding, Scope};
 use numapin::live::{LiveHost, Sampler};
+use numapin::planner::Recorded;
 use numapin::planner::{self, Action, PlanInput};
 
 fn host() -> LiveHost {
@@ -227,28 +231,110 @@ fn apply_pins_what_the_plan_says_and_dry_run_changes_nothing() {
     assert_eq!(plain_status["vcpu_nodes"], "0", "{plain_status}");
 }
 
-/// Replaces step `k` of `steps` with one libvirt must refuse.
-fn with_bad_step(steps: &[Action], k: usize) -> Vec<Action> {
-    let mut out = steps.to_vec();
-    let impossible = set("4000");
-    out[k] = match &steps[k] {
-        Action::Emulatorpin { .. } => Action::Emulatorpin { cpus: impossible },
-        Action::Iothreadpin { iothread, .. } => Action::Iothreadpin {
-            iothread: *iothread,
-            cpus: impossible,
-        },
-        Action::Vcpupin { vcpu, .. } => Action::Vcpupin {
-            vcpu: *vcpu,
-            cpus: impossible,
-        },
-        Action::SetMemoryNodeset { .. } => Action::SetMemoryNodeset { nodeset: set("7") },
-        Action::MigratePages { to, mib, .. } => Action::MigratePages {
-            from: set("0"),
-            to: to.clone(),
-            mib: *mib,
-        },
-    };
-    out
+/// The real host, except that change call number `fail_at` is sent to
+/// libvirt with a value it must refuse (a CPU or node that does not
+/// exist): a real failure, at a chosen step, past the checks numapin makes
+/// before a transaction starts.
+struct FailAt {
+    inner: LiveHost,
+    fail_at: usize,
+    calls: std::cell::Cell<usize>,
+}
+
+impl FailAt {
+    fn this_one(&self) -> bool {
+        let n = self.calls.get();
+        self.calls.set(n + 1);
+        n == self.fail_at
+    }
+}
+
+impl DomainHost for FailAt {
+    fn domain(&self, uuid: &str) -> Result<DomainRef, HostError> {
+        self.inner.domain(uuid)
+    }
+    fn pins(&self, d: &DomainRef) -> Result<Pins, HostError> {
+        self.inner.pins(d)
+    }
+    fn memory_binding(&self, d: &DomainRef) -> Result<MemoryBinding, HostError> {
+        self.inner.memory_binding(d)
+    }
+    fn pin_vcpu(
+        &self,
+        d: &DomainRef,
+        vcpu: u32,
+        cpus: &CpuSet,
+        scope: Scope,
+    ) -> Result<(), HostError> {
+        let cpus = if self.this_one() {
+            set("4000")
+        } else {
+            cpus.clone()
+        };
+        self.inner.pin_vcpu(d, vcpu, &cpus, scope)
+    }
+    fn pin_emulator(&self, d: &DomainRef, cpus: &CpuSet, scope: Scope) -> Result<(), HostError> {
+        let cpus = if self.this_one() {
+            set("4000")
+        } else {
+            cpus.clone()
+        };
+        self.inner.pin_emulator(d, &cpus, scope)
+    }
+    fn pin_iothread(
+        &self,
+        d: &DomainRef,
+        id: u32,
+        cpus: &CpuSet,
+        scope: Scope,
+    ) -> Result<(), HostError> {
+        let cpus = if self.this_one() {
+            set("4000")
+        } else {
+            cpus.clone()
+        };
+        self.inner.pin_iothread(d, id, &cpus, scope)
+    }
+    fn set_memory_nodeset(
+        &self,
+        d: &DomainRef,
+        nodeset: &NodeSet,
+        scope: Scope,
+    ) -> Result<(), HostError> {
+        let nodeset = if self.this_one() {
+            set("7")
+        } else {
+            nodeset.clone()
+        };
+        self.inner.set_memory_nodeset(d, &nodeset, scope)
+    }
+    fn recorded(&self, d: &DomainRef) -> Result<Recorded, HostError> {
+        self.inner.recorded(d)
+    }
+    fn activity(&self, d: &DomainRef) -> Result<Option<String>, HostError> {
+        self.inner.activity(d)
+    }
+    fn online_cpus(&self) -> Result<CpuSet, HostError> {
+        self.inner.online_cpus()
+    }
+    fn is_persistent(&self, d: &DomainRef) -> Result<bool, HostError> {
+        self.inner.is_persistent(d)
+    }
+    fn memory_per_node(&self, d: &DomainRef) -> Result<BTreeMap<u32, u64>, HostError> {
+        self.inner.memory_per_node(d)
+    }
+    fn migrate_pages(&self, d: &DomainRef, from: &NodeSet, to: &NodeSet) -> Result<(), HostError> {
+        // migrate_pages(2) to a node that does not exist fails in the kernel.
+        let to = if self.this_one() {
+            set("63")
+        } else {
+            to.clone()
+        };
+        self.inner.migrate_pages(d, from, &to)
+    }
+    fn vcpu_thread_affinity(&self, d: &DomainRef) -> Result<BTreeMap<u32, CpuSet>, HostError> {
+        self.inner.vcpu_thread_affinity(d)
+    }
 }
 
 fn move_to_cpu1(memory: Option<Action>) -> Vec<Action> {
@@ -280,33 +366,93 @@ fn run(
 #[test]
 fn a_failure_at_each_step_leaves_the_domain_as_it_was() {
     let _s = serial();
-    let d = TestDomain::start("fail-each-step", &restrictive());
+    let restr = TestDomain::start("fail-each-restrictive", &restrictive());
+    let free = TestDomain::start("fail-each-unbound", &unbound());
+    let zero = set("0");
+    let cases = [
+        (
+            &restr,
+            move_to_cpu1(Some(Action::SetMemoryNodeset {
+                nodeset: zero.clone(),
+            })),
+        ),
+        (
+            &free,
+            move_to_cpu1(Some(Action::MigratePages {
+                from: zero.clone(),
+                to: zero.clone(),
+                mib: 1,
+            })),
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(tmp.path()).unwrap();
+    for (d, steps) in &cases {
+        let before = observe(&host(), d);
+        for k in 0..steps.len() {
+            let h = FailAt {
+                inner: host(),
+                fail_at: k,
+                calls: Default::default(),
+            };
+            let outcome = transaction::run(
+                &h,
+                &j,
+                &opts(),
+                &domain_ref(&h.inner, d),
+                steps,
+                &mut NoHook,
+            )
+            .unwrap();
+            match outcome {
+                Outcome::RolledBack {
+                    failed_step,
+                    restored,
+                    undo_errors,
+                    ..
+                } => {
+                    assert_eq!(failed_step, k + 1, "{}", d.name);
+                    assert!(restored, "{} step {k}: {undo_errors:?}", d.name);
+                }
+                other => panic!("{} step {k}: {other:?}", d.name),
+            }
+            assert_eq!(
+                observe(&h.inner, d),
+                before,
+                "{} after a failure at step {}",
+                d.name,
+                k + 1
+            );
+            assert!(j.pending().unwrap().is_empty());
+        }
+        // The same steps without an injected failure apply.
+        let outcome = run(&host(), &j, d, steps, &mut NoHook);
+        assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+        assert_eq!(observe(&host(), d).threads[&0], "1");
+    }
+}
+
+#[test]
+fn a_cpu_that_does_not_exist_is_never_sent_to_libvirt() {
+    let _s = serial();
+    let d = TestDomain::start("no-such-cpu", &unbound());
     let h = host();
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(tmp.path()).unwrap();
-    let steps = move_to_cpu1(Some(Action::SetMemoryNodeset { nodeset: set("0") }));
     let before = observe(&h, &d);
-    for k in 0..steps.len() {
-        let bad = with_bad_step(&steps, k);
-        match run(&h, &j, &d, &bad, &mut NoHook) {
-            Outcome::RolledBack {
-                failed_step,
-                restored,
-                undo_errors,
-                ..
-            } => {
-                assert_eq!(failed_step, k + 1);
-                assert!(restored, "step {k}: {undo_errors:?}");
-            }
-            other => panic!("step {k}: {other:?}"),
-        }
-        assert_eq!(observe(&h, &d), before, "after a failure at step {}", k + 1);
-        assert!(j.pending().unwrap().is_empty());
-    }
-    // The good steps do apply (the failures were the injected ones).
+    let steps = vec![
+        Action::Emulatorpin { cpus: set("1") },
+        Action::Vcpupin {
+            vcpu: 0,
+            cpus: set("4000"),
+        },
+    ];
     let outcome = run(&h, &j, &d, &steps, &mut NoHook);
-    assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
-    assert_eq!(observe(&h, &d).threads[&0], "1");
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.contains("CPU 4000")),
+        "{outcome:?}"
+    );
+    assert_eq!(observe(&h, &d), before, "nothing changed, not even step 1");
 }
 
 #[test]

@@ -23,7 +23,7 @@ fn spec() -> Spec {
 /// are managed; CPU 0 is reserved so placement really changes pins.
 fn config(dir: &Path, prefix: &str, reserved: &str, extra: &str) -> PathBuf {
     let text = format!(
-        "[host]\nreserved_cpus = \"{reserved}\"\n\
+        "[host]\nreserved_cpus = \"{reserved}\"\nmemory_headroom_mib = 0\n\
          [apply]\nstate_dir = \"{state}\"\n\
          [daemon]\ninterval_secs = 1\npid_file = \"{state}/numapin.pid\"\n{extra}\n\
          [[domain]]\nname = \"nptest-{prefix}*\"\npolicy = \"auto\"\n\

@@ -59,6 +59,7 @@ pub enum SysfsError {
 pub struct NodeMemory {
     pub node: u32,
     pub total_mib: u64,
+    /// Free plus inactive page cache (reclaimed first by the kernel).
     pub free_mib: u64,
     /// Ascending by page size.
     pub hugepages: Vec<HugepageUsage>,
@@ -114,7 +115,7 @@ pub fn read_node_memory(root: &Path) -> Result<Vec<NodeMemory>, SysfsError> {
         return Ok(vec![NodeMemory {
             node: 0,
             total_mib: meminfo_kib(&meminfo, "MemTotal")? / 1024,
-            free_mib: meminfo_kib(&meminfo, "MemFree")? / 1024,
+            free_mib: available_kib(&meminfo)? / 1024,
             hugepages: read_hugepages(&root.join(GLOBAL_HUGEPAGES_DIR), true)?,
         }]);
     }
@@ -126,7 +127,7 @@ pub fn read_node_memory(root: &Path) -> Result<Vec<NodeMemory>, SysfsError> {
             Ok(NodeMemory {
                 node: id,
                 total_mib: meminfo_kib(&meminfo, "MemTotal")? / 1024,
-                free_mib: meminfo_kib(&meminfo, "MemFree")? / 1024,
+                free_mib: available_kib(&meminfo)? / 1024,
                 hugepages: read_hugepages(&dir.join("hugepages"), true)?,
             })
         })
@@ -300,6 +301,15 @@ fn pools(usage: &[HugepageUsage]) -> Vec<PagePool> {
 
 /// The kB value of `key` in a meminfo file: `proc/meminfo` lines read
 /// `MemTotal:  24 kB`, node lines `Node 0 MemTotal:  24 kB`.
+/// Memory a new guest can take on a node: free pages plus the inactive
+/// page cache, which the kernel reclaims first (a node full of cold cache
+/// is not full). Kernels without the inactive-file line count free only.
+fn available_kib(path: &Path) -> Result<u64, SysfsError> {
+    let free = meminfo_kib(path, "MemFree")?;
+    let cache = meminfo_kib(path, "Inactive(file)").unwrap_or(0);
+    Ok(free + cache)
+}
+
 fn meminfo_kib(path: &Path, key: &str) -> Result<u64, SysfsError> {
     let text = read_text(path)?;
     let wanted = format!("{key}:");

@@ -190,13 +190,15 @@ pub fn numapin(args: &[&str]) -> std::process::Output {
 /// A config for one test: its own state dir, CPU 0 reserved (so a 1-vCPU
 /// domain's pins really change on this 2-CPU machine), and only the
 /// test's own domains managed, so tests never touch each other's domains.
+/// No memory headroom and a low assumed vCPU load: these tests are about
+/// applying changes, not about whatever else this machine runs.
 pub fn isolated_config(
     dir: &std::path::Path,
     managed: &[&TestDomain],
     extra: &str,
 ) -> std::path::PathBuf {
     let mut text = format!(
-        "[host]\nreserved_cpus = \"0\"\n[apply]\nstate_dir = \"{}\"\nmemory_verify_timeout_secs = 5\n{extra}\n",
+        "[host]\nreserved_cpus = \"0\"\nmemory_headroom_mib = 0\n[planner]\ndefault_vcpu_load = 0.1\n[apply]\nstate_dir = \"{}\"\nmemory_verify_timeout_secs = 5\n{extra}\n",
         dir.join("state").display()
     );
     for d in managed {
