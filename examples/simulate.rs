@@ -9,7 +9,7 @@
 //! cargo run --release --example simulate -- 42      # another seed
 //! ```
 
-use numapin::simulate::{SimConfig, Strategy, TraceShape, compare, simulate, trace};
+use numapin::simulate::{Metrics, SimConfig, Strategy, TraceShape, compare, simulate, trace};
 use numapin::synth::HostShape;
 
 fn hosts() -> Vec<(&'static str, HostShape)> {
@@ -61,31 +61,25 @@ fn main() {
         );
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for (s, m) in compare(&topo, &t, &config) {
-            println!(
-                "| {} | {:.3} | {:.1}% | {:.3} | {:.3} | {:.3} | {} | {:.1} |",
-                s.label(),
-                m.locality,
-                m.spanning * 100.0,
-                m.imbalance,
-                m.cpu_imbalance,
-                m.mem_imbalance,
-                m.moves,
-                m.migrated_gib
-            );
+            print_row(s.label(), &m);
         }
         let mut tighter = config.clone();
         tighter.planner.planner.min_gain = 0.05;
         let m = simulate(&topo, &t, Strategy::Numapin, &tighter);
-        println!(
-            "| numapin, min_gain 0.05 | {:.3} | {:.1}% | {:.3} | {:.3} | {:.3} | {} | {:.1} |",
-            m.locality,
-            m.spanning * 100.0,
-            m.imbalance,
-            m.cpu_imbalance,
-            m.mem_imbalance,
-            m.moves,
-            m.migrated_gib
-        );
+        print_row("numapin, min_gain 0.05", &m);
         println!();
     }
+}
+
+fn print_row(label: &str, m: &Metrics) {
+    println!(
+        "| {label} | {:.3} | {:.1}% | {:.3} | {:.3} | {:.3} | {} | {:.1} |",
+        m.locality,
+        m.spanning * 100.0,
+        m.imbalance,
+        m.cpu_imbalance,
+        m.mem_imbalance,
+        m.moves,
+        m.migrated_gib
+    );
 }

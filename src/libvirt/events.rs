@@ -120,6 +120,20 @@ unsafe fn domain_name(dom: sys::virDomainPtr) -> String {
     }
 }
 
+/// Hands a JobEnded event to the sink.
+///
+/// # Safety
+/// As for `on_lifecycle`: `opaque` is a registered sink, `dom` valid.
+unsafe fn job_ended(dom: sys::virDomainPtr, opaque: *mut c_void) {
+    // SAFETY: per the caller.
+    unsafe {
+        let sink = &*(opaque as *const EventSink);
+        sink(Event::JobEnded {
+            name: domain_name(dom),
+        });
+    }
+}
+
 unsafe extern "C" fn on_job_completed(
     _conn: sys::virConnectPtr,
     dom: sys::virDomainPtr,
@@ -128,12 +142,7 @@ unsafe extern "C" fn on_job_completed(
     opaque: *mut c_void,
 ) {
     // SAFETY: as for `on_lifecycle`.
-    unsafe {
-        let sink = &*(opaque as *const EventSink);
-        sink(Event::JobEnded {
-            name: domain_name(dom),
-        });
-    }
+    unsafe { job_ended(dom, opaque) }
 }
 
 unsafe extern "C" fn on_block_job(
@@ -150,12 +159,7 @@ unsafe extern "C" fn on_block_job(
         return;
     }
     // SAFETY: as for `on_lifecycle`.
-    unsafe {
-        let sink = &*(opaque as *const EventSink);
-        sink(Event::JobEnded {
-            name: domain_name(dom),
-        });
-    }
+    unsafe { job_ended(dom, opaque) }
 }
 
 unsafe extern "C" fn on_lifecycle(
