@@ -227,6 +227,23 @@ fn signals_rebalance_reload_and_stop() {
         "old config (CPU 0 reserved) still applies"
     );
 
+    // A config that parses but does not fit this host (every CPU reserved)
+    // is refused at reload too.
+    std::fs::write(
+        &cfg,
+        cfg_text.replace("reserved_cpus = \"0\"", "reserved_cpus = \"0-1\""),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("the second failed reload", Duration::from_secs(10), |l| {
+        l.matches("config reload failed").count() >= 2
+    });
+    assert!(
+        daemon.log().contains("reserves every online CPU"),
+        "{}",
+        daemon.log()
+    );
+
     // SIGHUP with a good config: the new settings apply (CPU 1 reserved
     // now, so the domain moves to CPU 0).
     std::fs::write(

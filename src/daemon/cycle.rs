@@ -35,6 +35,9 @@ pub struct Worker {
     pub notifier: Notifier,
     pub stop: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// The host as the last cycle read it: a reloaded config is checked
+    /// against it before it replaces the running one.
+    pub topology: Option<crate::topology::HostTopology>,
     /// Domains an operator took over, by UUID, with what they changed.
     pub changed_by_operator: std::collections::BTreeMap<String, String>,
 }
@@ -152,6 +155,7 @@ impl Worker {
             domains: state.domains.len(),
             ..CycleReport::default()
         };
+        self.topology = Some(state.topology.clone());
         if let Err((key, reason)) = self.config.validate_for_host(&state.topology) {
             report.error = Some(format!("config does not fit this host: {key}: {reason}"));
             return report;

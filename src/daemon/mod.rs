@@ -148,6 +148,7 @@ async fn serve(opts: RunOptions, config: Config) -> Result<(), DaemonError> {
     let worker = Arc::new(Mutex::new(Worker {
         metrics: metrics.clone(),
         changed_by_operator: Default::default(),
+        topology: None,
         sampler: Sampler::new(lv, opts.root.clone(), config.planner.default_vcpu_load),
         config: Arc::new(config),
         dry_run: opts.dry_run,
@@ -379,8 +380,20 @@ impl Daemon {
     /// running one kept.
     fn reload(&mut self) {
         self.notifier.reloading();
-        let result = load_config(self.opts.config_path.as_deref());
         let mut w = lock(&self.worker);
+        // Checked against the host as last read, so a reserved CPU that does
+        // not exist is refused at reload, not at every later cycle.
+        let result =
+            load_config(self.opts.config_path.as_deref()).and_then(|(c, source)| {
+                match w.topology.as_ref().map(|t| c.validate_for_host(t)) {
+                    Some(Err((key, reason))) => Err(ConfigError::Invalid {
+                        path: PathBuf::from(&source),
+                        key,
+                        reason,
+                    }),
+                    _ => Ok((c, source)),
+                }
+            });
         match result {
             Ok((new, source)) => {
                 if new.apply.state_dir != w.config.apply.state_dir
