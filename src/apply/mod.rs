@@ -5,6 +5,7 @@ pub mod host;
 pub mod journal;
 pub mod placements;
 pub mod recovery;
+pub mod rollback;
 pub mod transaction;
 
 #[cfg(test)]

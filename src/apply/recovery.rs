@@ -9,7 +9,7 @@ use crate::libvirt::DomainRef;
 
 use super::host::DomainHost;
 use super::journal::{Journal, JournalError};
-use super::transaction::rollback;
+use super::rollback::rollback;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recovered {
