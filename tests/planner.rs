@@ -633,7 +633,7 @@ proptest! {
     }
 
     #[test]
-    fn cells_land_whole_on_one_node(shape in host_shape(), spec in guest_spec()) {
+    fn cells_land_whole_on_one_node_or_the_guest_splits_as_a_whole(shape in host_shape(), spec in guest_spec()) {
         let topo = shape.build();
         prop_assume!(spec.vcpus >= 2);
         let guests = build_guests(&[GuestSpec { cells: 2, ..spec }]);
@@ -641,6 +641,17 @@ proptest! {
         let d = &p.domains[0];
         // Only a guest that found room has a placement to check.
         prop_assume!(matches!(d.status, Status::Placed | Status::Kept));
+        if d.cells.is_empty() {
+            // No node had room for a whole cell: split as a whole over
+            // fewer nodes than the host has, every vCPU within them.
+            prop_assert!(d.reason.contains("cells not mapped"), "{}", d.reason);
+            prop_assert!(d.nodes.len() > 1 && d.nodes.len() < topo.nodes.len());
+            let on: CpuSet = d.nodes.iter().fold(CpuSet::new(), |all, n| all.union(&topo.node(n).unwrap().cpus));
+            for cpus in d.vcpupin.values() {
+                prop_assert!(cpus.is_subset(&on));
+            }
+            return Ok(());
+        }
         let cells = &d.cells;
         prop_assert_eq!(cells.len(), 2, "a placed two-cell guest maps both cells");
         let per = d.vcpus / 2;
@@ -799,5 +810,87 @@ mod coexistence {
         let p = plan_one(input);
         assert!(!p.managed);
         assert!(p.reason.contains("outgoing migration"), "{}", p.reason);
+    }
+}
+
+#[test]
+fn an_unplaced_domains_memory_is_not_given_to_another() {
+    // 80 dedicated vCPUs on 64 CPUs: no fit. Its 50 GiB stay on node 0,
+    // where nothing else has room for 30 GiB any more.
+    let topo = two_socket();
+    let obs = observed_memory(&[("huge", &[(0, 50 * 1024)]), ("other", &[])]);
+    let domains = vec![
+        domain("huge", 80, 50 * 1024).with_policy(DomainPolicy::Dedicated),
+        domain("other", 4, 30 * 1024),
+    ];
+    let p = run(&topo, domains, &obs, &Config::default());
+    assert_eq!(get(&p, "huge").status, Status::NoFit);
+    assert_eq!(get(&p, "other").nodes.iter().collect::<Vec<_>>(), [1]);
+    for n in &p.nodes {
+        assert!(n.free_mib_after >= 0, "node {} over-committed: {n:?}", n.id);
+    }
+}
+
+#[test]
+fn a_deferred_domains_memory_is_not_given_to_another() {
+    // Both are pinned to node 0 with their memory on node 1, so both go
+    // to node 1; the budget allows one move. The one deferred keeps its
+    // 25 GiB on node 1 in the ledger: node 1 has 62 - 2 x 25 GiB left.
+    let topo = two_socket();
+    let node0 = topo.node(0).unwrap().cpus.to_string();
+    let obs = observed_memory(&[("a", &[(1, 25 * 1024)]), ("b", &[(1, 25 * 1024)])]);
+    let domains = vec![
+        domain("a", 4, 25 * 1024).pinned_to(&node0),
+        domain("b", 4, 25 * 1024).pinned_to(&node0),
+    ];
+    let mut config = Config::default();
+    config.planner.manage_pinned = true;
+    config.planner.max_moves_per_cycle = 1;
+    let p = run(&topo, domains, &obs, &config);
+    let statuses: Vec<Status> = p.domains.iter().map(|d| d.status).collect();
+    assert_eq!(
+        statuses,
+        [Status::Moved, Status::Deferred],
+        "{:#?}",
+        p.domains
+    );
+    let node1 = p.nodes.iter().find(|n| n.id == 1).unwrap();
+    assert_eq!(node1.free_mib_after, (62 - 50) * 1024);
+}
+
+#[test]
+fn a_split_never_puts_a_part_on_nodes_with_no_memory_free() {
+    // Nothing free beyond the headroom but the 1 GiB the guest already
+    // has on node 0: a 4 GiB guest fits no node and no split.
+    let topo = HostShape::new(4, 2, 1, 8 * 1024).build();
+    let mut obs = observed_memory(&[("g", &[(0, 1024)])]);
+    for id in 0..4 {
+        obs.nodes.insert(
+            id,
+            numapin::observations::NodeObservation {
+                free_mib: Some(2048),
+                free_hugepages: BTreeMap::new(),
+            },
+        );
+    }
+    let p = run(&topo, vec![domain("g", 2, 4096)], &obs, &Config::default());
+    let g = get(&p, "g");
+    assert_eq!(g.status, Status::NoFit, "{}", g.reason);
+}
+
+proptest! {
+    #[test]
+    fn split_parts_hold_the_whole_guest(shape in host_shape(), specs in proptest::collection::vec(guest_spec(), 1..12)) {
+        let topo = shape.build();
+        let p = simple(&topo, build_guests(&specs));
+        // Memory handed to nodes never exceeds what they had.
+        for n in &p.nodes {
+            prop_assert!(n.free_mib_after >= 0, "node {} over-committed", n.id);
+        }
+        for d in &p.domains {
+            if matches!(d.status, Status::Placed | Status::Moved) && d.reason.contains("split") {
+                prop_assert!(d.nodes.len() > 1 || d.nodes.len() == topo.nodes.len() || d.memory_mib == 0, "{}", d.reason);
+            }
+        }
     }
 }
