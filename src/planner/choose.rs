@@ -74,6 +74,9 @@ pub struct Chooser<'a> {
     pub strategy: Strategy,
     /// Least gain in node pressure worth a move.
     pub min_gain: f64,
+    /// The per-cycle migration budget: a rebalancing move that migrates
+    /// this much must gain twice `min_gain` (see `evaluate_move`).
+    pub mib_per_cycle: u64,
     pub ledger: Ledger,
     pub budget: Budget,
 }
@@ -103,6 +106,20 @@ struct Candidate {
     gain: f64,
     mib: u64,
     is_move: bool,
+}
+
+impl Candidate {
+    /// Gain per GiB migrated (a move of less than a GiB counts as one):
+    /// the move that evens the nodes out most for the memory it moves;
+    /// then the larger gain, then the smaller migration.
+    fn is_better_than(&self, other: &Candidate) -> bool {
+        let per_gib = |c: &Candidate| c.gain / c.mib.max(1024) as f64;
+        let (a, b) = (per_gib(self), per_gib(other));
+        a > b * (1.0 + 1e-9)
+            || (a > b * (1.0 - 1e-9)
+                && (self.gain > other.gain + 1e-12
+                    || (self.gain > other.gain - 1e-12 && self.mib < other.mib)))
+    }
 }
 
 /// Scratch space for trying splits: weights and the shares they give.
@@ -785,7 +802,9 @@ impl Chooser<'_> {
     /// from node index `hot` to `cold` would gain: how much it narrows the
     /// gap between the two nodes' pressures. `None` when it does not fit,
     /// puts two cells on one node, gains no more than the threshold, or
-    /// the budget cannot pay for it.
+    /// the budget cannot pay for it. The threshold grows with the memory
+    /// the move migrates: `min_gain` x (1 + MiB / the per-cycle budget),
+    /// so a large guest moves only for a gain worth its migration.
     ///
     /// The gain is measured on the gap, as the threshold that starts
     /// rebalancing is: measured on the peak alone, a move could never
@@ -833,7 +852,8 @@ impl Chooser<'_> {
             info.migrate_mib_to(&target).min(from.mem_mib)
         };
         let is_move = is_move(info, &target);
-        (gain > self.min_gain && self.budget.affords(is_move, mib)).then(|| Candidate {
+        let threshold = self.min_gain * (1.0 + mib as f64 / self.mib_per_cycle.max(1) as f64);
+        (gain > threshold && self.budget.affords(is_move, mib)).then(|| Candidate {
             domain,
             part: k,
             from: from.clone(),
@@ -858,6 +878,7 @@ impl Chooser<'_> {
         decisions: &mut [Option<Decision>],
     ) {
         let mut moved = vec![false; infos.len()];
+        let mut all: Vec<Candidate> = Vec::new();
         loop {
             let cpu_nodes: Vec<usize> = (0..self.ledger.ids.len())
                 .filter(|&i| self.ledger.has_cpus(i))
@@ -896,20 +917,19 @@ impl Chooser<'_> {
                     if moved[d] || split {
                         continue;
                     }
-                    let parts = parts.to_vec();
                     for k in 0..parts.len() {
                         if parts[k].node != self.ledger.ids[hot] {
                             continue;
                         }
-                        let Some(c) = self.evaluate_move(&infos[d], d, &parts, k, hot, cold) else {
+                        let Some(c) = self.evaluate_move(&infos[d], d, parts, k, hot, cold) else {
                             continue;
                         };
-                        let better = best.as_ref().is_none_or(|b| {
-                            c.gain > b.gain + 1e-12 || (c.gain > b.gain - 1e-12 && c.mib < b.mib)
-                        });
-                        if better {
-                            best = Some(c);
-                        }
+                        all.push(c);
+                    }
+                }
+                for c in all.drain(..) {
+                    if best.as_ref().is_none_or(|b| c.is_better_than(b)) {
+                        best = Some(c);
                     }
                 }
                 if best.is_some() {
