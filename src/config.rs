@@ -77,7 +77,8 @@ pub struct PlannerConfig {
     pub manage_pinned: bool,
     /// Smallest narrowing of the gap between the busiest and the idlest
     /// node's load (0-1) worth moving a running domain for; below it the
-    /// domain stays where it is.
+    /// domain stays where it is. A move that migrates memory must gain
+    /// more: this times (1 + MiB migrated / `max_migrate_mib_per_cycle`).
     pub min_gain: f64,
     /// Most domains moved (re-placed, not first placed) in one cycle.
     pub max_moves_per_cycle: u32,
@@ -95,7 +96,7 @@ impl Default for PlannerConfig {
             strategy: Strategy::Spread,
             dedicate_nested: true,
             manage_pinned: false,
-            min_gain: 0.10,
+            min_gain: 0.05,
             max_moves_per_cycle: 4,
             max_migrate_mib_per_cycle: 16 * 1024,
             cpu_overcommit: 4.0,

@@ -32,7 +32,16 @@ pub fn advice_for(
                 cpu_nodes
             ));
         }
+        let cells_mapped = parts.iter().any(|p| p.cell.is_some());
+        if !d.cpu.cells.is_empty() && !cells_mapped {
+            out.push(format!(
+                "no host node has room for a whole guest cell now: the guest is split over nodes {} with its {} cells not mapped onto them; smaller cells let each land on one node",
+                nodes.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+                d.cpu.cells.len()
+            ));
+        }
         if !d.cpu.cells.is_empty()
+            && cells_mapped
             && matches!(info.memory, MemoryHandling::Migrate)
             && nodes.len() > 1
         {

@@ -74,6 +74,9 @@ pub struct Chooser<'a> {
     pub strategy: Strategy,
     /// Least gain in node pressure worth a move.
     pub min_gain: f64,
+    /// The per-cycle migration budget: a rebalancing move that migrates
+    /// this much must gain twice `min_gain` (see `evaluate_move`).
+    pub mib_per_cycle: u64,
     pub ledger: Ledger,
     pub budget: Budget,
 }
@@ -86,20 +89,37 @@ fn policy(info: &DomainInfo) -> CpuPolicy {
 }
 
 /// A change of placement counts as a move (against the move budget) only
-/// when the domain had numapin-style pins elsewhere; placing a new or
+/// when the domain had numapin-style pins elsewhere (within one node per
+/// vCPU, or one affinity over the nodes of a split); placing a new or
 /// unpinned domain is not a move.
 pub fn is_move(info: &DomainInfo, target: &NodeSet) -> bool {
-    info.current.pinned && *target != info.current.nodes
+    (info.current.pinned || info.current.pinned_over_nodes) && *target != info.current.nodes
 }
 
 /// A rebalancing move considered by `improve`.
 struct Candidate {
     domain: usize,
+    /// Which of the domain's parts moves (a guest cell, or the only part).
+    part: usize,
     from: Part,
     to: Part,
     gain: f64,
     mib: u64,
     is_move: bool,
+}
+
+impl Candidate {
+    /// Gain per GiB migrated (a move of less than a GiB counts as one):
+    /// the move that evens the nodes out most for the memory it moves;
+    /// then the larger gain, then the smaller migration.
+    fn is_better_than(&self, other: &Candidate) -> bool {
+        let per_gib = |c: &Candidate| c.gain / c.mib.max(1024) as f64;
+        let (a, b) = (per_gib(self), per_gib(other));
+        a > b * (1.0 + 1e-9)
+            || (a > b * (1.0 - 1e-9)
+                && (self.gain > other.gain + 1e-12
+                    || (self.gain > other.gain - 1e-12 && self.mib < other.mib)))
+    }
 }
 
 /// Scratch space for trying splits: weights and the shares they give.
@@ -135,11 +155,49 @@ impl Chooser<'_> {
         }
         for &i in order {
             if decisions[i].is_none() {
-                decisions[i] = Some(self.place(&infos[i]));
+                let decision = self.place(&infos[i]);
+                if matches!(decision, Decision::Deferred(_) | Decision::NoFit(_)) {
+                    self.hold_where_it_is(&infos[i]);
+                }
+                decisions[i] = Some(decision);
             }
         }
         self.improve(infos, order, &mut decisions);
         decisions
+    }
+
+    /// A managed domain that stays unplaced (deferred, or no fit) keeps its
+    /// memory and CPU demand where they are now. The ledger started with
+    /// every managed domain's memory counted as free (it is theirs to
+    /// move); the unplaced one's is taken again, with its load, so that
+    /// domains served after it do not over-commit its nodes.
+    ///
+    /// Only a measured domain is held. Without a measurement the ledger
+    /// starts from each node's total and assumes every managed domain gets
+    /// placed; an unplaced domain's memory is then a guess spread by node
+    /// size and its load the default per vCPU, and taking those off again
+    /// turns a snapshot that lists more guests than the host holds into
+    /// one where nothing fits.
+    fn hold_where_it_is(&mut self, info: &DomainInfo) {
+        if !info.current.memory_observed {
+            return;
+        }
+        for (&node, &mib) in &info.current.memory_mib {
+            if let Some(i) = self.ledger.index(node) {
+                let demand = Demand {
+                    vcpus: 0,
+                    mem_mib: mib,
+                    hugepage_kib: info.hugepage_kib,
+                    load: 0.0,
+                };
+                self.ledger.reserve(i, &demand, CpuPolicy::Shared);
+            }
+        }
+        for (&node, &w) in &info.current.vcpu_weights {
+            if let Some(i) = self.ledger.index(node) {
+                self.ledger.shared_load[i] += info.load * w;
+            }
+        }
     }
 
     fn try_reserve(&mut self, parts: &[Part], policy: CpuPolicy) -> bool {
@@ -173,6 +231,9 @@ impl Chooser<'_> {
     /// keep: every piece pinned within a single node of usable CPUs, and
     /// the memory (when measured) at least 90% on those nodes.
     fn settled_parts(&self, info: &DomainInfo) -> Option<Vec<Part>> {
+        if info.current.pinned_over_nodes {
+            return self.settled_split(info);
+        }
         if !info.current.pinned {
             return None;
         }
@@ -209,6 +270,91 @@ impl Chooser<'_> {
             return None;
         }
         Some(parts)
+    }
+
+    /// A guest without cells split over nodes, as numapin left it: one
+    /// affinity within the usable CPUs of its nodes, at least 90% of the
+    /// memory there, and too large for any node (one that could fit a
+    /// node is placed again, to go back to one node once there is room).
+    /// Its parts hold the memory where it is and vCPUs in proportion to
+    /// the nodes' CPUs.
+    fn settled_split(&self, info: &DomainInfo) -> Option<Vec<Part>> {
+        let [piece] = info.pieces.as_slice() else {
+            return None;
+        };
+        if piece.cell.is_some() || self.fits_an_empty_node(info, piece) {
+            return None;
+        }
+        let nodes = &info.current.nodes;
+        let at: Vec<usize> = nodes
+            .iter()
+            .map(|n| self.ledger.index(n))
+            .collect::<Option<_>>()?;
+        let affinity = info.current.vcpu_affinity.values().next()?;
+        let usable = at.iter().fold(crate::idset::CpuSet::new(), |all, &i| {
+            all.union(&self.ledger.usable[i])
+        });
+        if !affinity.is_subset(&usable)
+            || at.iter().any(|&i| !self.is_candidate(info, i))
+            || at.len() > self.fewest_nodes_for(info, piece)
+        {
+            return None;
+        }
+        if info.current.memory_observed && info.memory_share_on(nodes) < 0.9 {
+            return None;
+        }
+        let mut shares = SplitShares::default();
+        shares
+            .weights
+            .extend(at.iter().map(|&i| self.ledger.usable[i].len() as u64));
+        distribute_shares(piece.vcpus.len() as u64, &shares.weights, &mut shares.vcpus);
+        shares.weights.clear();
+        shares.weights.extend(
+            nodes
+                .iter()
+                .map(|n| info.current.memory_mib.get(&n).copied().unwrap_or(0)),
+        );
+        if shares.weights.iter().all(|&w| w == 0) {
+            shares.weights.clear();
+            shares
+                .weights
+                .extend(at.iter().map(|&i| self.ledger.usable[i].len() as u64));
+        }
+        distribute_shares(piece.mem_mib, &shares.weights, &mut shares.mem);
+        Some(self.split_parts(piece, &at, &shares))
+    }
+
+    /// The fewest candidate nodes whose capacity (CPUs and memory, empty)
+    /// could hold the piece: a split over more is placed again, to gather
+    /// onto fewer nodes once they have room.
+    fn fewest_nodes_for(&self, info: &DomainInfo, piece: &Piece) -> usize {
+        let candidates = self.candidates(info);
+        let fewest = |mut sizes: Vec<u64>, need: u64| {
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            let mut sum = 0;
+            sizes
+                .iter()
+                .position(|&s| {
+                    sum += s;
+                    sum >= need
+                })
+                .map_or(usize::MAX, |k| k + 1)
+        };
+        let mem = fewest(
+            candidates
+                .iter()
+                .map(|&i| self.ledger.mem_capacity[i])
+                .collect(),
+            piece.mem_mib,
+        );
+        let cpus = fewest(
+            candidates
+                .iter()
+                .map(|&i| self.ledger.usable[i].len() as u64)
+                .collect(),
+            piece.vcpus.len() as u64,
+        );
+        mem.max(cpus)
     }
 
     /// Node indexes a domain may use: nodes with CPUs, within the bound
@@ -261,6 +407,7 @@ impl Chooser<'_> {
         let pol = policy(info);
         let result = if info.pieces.iter().any(|p| p.cell.is_some()) {
             self.place_cells(info)
+                .or_else(|reason| self.place_cells_split(info, reason))
         } else {
             let piece = &info.pieces[0];
             match self.best_node(info, piece, &NodeSet::new()) {
@@ -364,6 +511,40 @@ impl Chooser<'_> {
         ))
     }
 
+    /// A guest whose cells no node can take one by one is split as a whole
+    /// over the fewest, closest nodes, as a guest without cells would be,
+    /// rather than left floating over every node. Its cells are then not
+    /// mapped (the advice says so); as soon as nodes have room for its
+    /// cells, it is placed cell by cell again. A split over every node it
+    /// may use gains nothing over floating and is not made.
+    fn place_cells_split(
+        &mut self,
+        info: &DomainInfo,
+        reason: String,
+    ) -> Result<(Vec<Part>, String), String> {
+        let hugepage_kib = info.pieces[0].hugepage_kib;
+        if info.pieces.iter().any(|p| p.hugepage_kib != hugepage_kib) {
+            return Err(reason);
+        }
+        let whole = Piece {
+            cell: None,
+            vcpus: info.pieces.iter().flat_map(|p| p.vcpus.clone()).collect(),
+            mem_mib: info.pieces.iter().map(|p| p.mem_mib).sum(),
+            hugepage_kib,
+            load: info.pieces.iter().map(|p| p.load).sum(),
+        };
+        let (parts, _) = self.place_split(info, &whole).map_err(|_| reason.clone())?;
+        let nodes = nodes_of(&parts);
+        // Over every node it may use, the split is what floating already is.
+        if nodes.len() >= self.candidates(info).len() {
+            return Err(reason);
+        }
+        Ok((
+            parts,
+            format!("{reason}: split as a whole over nodes {nodes}, cells not mapped"),
+        ))
+    }
+
     /// Splits a domain no single node can take over the fewest, closest
     /// nodes: grow a set from each seed by nearest node until it has room,
     /// keep the smallest set, then the one with the least total distance,
@@ -379,13 +560,14 @@ impl Chooser<'_> {
         if self.cpus_too_few(piece, &candidates, pol) {
             return Err(self.no_split_reason(piece));
         }
-        let free: Vec<u64> = candidates
+        let free: u128 = candidates
             .iter()
-            .map(|&i| self.split_free_mib(piece, i))
-            .collect();
-        // More memory than all candidates have free: only sets of nodes with
-        // none free can pass (a split gives each of them nothing).
-        let memory_too_little = piece.mem_mib as u128 > free.iter().map(|&f| f as u128).sum();
+            .map(|&i| self.split_free_mib(piece, i) as u128)
+            .sum();
+        // More memory than all candidates have free: no split can hold it.
+        if piece.mem_mib as u128 > free {
+            return Err(self.no_split_reason(piece));
+        }
         let ids: Vec<u32> = candidates.iter().map(|&i| self.ledger.ids[i]).collect();
         let pressure: Vec<f64> = candidates
             .iter()
@@ -404,13 +586,9 @@ impl Chooser<'_> {
             for (c, f) in far.iter_mut().enumerate() {
                 *f = self.distances.get(ids[k], ids[c]);
             }
-            let mut has_free = free[k] > 0;
             loop {
                 // A larger set than the best so far cannot win.
                 if best.as_ref().is_some_and(|(n, _, _, _)| set.len() > *n) {
-                    break;
-                }
-                if memory_too_little && has_free {
                     break;
                 }
                 if self.split_fits(piece, &set, pol, &mut shares) {
@@ -451,7 +629,6 @@ impl Chooser<'_> {
                 };
                 set.push(candidates[next]);
                 in_set[next] = true;
-                has_free |= free[next] > 0;
                 for (c, f) in far.iter_mut().enumerate() {
                     *f = (*f).max(self.distances.get(ids[next], ids[c]));
                 }
@@ -584,6 +761,10 @@ impl Chooser<'_> {
             .weights
             .extend(set.iter().map(|&i| self.split_free_mib(piece, i)));
         distribute_shares(piece.mem_mib, &shares.weights, &mut shares.mem);
+        // Nodes with no memory free take none: the set must hold it all.
+        if shares.mem.iter().sum::<u64>() < piece.mem_mib {
+            return false;
+        }
         set.iter().enumerate().all(|(k, &i)| {
             let n = shares.vcpus[k] as usize;
             let demand = Demand {
@@ -617,10 +798,13 @@ impl Chooser<'_> {
         parts
     }
 
-    /// What moving a domain's single part from node index `hot` to `cold`
-    /// would gain: how much it narrows the gap between the two nodes'
-    /// pressures. `None` when it does not fit, gains no more than the
-    /// threshold, or the budget cannot pay for it.
+    /// What moving part `k` of a domain (its only part, or one guest cell)
+    /// from node index `hot` to `cold` would gain: how much it narrows the
+    /// gap between the two nodes' pressures. `None` when it does not fit,
+    /// puts two cells on one node, gains no more than the threshold, or
+    /// the budget cannot pay for it. The threshold grows with the memory
+    /// the move migrates: `min_gain` x (1 + MiB / the per-cycle budget),
+    /// so a large guest moves only for a gain worth its migration.
     ///
     /// The gain is measured on the gap, as the threshold that starts
     /// rebalancing is: measured on the peak alone, a move could never
@@ -630,14 +814,17 @@ impl Chooser<'_> {
         &mut self,
         info: &DomainInfo,
         domain: usize,
-        from: &Part,
+        parts: &[Part],
+        k: usize,
         hot: usize,
         cold: usize,
     ) -> Option<Candidate> {
+        let from = &parts[k];
         let to_node = self.ledger.ids[cold];
         if info
             .fixed_nodes()
             .is_some_and(|fixed| !fixed.contains(to_node))
+            || parts.iter().any(|p| p.node == to_node)
         {
             return None;
         }
@@ -652,11 +839,23 @@ impl Chooser<'_> {
         });
         self.ledger.reserve(hot, &demand, pol);
         let gain = self.ledger.pressure(hot) - self.ledger.pressure(cold) - after?;
-        let target = NodeSet::single(to_node);
-        let mib = info.migrate_mib_to(&target);
+        let target: NodeSet = parts
+            .iter()
+            .enumerate()
+            .map(|(j, p)| if j == k { to_node } else { p.node })
+            .collect();
+        // A cell's memory is on its node; what the domain has there beyond
+        // the cell's size belongs to no other cell of it.
+        let mib = if parts.len() == 1 {
+            info.migrate_mib_to(&target)
+        } else {
+            info.migrate_mib_to(&target).min(from.mem_mib)
+        };
         let is_move = is_move(info, &target);
-        (gain > self.min_gain && self.budget.affords(is_move, mib)).then(|| Candidate {
+        let threshold = self.min_gain * (1.0 + mib as f64 / self.mib_per_cycle.max(1) as f64);
+        (gain > threshold && self.budget.affords(is_move, mib)).then(|| Candidate {
             domain,
+            part: k,
             from: from.clone(),
             to: Part {
                 node: to_node,
@@ -668,9 +867,10 @@ impl Chooser<'_> {
         })
     }
 
-    /// Moves single-node domains from the most to the least pressed node
-    /// while that narrows the gap by more than the threshold; when nothing
-    /// on the most pressed node can move, from the next most pressed.
+    /// Moves single-node domains and single guest cells from the most to
+    /// the least pressed node while that narrows the gap by more than the
+    /// threshold; when nothing on the most pressed node can move, from the
+    /// next most pressed. Guests split over nodes stay where they are.
     fn improve(
         &mut self,
         infos: &[DomainInfo],
@@ -678,6 +878,7 @@ impl Chooser<'_> {
         decisions: &mut [Option<Decision>],
     ) {
         let mut moved = vec![false; infos.len()];
+        let mut all: Vec<Candidate> = Vec::new();
         loop {
             let cpu_nodes: Vec<usize> = (0..self.ledger.ids.len())
                 .filter(|&i| self.ledger.has_cpus(i))
@@ -712,16 +913,22 @@ impl Chooser<'_> {
                     let Some(parts) = decisions[d].as_ref().and_then(|x| x.parts()) else {
                         continue;
                     };
-                    if moved[d] || parts.len() != 1 || parts[0].node != self.ledger.ids[hot] {
+                    let split = parts.len() > 1 && parts.iter().any(|p| p.cell.is_none());
+                    if moved[d] || split {
                         continue;
                     }
-                    let Some(c) = self.evaluate_move(&infos[d], d, &parts[0], hot, cold) else {
-                        continue;
-                    };
-                    let better = best.as_ref().is_none_or(|b| {
-                        c.gain > b.gain + 1e-12 || (c.gain > b.gain - 1e-12 && c.mib < b.mib)
-                    });
-                    if better {
+                    for k in 0..parts.len() {
+                        if parts[k].node != self.ledger.ids[hot] {
+                            continue;
+                        }
+                        let Some(c) = self.evaluate_move(&infos[d], d, parts, k, hot, cold) else {
+                            continue;
+                        };
+                        all.push(c);
+                    }
+                }
+                for c in all.drain(..) {
+                    if best.as_ref().is_none_or(|b| c.is_better_than(b)) {
                         best = Some(c);
                     }
                 }
@@ -731,6 +938,7 @@ impl Chooser<'_> {
             }
             let Some(Candidate {
                 domain: d,
+                part: k,
                 from,
                 to,
                 gain,
@@ -746,16 +954,26 @@ impl Chooser<'_> {
             self.ledger.reserve(cold, &to.demand(), pol);
             self.budget.spend(is_move, mib);
             moved[d] = true;
+            let what = match to.cell {
+                Some(cell) => format!("guest cell {cell} "),
+                None => String::new(),
+            };
+            let mut parts = decisions[d]
+                .as_ref()
+                .and_then(|x| x.parts())
+                .expect("candidates have parts")
+                .to_vec();
+            parts[k] = to.clone();
             decisions[d] = Some(Decision::Placed {
                 why: format!(
-                    "rebalance: node {} was {:.0}% loaded and node {} {:.0}%; the move narrows the gap by {:.0} points",
+                    "rebalance: {what}node {} was {:.0}% loaded and node {} {:.0}%; the move narrows the gap by {:.0} points",
                     from.node,
                     hot_before * 100.0,
                     to.node,
                     cold_before * 100.0,
                     gain * 100.0
                 ),
-                parts: vec![to],
+                parts,
             });
         }
     }

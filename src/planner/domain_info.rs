@@ -96,6 +96,10 @@ pub struct Current {
     /// Whether numapin-style pins are in place (every vCPU pinned within
     /// one node), i.e. whether a change would be a move, not a first placement.
     pub pinned: bool,
+    /// Whether every vCPU has one and the same affinity spanning several
+    /// nodes but not every online CPU: how numapin pins a guest split
+    /// over nodes. A change of such a placement is a move too.
+    pub pinned_over_nodes: bool,
 }
 
 /// Why the planner will not touch a domain.
@@ -425,6 +429,7 @@ impl<'a> Analyzer<'a> {
         // vCPUs mostly share one affinity: each distinct one is looked at once.
         let mut cpus = CpuSet::new();
         let mut pinned = !vcpu_affinity.is_empty();
+        let mut distinct = 0;
         let mut previous: Option<&CpuSet> = None;
         for set in vcpu_affinity.values() {
             if previous == Some(set) {
@@ -433,8 +438,10 @@ impl<'a> Analyzer<'a> {
             cpus.union_with(set);
             pinned = pinned && set != all && self.topo.nodes_of_cpus(set).len() == 1;
             previous = Some(set);
+            distinct += 1;
         }
         let nodes = self.topo.nodes_of_cpus(&cpus);
+        let pinned_over_nodes = distinct == 1 && cpus != *all && nodes.len() > 1;
         let (memory_mib, memory_observed) = match self.obs.domains.get(&d.name) {
             Some(o) if !o.memory_mib.is_empty() => (o.memory_mib.clone(), true),
             _ => (self.estimate_memory(info, &nodes), false),
@@ -450,6 +457,7 @@ impl<'a> Analyzer<'a> {
             memory_mib,
             memory_observed,
             pinned,
+            pinned_over_nodes,
             vcpu_weights,
             locality,
         }

@@ -247,6 +247,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         } else {
             p.min_gain
         },
+        mib_per_cycle: p.max_migrate_mib_per_cycle,
         ledger: base,
         budget: Budget {
             moves_left: p.max_moves_per_cycle,
