@@ -1,0 +1,280 @@
+"""Side by side in one lab boot: the same domains under the kernel alone,
+under Debian's numad with its defaults, and under numapin's daemon.
+
+Each phase starts the same busy, unpinned domains together, samples them
+for a fixed time and tears everything down. Results go to
+/run/lab/out/compare.json and, rendered, /run/lab/out/LAB.md (lab/compare
+copies that to docs/LAB.md).
+
+Measures, per domain (all from the kernel's files):
+- locality: the share of the domain's resident anonymous memory
+  (numa_maps) on the node its vCPUs were running on, weighted by where
+  they ran: sum over nodes of (share of vCPU run time on the node in the
+  last window) x (share of memory on the node);
+- the nodes its vCPU threads may run on (Cpus_allowed_list);
+- time until placed: from the start to the first sample after which its
+  vCPUs stay confined to fewer nodes than the host has and >= 90% of its
+  memory stays on those nodes;
+- MiB moved: memory that changed node between samples;
+and per phase the manager's CPU time (utime+stime of numad or numapin,
+which includes the migrate_pages(2) work done in their context), libvirtd's
+CPU time and the kernel's page migration counter.
+"""
+
+import json
+import os
+import time
+
+import labkit
+from labkit import OUT, Numapin, fmt, log, proc_cpu_seconds, read, share_on, sh, start_many, topo
+
+SAMPLE = 5.0  # seconds between samples
+TICK = 1.0  # seconds between readings of where vCPU threads run
+WINDOW = 30.0  # seconds of run time that weigh the locality
+
+
+def vmstat(key):
+    for line in read("/proc/vmstat").splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return int(v)
+    return 0
+
+
+def pid_of(name):
+    out = sh(["pgrep", "-x", name], check=False).split()
+    return int(out[0]) if out else None
+
+
+class Manager:
+    """none / numad / numapin: start, CPU time, stop."""
+
+    def __init__(self, kind, repo):
+        self.kind, self.repo, self.pid, self.np = kind, repo, None, None
+
+    def start(self):
+        if self.kind == "numad":
+            # numad never moves a never-bound process before CLOCK_MONOTONIC
+            # passes 300 s; a time namespace makes it see a host up a day.
+            sh(["unshare", "--time", "--fork", "--monotonic", "86400", "numad", "-i", "15"])
+            self.pid, _ = labkit.wait_until("numad running", lambda: pid_of("numad"), timeout=30, interval=0.5)
+        elif self.kind == "numapin":
+            # numapin's defaults, except what the lab's size needs: 768 MiB
+            # nodes (headroom), slow moves under double emulation (verify).
+            self.np = Numapin(self.repo, apply__memory_verify_timeout_secs=600,
+                              daemon__interval_secs=15, apply__state_dir="/run/numapin")
+            self.np.start_daemon("numapin-compare.log")
+            self.pid = self.np.proc.pid
+
+    def cpu(self):
+        return proc_cpu_seconds(self.pid) if self.pid else 0.0
+
+    def stop(self):
+        if self.kind == "numad" and self.pid:
+            os.kill(self.pid, 15)
+            sh(["cp", "/var/log/numad.log", f"{OUT}/numad.log"], check=False)
+        if self.np:
+            self.np.stop_daemon()
+
+
+def run_phase(kind, repo, specs, duration):
+    log(f"=== phase {kind}")
+    labkit.destroy_all()
+    sh(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+    t = topo()
+    mgr = Manager(kind, repo)
+    mgr.start()
+    cpu0 = mgr.cpu()
+    lv = pid_of("libvirtd")
+    lv0 = proc_cpu_seconds(lv)
+    mig0 = vmstat("pgmigrate_success")
+    probes = start_many(specs)
+    t0 = min(p.started for p in probes)
+    ran = {p.name: [] for p in probes}  # (t, node, cpu seconds) per tick
+    last = {p.name: p.cpu_seconds() for p in probes}
+    samples = []
+    next_sample = time.monotonic()
+    while time.monotonic() - t0 < duration:
+        now = time.monotonic()
+        for p in probes:
+            cur = p.cpu_seconds()
+            for tid, (cpu, secs) in cur.items():
+                prev = last[p.name].get(tid, (cpu, secs))[1]
+                ran[p.name].append((now, t.node_of.get(cpu), secs - prev))
+            last[p.name] = cur
+        if now >= next_sample:
+            next_sample += SAMPLE
+            for p in probes:
+                recent = [(n, d) for (at, n, d) in ran[p.name] if at > now - WINDOW and n is not None]
+                busy = sum(d for _, d in recent)
+                run_share = {}
+                for n, d in recent:
+                    run_share[n] = run_share.get(n, 0) + (d / busy if busy else 0)
+                mem = p.numa_maps()
+                total = sum(mem.values())
+                locality = sum(s * mem.get(n, 0) / total for n, s in run_share.items()) if total and busy else None
+                samples.append({
+                    "t": round(now - p.started, 1), "domain": p.name,
+                    "allowed": sorted(p.vcpu_nodes()), "emulator": sorted(t.nodes_of(p.emulator())),
+                    "mem": {str(n): round(v, 1) for n, v in mem.items()},
+                    "ran": {str(n): round(v, 3) for n, v in run_share.items()},
+                    "locality": locality, "manager_cpu": round((mgr.cpu() or 0) - (cpu0 or 0), 2),
+                })
+            s = samples[-len(probes):]
+            log(f"{kind} t={now - t0:5.0f}s " + " | ".join(
+                f"{x['domain']} cpus@{fmt(x['allowed'])} mem {labkit.show_mem({int(k): v for k, v in x['mem'].items()})}"
+                f" loc {'-' if x['locality'] is None else round(100 * x['locality'])}%" for x in s))
+        time.sleep(TICK)
+    result = {
+        "manager": kind,
+        "manager_cpu": round((mgr.cpu() or 0) - (cpu0 or 0), 2),
+        "libvirtd_cpu": round((proc_cpu_seconds(lv) or 0) - (lv0 or 0), 2),
+        "migrated_mib": round((vmstat("pgmigrate_success") - mig0) * 4 / 1024),
+        "samples": samples,
+        "domains": [p.name for p in probes],
+    }
+    mgr.stop()
+    labkit.destroy_all()
+    return result
+
+
+def summarize(phase, nodes):
+    """Per domain: final and mean locality, nodes allowed at the end, time until placed, MiB moved."""
+    out = []
+    for name in phase["domains"]:
+        rows = [s for s in phase["samples"] if s["domain"] == name]
+        locs = [s["locality"] for s in rows if s["locality"] is not None]
+        placed = None
+        for i, s in enumerate(rows):
+            def ok(r):
+                allowed = set(r["allowed"])
+                mem = {int(k): v for k, v in r["mem"].items()}
+                return len(allowed) < nodes and share_on(mem, allowed) >= 0.9
+            if all(ok(r) for r in rows[i:]):
+                placed = s["t"]
+                break
+        moved = 0.0
+        for a, b in zip(rows, rows[1:]):
+            keys = set(a["mem"]) | set(b["mem"])
+            delta = sum(abs(b["mem"].get(k, 0) - a["mem"].get(k, 0)) for k in keys)
+            growth = abs(sum(b["mem"].values()) - sum(a["mem"].values()))
+            moved += max(0.0, delta - growth) / 2
+        out.append({
+            "domain": name,
+            "final_locality": locs[-1] if locs else None,
+            "mean_locality": sum(locs) / len(locs) if locs else None,
+            "allowed": rows[-1]["allowed"] if rows else [],
+            "placed": placed,
+            "moved": moved,
+            "mem": rows[-1]["mem"] if rows else {},
+        })
+    return out
+
+
+def pct(x):
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def render(topology, specs, duration, phases, took):
+    t = topo()
+    nodes = len(t.nodes)
+    L = []
+    L.append("# The NUMA lab: kernel alone, numad and numapin side by side\n")
+    L.append("<!-- Generated by lab/compare; do not edit by hand. -->\n")
+    L.append(f"Generated by `lab/compare --topology {topology} --duration {duration}` "
+             f"({time.strftime('%Y-%m-%d')}, {took / 60:.0f} min in all). "
+             "Regenerate with the same command; it rewrites this file.\n")
+    dist = sorted({d for r in t.distances.values() for d in r})
+    L.append(f"**Lab**: a QEMU/TCG guest with {nodes} NUMA nodes x {len(t.nodes[0])} CPU(s), "
+             f"{', '.join(str(d) for d in dist)} SLIT distances, "
+             f"{round(int(read('/sys/devices/system/node/node0/meminfo').split('MemTotal:')[1].split()[0]) / 1024)} MiB per node; "
+             "its root is the host's own / (see lab/README.md). Each phase starts the same "
+             f"{len(specs)} unpinned, unbound domains together: "
+             + ", ".join(f"`{n}` ({s.get('vcpus', 1)} vCPUs, {m} MiB)" for n, m, s in specs)
+             + ", each booting a 512-byte sector that spins on vCPU 0 (one busy vCPU, the others halted), "
+             f"RAM allocated at start; then samples them every {SAMPLE:.0f} s for {duration} s, "
+             "and destroys them.\n")
+    L.append("**Managers**: *kernel alone*: nothing but the kernel (automatic NUMA balancing on); "
+             "*numad*: Debian's numad 0.5 with its defaults (`numad -i 15`), in a time namespace "
+             "that makes it see a host up for a day (it moves no process in the first 300 s of uptime); "
+             "*numapin*: `numapin run` with its defaults except `host.memory_headroom_mib = 32`, "
+             "`daemon.interval_secs = 15` (like numad's) and `apply.memory_verify_timeout_secs = 600` "
+             "(memory moves are slow under double emulation).\n")
+    L.append("**Measures** (from /proc and sysfs, not from the managers' own output):\n")
+    L.append("- *locality*: the expected share of a vCPU's memory accesses that are local: the sum over "
+             "nodes of (share of the domain's vCPU run time on that node, over the last "
+             f"{WINDOW:.0f} s, from the `processor` field of /proc/PID/task/TID/stat sampled every "
+             f"{TICK:.0f} s, weighted by CPU time) x (share of its resident anonymous memory on that "
+             "node, from /proc/PID/numa_maps). 100% means all memory sits where the vCPUs run. "
+             "*final* is the last sample, *mean* the average over the run;")
+    L.append("- *vCPU nodes*: the nodes the domain's vCPU threads may run on at the end "
+             "(Cpus_allowed_list of its `CPU n/TCG` threads);")
+    L.append("- *placed after*: seconds from the domain's start to the first sample after which its "
+             "vCPUs stay confined to fewer nodes than the host has and at least 90% of its memory "
+             "stays on those nodes (\"never\": not by the end);")
+    L.append("- *MiB moved*: memory that changed node between consecutive samples (half the sum of "
+             "per-node changes); *kernel migrated*: the whole lab's `pgmigrate_success` over the phase;")
+    L.append("- *manager CPU*: user+system CPU seconds of the numad or numapin process over the phase "
+             "(migrate_pages(2) runs in its context); *libvirtd CPU*: libvirtd's, which serves "
+             "numapin's calls.\n")
+    L.append("## At the end of each phase\n")
+    L.append("| manager | domain | locality final | locality mean | vCPU nodes | memory per node (MiB) | placed after | MiB moved |")
+    L.append("| --- | --- | ---: | ---: | --- | --- | ---: | ---: |")
+    names = {"none": "kernel alone", "numad": "numad", "numapin": "numapin"}
+    for ph in phases:
+        for d in summarize(ph, nodes):
+            mem = " ".join(f"N{k}={v:.0f}" for k, v in sorted(d["mem"].items()) if v >= 1)
+            placed = "never" if d["placed"] is None else f"{d['placed']:.0f} s"
+            L.append(f"| {names[ph['manager']]} | {d['domain']} | {pct(d['final_locality'])} | "
+                     f"{pct(d['mean_locality'])} | {fmt(d['allowed'])} | {mem} | {placed} | {d['moved']:.0f} |")
+    L.append("")
+    L.append("| manager | mean locality (all domains, whole run) | domains placed | manager CPU | libvirtd CPU | kernel migrated |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for ph in phases:
+        s = summarize(ph, nodes)
+        locs = [x["mean_locality"] for x in s if x["mean_locality"] is not None]
+        cpu = "-" if ph["manager"] == "none" else f"{ph['manager_cpu']:.1f} s"
+        L.append(f"| {names[ph['manager']]} | {pct(sum(locs) / len(locs) if locs else None)} | "
+                 f"{sum(1 for x in s if x['placed'] is not None)} of {len(s)} | {cpu} | "
+                 f"{ph['libvirtd_cpu']:.1f} s | {ph['migrated_mib']} MiB |")
+    L.append("\n## Over time\n")
+    L.append("Locality of each domain (as defined above) and the nodes its vCPUs may run on, "
+             "at these times after the start:\n")
+    marks = [m for m in (15, 30, 60, 90, 120, 180, 240, 300, 420, 600) if m <= duration]
+    L.append("| manager | domain | " + " | ".join(f"{m} s" for m in marks) + " |")
+    L.append("| --- | --- | " + " | ".join("---:" for _ in marks) + " |")
+    for ph in phases:
+        for name in ph["domains"]:
+            rows = [s for s in ph["samples"] if s["domain"] == name]
+            cells = []
+            for m in marks:
+                r = min(rows, key=lambda s: abs(s["t"] - m)) if rows else None
+                cells.append("-" if r is None or abs(r["t"] - m) > SAMPLE else
+                             f"{pct(r['locality'])} @{fmt(r['allowed'])}")
+            L.append(f"| {names[ph['manager']]} | {name} | " + " | ".join(cells) + " |")
+    L.append("\nCaveat: the lab emulates every CPU (TCG inside TCG), so absolute times, and "
+             "memory moves above all, are far slower than on real hardware; compare the managers "
+             "with each other, not with a real host.\n")
+    return "\n".join(L) + "\n"
+
+
+def main(repo, topology, args):
+    opts = dict(a.split("=", 1) for a in args if "=" in a)
+    duration = int(opts.get("duration", 300))
+    count = int(opts.get("domains", 3))
+    mib = int(opts.get("mib", 320))
+    managers = opts.get("managers", "none,numad,numapin").split(",")
+    specs = [(f"vm{i}", mib, {"vcpus": 2}) for i in range(count)]
+    t0 = time.monotonic()
+    phases = []
+    for kind in managers:
+        phases.append(run_phase(kind, repo, specs, duration))
+        with open(f"{OUT}/compare.json", "w") as f:
+            json.dump({"topology": topology, "duration": duration, "phases": phases}, f, indent=1)
+    md = render(topology, specs, duration, phases, time.monotonic() - t0)
+    with open(f"{OUT}/LAB.md", "w") as f:
+        f.write(md)
+    print(md)
+    return 0
