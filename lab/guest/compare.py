@@ -23,6 +23,7 @@ CPU time and the kernel's page migration counter.
 
 import json
 import os
+import subprocess
 import time
 
 import labkit
@@ -31,6 +32,9 @@ from labkit import OUT, Numapin, fmt, log, proc_cpu_seconds, read, share_on, sh,
 SAMPLE = 5.0  # seconds between samples
 TICK = 1.0  # seconds between readings of where vCPU threads run
 WINDOW = 30.0  # seconds of run time that weigh the locality
+# numapin's config beyond labkit's lab settings: numad's interval, and room
+# for memory moves that take minutes under double emulation.
+NUMAPIN_CONFIG = {"apply__memory_verify_timeout_secs": 600, "daemon__interval_secs": 15}
 
 
 def vmstat(key):
@@ -56,13 +60,13 @@ class Manager:
         if self.kind == "numad":
             # numad never moves a never-bound process before CLOCK_MONOTONIC
             # passes 300 s; a time namespace makes it see a host up a day.
-            sh(["unshare", "--time", "--fork", "--monotonic", "86400", "numad", "-i", "15"])
+            subprocess.run(["unshare", "--time", "--fork", "--monotonic", "86400", "numad", "-i", "15"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True)
             self.pid, _ = labkit.wait_until("numad running", lambda: pid_of("numad"), timeout=30, interval=0.5)
         elif self.kind == "numapin":
             # numapin's defaults, except what the lab's size needs: 768 MiB
             # nodes (headroom), slow moves under double emulation (verify).
-            self.np = Numapin(self.repo, apply__memory_verify_timeout_secs=600,
-                              daemon__interval_secs=15, apply__state_dir="/run/numapin")
+            self.np = Numapin(self.repo, **NUMAPIN_CONFIG)
             self.np.start_daemon("numapin-compare.log")
             self.pid = self.np.proc.pid
 
@@ -177,7 +181,7 @@ def pct(x):
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
-def render(topology, specs, duration, phases, took):
+def render(topology, specs, duration, phases, took, numapin_settings):
     t = topo()
     nodes = len(t.nodes)
     L = []
@@ -196,12 +200,13 @@ def render(topology, specs, duration, phases, took):
              + ", each booting a 512-byte sector that spins on vCPU 0 (one busy vCPU, the others halted), "
              f"RAM allocated at start; then samples them every {SAMPLE:.0f} s for {duration} s, "
              "and destroys them.\n")
-    L.append("**Managers**: *kernel alone*: nothing but the kernel (automatic NUMA balancing on); "
+    cfg = ", ".join(f"`{sec}.{k} = {json.dumps(v)}`" for sec, kv in numapin_settings.items() for k, v in kv.items())
+    balancing = read("/proc/sys/kernel/numa_balancing").strip()
+    L.append(f"**Managers**: *kernel alone*: nothing but the kernel (`kernel.numa_balancing = {balancing}`); "
              "*numad*: Debian's numad 0.5 with its defaults (`numad -i 15`), in a time namespace "
              "that makes it see a host up for a day (it moves no process in the first 300 s of uptime); "
-             "*numapin*: `numapin run` with its defaults except `host.memory_headroom_mib = 32`, "
-             "`daemon.interval_secs = 15` (like numad's) and `apply.memory_verify_timeout_secs = 600` "
-             "(memory moves are slow under double emulation).\n")
+             f"*numapin*: `numapin run` with its defaults except {cfg} (a small lab whose memory "
+             "moves are slow under double emulation; the interval is numad's).\n")
     L.append("**Measures** (from /proc and sysfs, not from the managers' own output):\n")
     L.append("- *locality*: the expected share of a vCPU's memory accesses that are local: the sum over "
              "nodes of (share of the domain's vCPU run time on that node, over the last "
@@ -273,7 +278,8 @@ def main(repo, topology, args):
         phases.append(run_phase(kind, repo, specs, duration))
         with open(f"{OUT}/compare.json", "w") as f:
             json.dump({"topology": topology, "duration": duration, "phases": phases}, f, indent=1)
-    md = render(topology, specs, duration, phases, time.monotonic() - t0)
+    settings = Numapin(repo, **NUMAPIN_CONFIG).settings
+    md = render(topology, specs, duration, phases, time.monotonic() - t0, settings)
     with open(f"{OUT}/LAB.md", "w") as f:
         f.write(md)
     print(md)

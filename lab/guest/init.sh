@@ -4,7 +4,7 @@
 # guest). Mounts what libvirtd needs, starts virtlogd and libvirtd, runs
 # lab/guest/main.py with the kernel command line's lab* arguments, prints
 # `LAB: DONE` and powers off.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs -o mode=755 run /run

@@ -335,6 +335,7 @@ class Numapin:
         for key, value in overrides.items():
             section, _, name = key.partition("__")
             settings.setdefault(section, {})[name] = value
+        self.settings = settings
         with open(self.config, "w") as f:
             for section, values in settings.items():
                 f.write(f"[{section}]\n")

@@ -91,13 +91,16 @@ class Sampler:
 
 
 def spread(repo):
-    """Unpinned domains started together end up with vCPUs, emulator and
-    memory on one node each, spread evenly across the nodes."""
+    """Unpinned, unbound domains started together end up with vCPUs,
+    emulator and memory on one node each, spread evenly across the nodes."""
     t = topo()
     count = 4  # 4x1: one per node; 2x2: two per node
     daemon(repo, "numapin-spread.log")
     t0 = time.monotonic()
-    probes = start_many([(f"spread{i}", 96) for i in range(count)])
+    # Idle: under TCG every page a busy domain's memory move touches waits
+    # for a TLB-flush IPI to the outer vCPU running it, which makes moves
+    # minutes long on a loaded host (rebalance moves busy domains).
+    probes = start_many([(f"spread{i}", 96, {"busy": False}) for i in range(count)])
 
     def all_placed():
         nodes = [placed_on_one_node(p) for p in probes]
