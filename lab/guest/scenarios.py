@@ -25,10 +25,10 @@ class Skip(Exception):
 
 def cleanup():
     global DAEMON
+    destroy_all()  # first: the daemon stops after the move in flight
     if DAEMON:
         DAEMON.stop_daemon()
         DAEMON = None
-    destroy_all()
     for cpu in os.listdir("/sys/devices/system/cpu"):
         online = f"/sys/devices/system/cpu/{cpu}/online"
         if cpu.startswith("cpu") and os.path.exists(online) and read(online).strip() == "0":
@@ -273,8 +273,9 @@ def nested(repo):
 
 
 def snapshot_state(p):
+    # QEMU's thread-pool "worker" threads come and go on their own.
     return {
-        "threads": {tid: (comm, fmt(cpus)) for tid, comm, cpus in p.threads()},
+        "threads": {tid: (comm, fmt(cpus)) for tid, comm, cpus in p.threads() if comm != "worker"},
         "numatune": p.numatune(),
         "mems_allowed": fmt(p.mems_allowed()),
         "vcpupin": virsh("vcpupin", p.name, "--live"),
