@@ -1,7 +1,7 @@
 """Entry point inside the lab guest (started by init.sh).
 
 --mode run:     runs the scenarios named in --args (comma-separated, or
-                `all`) and prints `LAB: RESULT name PASS|FAIL|SKIP secs detail`.
+                `all`: every scenario but those in scenarios.EXTRA) and prints `LAB: RESULT name PASS|FAIL|SKIP secs detail`.
 --mode compare: runs lab/guest/compare.py with --args as its options.
 """
 
@@ -19,10 +19,11 @@ def run_scenarios(repo, names):
         names = list(scenarios.ALL)
     failed = 0
     for name in names:
-        fn = scenarios.ALL.get(name)
+        fn = scenarios.ALL.get(name) or scenarios.EXTRA.get(name)
         t0 = time.monotonic()
         if fn is None:
-            print(f"LAB: RESULT {name} FAIL 0 unknown scenario (known: {' '.join(scenarios.ALL)})", flush=True)
+            known = " ".join([*scenarios.ALL, *scenarios.EXTRA])
+            print(f"LAB: RESULT {name} FAIL 0 unknown scenario (known: {known})", flush=True)
             failed += 1
             continue
         labkit.log(f"=== scenario {name}")

@@ -301,7 +301,7 @@ def rollback(repo):
     assert steps[0] == "emulatorpin" and "vcpupin" in steps, f"unexpected plan {steps}"
     target = cpulist(d["actions"][0]["cpus"])
     main_tid = p.pid
-    proc = subprocess.Popen([np.bin, "apply", "--config", np.config, "--pause-between-steps-ms", "6000",
+    proc = subprocess.Popen([np.bin, "apply", "--config", np.config, "--pause-between-steps-ms", "10000",
                              "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def emulator_moved():
@@ -356,6 +356,40 @@ def topology(repo):
     assert caps.count("<cell id=") == want_nodes, "libvirt does not see the lab's cells"
     return f"host kind {kind}; {want_nodes} nodes x {want_per} CPU(s), distances {sorted({d for r in t.distances.values() for d in r})}"
 
+
+# --- not in `all`: reproduces a numapin defect (see lab/README.md) ----------
+
+
+def slow_libvirt(repo):
+    """A restrictive nodeset change that takes longer than
+    libvirt.call_timeout_secs (here 5 s; under TCG the kernel migrates the
+    pages inside libvirtd's call for tens of seconds). numapin gives up on
+    the call, cannot roll back while libvirtd is busy, and keeps the
+    journal. Expected: once libvirtd answers again, numapin still manages
+    the domain (it rolls back or adopts its own change). Fails while the
+    daemon takes its own late-landing change for an operator's."""
+    t = topo()
+    np = daemon(repo, "numapin-slow-libvirt.log", libvirt__call_timeout_secs=5)
+    r = start("slowmove", 96, numatune=("restrictive", fmt(t.nodes)))
+
+    def settled():
+        node = placed_on_one_node(r)
+        return node if node is not None and r.numatune()[1] == str(node) else None
+
+    node, took = wait_until("memory and vCPUs on one node", settled, timeout=300)
+    time.sleep(15)  # a few more cycles
+    log(describe(r))
+    timed_out = any("timed out" in ln for ln in np.log_lines())
+    status = json.loads(sh([np.bin, "status", "--config", np.config, "--format", "json"]))
+    d = next(x for x in status["domains"] if x["name"] == "slowmove")
+    assert timed_out, "the nodeset change finished within 5 s: not reproduced (try a bigger or busier domain)"
+    assert d["managed"] and not d.get("changed_by_operator"), (
+        f"after a libvirt call timed out, numapin no longer manages the domain: "
+        f"changed_by_operator={d.get('changed_by_operator')!r}, reason={d.get('reason')!r}")
+    return f"on node {node} after {took:.0f}s, still managed"
+
+
+EXTRA = {"slow-libvirt": slow_libvirt}
 
 ALL = {
     "topology": topology,
