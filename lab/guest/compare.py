@@ -24,6 +24,7 @@ CPU time and the kernel's page migration counter.
 import json
 import os
 import subprocess
+import threading
 import time
 
 import labkit
@@ -71,7 +72,20 @@ class Manager:
             self.pid = self.np.proc.pid
 
     def cpu(self):
-        return proc_cpu_seconds(self.pid) if self.pid else 0.0
+        user, system = self.cpu_split()
+        self.system0 = getattr(self, "system0", system)
+        return user + system
+
+    def cpu_split(self):
+        """(user, system) CPU seconds of the manager process."""
+        if not self.pid:
+            return 0.0, 0.0
+        try:
+            f = read(f"/proc/{self.pid}/stat").rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return 0.0, 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(f[11]) / tick, int(f[12]) / tick
 
     def stop(self):
         if self.kind == "numad" and self.pid:
@@ -81,13 +95,69 @@ class Manager:
             self.np.stop_daemon()
 
 
+class DomainSampler:
+    """Two threads per domain: every TICK, where its vCPU threads ran (never
+    blocks); every SAMPLE, its memory and affinities (reading numa_maps waits
+    while a memory move holds the process's mmap lock, so one domain's move
+    must not stall the others' samples)."""
+
+    def __init__(self, probe, manager):
+        self.p, self.mgr = probe, manager
+        self.ran = []  # (time, node, cpu seconds)
+        self.samples = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self.tick, self.sample)]
+        for th in self.threads:
+            th.start()
+
+    def tick(self):
+        node_of = topo().node_of
+        last = {}
+        while not self.stop.is_set():
+            now = time.monotonic()
+            try:
+                cur = self.p.cpu_seconds()
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            for tid, (cpu, secs) in cur.items():
+                prev = last.get(tid, (cpu, secs))[1]
+                self.ran.append((now, node_of.get(cpu), secs - prev))
+            last = cur
+            self.stop.wait(TICK)
+
+    def sample(self):
+        t = topo()
+        while not self.stop.wait(SAMPLE):
+            try:
+                mem = self.p.numa_maps()
+                allowed = sorted(self.p.vcpu_nodes())
+                emulator = sorted(t.nodes_of(self.p.emulator()))
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                return
+            now = time.monotonic()
+            recent = [(n, d) for (at, n, d) in list(self.ran) if at > now - WINDOW and n is not None]
+            busy = sum(d for _, d in recent)
+            run_share = {}
+            for n, d in recent:
+                run_share[n] = run_share.get(n, 0) + (d / busy if busy else 0)
+            total = sum(mem.values())
+            locality = sum(s * mem.get(n, 0) / total for n, s in run_share.items()) if total and busy else None
+            self.samples.append({
+                "t": round(now - self.p.started, 1), "domain": self.p.name, "allowed": allowed,
+                "emulator": emulator, "mem": {str(n): round(v, 1) for n, v in mem.items()},
+                "ran": {str(n): round(v, 3) for n, v in run_share.items()}, "locality": locality,
+            })
+
+    def finish(self):
+        self.stop.set()
+
+
 def run_phase(kind, repo, specs, duration):
     log(f"=== phase {kind}")
     labkit.destroy_all()
     sh(["sync"])
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3")
-    t = topo()
     mgr = Manager(kind, repo)
     mgr.start()
     cpu0 = mgr.cpu()
@@ -96,51 +166,31 @@ def run_phase(kind, repo, specs, duration):
     mig0 = vmstat("pgmigrate_success")
     probes = start_many(specs)
     t0 = min(p.started for p in probes)
-    ran = {p.name: [] for p in probes}  # (t, node, cpu seconds) per tick
-    last = {p.name: p.cpu_seconds() for p in probes}
-    samples = []
-    next_sample = time.monotonic()
+    samplers = [DomainSampler(p, mgr) for p in probes]
     while time.monotonic() - t0 < duration:
-        now = time.monotonic()
-        for p in probes:
-            cur = p.cpu_seconds()
-            for tid, (cpu, secs) in cur.items():
-                prev = last[p.name].get(tid, (cpu, secs))[1]
-                ran[p.name].append((now, t.node_of.get(cpu), secs - prev))
-            last[p.name] = cur
-        if now >= next_sample:
-            next_sample += SAMPLE
-            for p in probes:
-                recent = [(n, d) for (at, n, d) in ran[p.name] if at > now - WINDOW and n is not None]
-                busy = sum(d for _, d in recent)
-                run_share = {}
-                for n, d in recent:
-                    run_share[n] = run_share.get(n, 0) + (d / busy if busy else 0)
-                mem = p.numa_maps()
-                total = sum(mem.values())
-                locality = sum(s * mem.get(n, 0) / total for n, s in run_share.items()) if total and busy else None
-                samples.append({
-                    "t": round(now - p.started, 1), "domain": p.name,
-                    "allowed": sorted(p.vcpu_nodes()), "emulator": sorted(t.nodes_of(p.emulator())),
-                    "mem": {str(n): round(v, 1) for n, v in mem.items()},
-                    "ran": {str(n): round(v, 3) for n, v in run_share.items()},
-                    "locality": locality, "manager_cpu": round((mgr.cpu() or 0) - (cpu0 or 0), 2),
-                })
-            s = samples[-len(probes):]
-            log(f"{kind} t={now - t0:5.0f}s " + " | ".join(
-                f"{x['domain']} cpus@{fmt(x['allowed'])} mem {labkit.show_mem({int(k): v for k, v in x['mem'].items()})}"
-                f" loc {'-' if x['locality'] is None else round(100 * x['locality'])}%" for x in s))
-        time.sleep(TICK)
+        time.sleep(15)
+        line = []
+        for sm in samplers:
+            if sm.samples:
+                x = sm.samples[-1]
+                loc = "-" if x["locality"] is None else f"{100 * x['locality']:.0f}%"
+                mem = labkit.show_mem({int(k): v for k, v in x["mem"].items()})
+                line.append(f"{x['domain']}@{x['t']:.0f}s cpus@{fmt(x['allowed'])} mem {mem} loc {loc}")
+        log(f"{kind} t={time.monotonic() - t0:4.0f}s " + " | ".join(line))
+    for sm in samplers:
+        sm.finish()
+    user, system = mgr.cpu_split()
     result = {
         "manager": kind,
-        "manager_cpu": round((mgr.cpu() or 0) - (cpu0 or 0), 2),
+        "manager_cpu": round(user + system - (cpu0 or 0), 2),
+        "manager_cpu_system": round(system - mgr.system0, 2),
         "libvirtd_cpu": round((proc_cpu_seconds(lv) or 0) - (lv0 or 0), 2),
         "migrated_mib": round((vmstat("pgmigrate_success") - mig0) * 4 / 1024),
-        "samples": samples,
+        "samples": sorted((x for sm in samplers for x in sm.samples), key=lambda x: (x["domain"], x["t"])),
         "domains": [p.name for p in probes],
     }
     # Domains first: a manager stops after the memory move in flight,
-    # which ends at once when the domain is gone.
+    # which ends at once when the domain is gone (so do blocked samplers).
     labkit.destroy_all()
     mgr.stop()
     return result
@@ -215,9 +265,13 @@ def render_header(numapin_settings):
         "stays on those nodes (\"never\": not by the end);",
         "- *MiB moved*: memory that changed node between consecutive samples (half the sum of "
         "per-node changes); *kernel migrated*: the whole lab's `pgmigrate_success` over the phase;",
-        "- *manager CPU*: user+system CPU seconds of the numad or numapin process over the phase "
-        "(migrate_pages(2) runs in its context); *libvirtd CPU*: libvirtd's, which serves "
-        "numapin's calls (and migrates a restrictive domain's memory).\n",
+        "- *manager CPU*: user+system CPU seconds of the numad or numapin process over the phase, "
+        "and the system part: migrate_pages(2) runs in its context, and under TCG a page move "
+        "spins in the kernel until the emulated CPU running the busy vCPU acknowledges the TLB "
+        "flush, so system time here is mostly waiting; *libvirtd CPU*: libvirtd's, which serves "
+        "numapin's calls (and migrates a restrictive domain's memory);",
+        "- samples of a domain pause while a memory move holds its process's mmap lock "
+        "(numa_maps cannot be read then): \"-\" in the table over time.\n",
         "Caveat: the lab emulates every CPU (TCG inside TCG), so absolute times, and "
         "memory moves above all, are far slower than on real hardware (a page move waits for a "
         "TLB-flush IPI to the emulated CPU running the busy vCPU); compare the managers "
@@ -255,7 +309,7 @@ def render_section(topology, specs, duration, phases, took):
     for ph in phases:
         s = summarize(ph, nodes)
         locs = [x["mean_locality"] for x in s if x["mean_locality"] is not None]
-        cpu = "-" if ph["manager"] == "none" else f"{ph['manager_cpu']:.1f} s"
+        cpu = "-" if ph["manager"] == "none" else f"{ph['manager_cpu']:.1f} s ({ph.get('manager_cpu_system', 0):.1f} s system)"
         L.append(f"| {names[ph['manager']]} | {pct(sum(locs) / len(locs) if locs else None)} | "
                  f"{sum(1 for x in s if x['placed'] is not None)} of {len(s)} | {cpu} | "
                  f"{ph['libvirtd_cpu']:.1f} s | {ph['migrated_mib']} MiB |")
