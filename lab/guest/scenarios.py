@@ -1,0 +1,407 @@
+"""The lab's end-to-end scenarios. Each starts real inner domains under the
+lab's libvirtd, lets numapin act (its daemon, or one apply), and asserts
+from the kernel's own files: /proc/PID/task/*/status (Cpus_allowed_list),
+/proc/PID/numa_maps and the domain cgroup's memory.numa_stat, not from
+numapin's output. A scenario returns a one-line summary or raises.
+"""
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+from labkit import (OUT, Numapin, Probe, cpulist, describe, destroy_all, fmt, log, read, share_on,
+                    sh, show_mem, start, start_many, topo, virsh, wait_until)
+
+TOPOLOGY = "4x1"
+ON_NODE = 0.9  # share of anonymous memory that counts as "on the node"
+DAEMON = None  # the running numapin daemon, stopped by cleanup()
+
+
+class Skip(Exception):
+    pass
+
+
+def cleanup():
+    global DAEMON
+    destroy_all()  # first: the daemon stops after the move in flight
+    if DAEMON:
+        DAEMON.stop_daemon()
+        DAEMON = None
+    for cpu in os.listdir("/sys/devices/system/cpu"):
+        online = f"/sys/devices/system/cpu/{cpu}/online"
+        if cpu.startswith("cpu") and os.path.exists(online) and read(online).strip() == "0":
+            with open(online, "w") as f:
+                f.write("1")
+    sh(["rm", "-rf", "/run/numapin"])
+
+
+def daemon(repo, logname, **config):
+    global DAEMON
+    DAEMON = Numapin(repo, **config)
+    DAEMON.start_daemon(logname)
+    return DAEMON
+
+
+def placed_on_one_node(p):
+    """The node a domain's vCPUs, emulator and memory are all on, or None."""
+    v = p.vcpu_nodes()
+    if len(v) != 1 or topo().nodes_of(p.emulator()) != v:
+        return None
+    (node,) = v
+    if share_on(p.numa_maps(), v) < ON_NODE or share_on(p.numa_stat(), v) < ON_NODE:
+        return None
+    return node
+
+
+class Sampler:
+    """Records, every second, where each domain's memory is, to see when it moved."""
+
+    def __init__(self, probes):
+        self.probes = probes
+        self.samples = []  # (t, name, vcpu nodes, numa_maps per node)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            for p in self.probes:
+                try:
+                    self.samples.append((time.monotonic(), p.name, p.vcpu_nodes(), p.numa_maps()))
+                except (FileNotFoundError, ProcessLookupError, ValueError):
+                    pass
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join()
+
+    def moving(self, name, old, new):
+        """(start, end) of the move old -> new: from the last sample with
+        the memory still on `old` to the first with it on `new`."""
+        rows = [(t, mem) for t, n, _, mem in self.samples if n == name]
+        end = next((t for t, mem in rows if share_on(mem, {new}) >= ON_NODE), None)
+        begin = max((t for t, mem in rows if share_on(mem, {old}) >= ON_NODE and (end is None or t < end)),
+                    default=None)
+        return begin, end
+
+
+# --- 1. spread -------------------------------------------------------------
+
+
+def spread(repo):
+    """Unpinned, unbound domains started together end up with vCPUs,
+    emulator and memory on one node each, spread evenly across the nodes."""
+    t = topo()
+    count = 4  # 4x1: one per node; 2x2: two per node
+    daemon(repo, "numapin-spread.log")
+    t0 = time.monotonic()
+    # Idle: under TCG every page a busy domain's memory move touches waits
+    # for a TLB-flush IPI to the outer vCPU running it, which makes moves
+    # minutes long on a loaded host (rebalance moves busy domains).
+    probes = start_many([(f"spread{i}", 96, {"busy": False}) for i in range(count)])
+
+    def all_placed():
+        nodes = [placed_on_one_node(p) for p in probes]
+        return None if None in nodes else nodes
+
+    nodes, _ = wait_until("every domain on one node", all_placed, timeout=420)
+    took = time.monotonic() - t0
+    for p in probes:
+        log(describe(p))
+    per_node = [nodes.count(n) for n in t.nodes]
+    assert max(per_node) - min(per_node) <= 1, f"not spread: domains per node {per_node}"
+    # Stable: nothing moves back in the next cycles.
+    time.sleep(12)
+    again = [placed_on_one_node(p) for p in probes]
+    assert again == nodes, f"placement changed afterwards: {nodes} -> {again}"
+    return f"{count} domains on nodes {nodes} (per node {per_node}), all placed {took:.0f}s after the first start"
+
+
+# --- 2. rebalance -----------------------------------------------------------
+
+
+def rebalance(repo):
+    """Two managed busy domains, one restrictive (memory moves through
+    libvirt's live numatune) and one unbound (migrate_pages), are placed;
+    hand-pinned busy domains then overload their nodes. The daemon moves
+    them away, vCPUs and memory, one move per cycle (the MiB budget is below
+    two domains), and the memory really is on the new node."""
+    t = topo()
+    mib = 64
+    np = daemon(repo, "numapin-rebalance.log", planner__max_migrate_mib_per_cycle=mib // 2)
+    r, u = start_many([("restrictive", mib, {"numatune": ("restrictive", fmt(t.nodes))}), ("unbound", mib)])
+    (nr, nu), _ = wait_until("both placed", lambda: (lambda a, b: (a, b) if None not in (a, b) else None)(
+        placed_on_one_node(r), placed_on_one_node(u)), timeout=300)
+    log(f"placed: restrictive on node {nr}, unbound on node {nu}")
+    assert r.numatune() == ("restrictive", str(nr)), f"restrictive numatune is {r.numatune()}"
+    # Overload: with one CPU per node, a hog on each of their nodes (both
+    # must move); with two, two hogs on one node (one must move).
+    hogged = [nr, nu] if len(t.nodes[nr]) == 1 else [nr, nr]
+    to_move = {"restrictive": nr, "unbound": nu} if hogged == [nr, nu] else {"restrictive": nr}
+    sampler = Sampler([r, u])
+    mib_before = {p.name: p.numa_maps() for p in (r, u)}
+    # Created paused, then resumed together: a memory move holds the
+    # cgroup locks, and starting a domain meanwhile would wait for it.
+    hogs = start_many([(f"hog{i}", 32, {"cpuset": fmt(t.nodes[node]), "numatune": ("strict", str(node)),
+                                        "paused": True}) for i, node in enumerate(hogged)])
+    for h in hogs:
+        virsh("resume", h.name)
+
+    def moved():
+        now = {"restrictive": placed_on_one_node(r), "unbound": placed_on_one_node(u)}
+        if any(now[n] is None or now[n] == old or now[n] in hogged for n, old in to_move.items()):
+            return None
+        return now
+
+    now, took = wait_until("overloaded domains moved", moved, timeout=600)
+    sampler.finish()
+    for p in (r, u):
+        log(describe(p))
+    stays = {"restrictive": nr, "unbound": nu}
+    for name, node in now.items():
+        if name not in to_move:
+            assert node == stays[name], f"{name} moved from {stays[name]} to {node} without need"
+    # Restrictive: libvirt's binding and the cgroup follow.
+    if "restrictive" in to_move:
+        assert r.numatune() == ("restrictive", str(now["restrictive"])), f"numatune {r.numatune()}"
+        assert r.mems_allowed() == {now["restrictive"]}, f"Mems_allowed_list {fmt(r.mems_allowed())}"
+    # Budget: moves never overlap (each would exceed it with the other).
+    windows = {name: sampler.moving(name, to_move[name], now[name]) for name in to_move}
+    log(f"move windows (s since start): { {n: (round(a - r.started), round(b - r.started)) for n, (a, b) in windows.items() if a and b} }")
+    if len(windows) == 2:
+        (a0, a1), (b0, b1) = windows.values()
+        assert a1 <= b0 + 1.5 or b1 <= a0 + 1.5, f"memory of both domains moved at once: {windows}"
+    moved_mib = {n: mib_before[n].get(to_move[n], 0) for n in to_move}
+    # numapin's log agrees: no cycle re-placed more than one of them.
+    per_cycle, moves = [], 0
+    for line in np.log_lines():
+        if "changing placement" in line and "rebalance" in line:
+            moves += 1
+        elif "numapin::daemon: cycle:" in line:
+            per_cycle.append(moves)
+            moves = 0
+    assert max(per_cycle + [moves]) <= 1, f"rebalancing moves per cycle: {per_cycle}"
+    return (f"moved {', '.join(f'{n} {to_move[n]}->{now[n]} ({moved_mib[n]:.0f} MiB)' for n in to_move)} "
+            f"{took:.0f}s after the overload; moves one at a time")
+
+
+# --- 3. cells ----------------------------------------------------------------
+
+
+def cells(repo):
+    """A guest with two vNUMA cells gets each cell on its own host node,
+    the two closest, and its memory on them."""
+    t = topo()
+    daemon(repo, "numapin-cells.log")
+    per = 1
+    p = start("cells", 160, vcpus=2 * per, busy=False, cells=[64, 96])
+
+    def mapped():
+        v = p.vcpus()
+        if len(v) != 2 * per:
+            return None
+        cell_nodes = [t.nodes_of(set().union(*(v[i] for i in range(c * per, c * per + per)))) for c in (0, 1)]
+        if any(len(n) != 1 for n in cell_nodes) or cell_nodes[0] == cell_nodes[1]:
+            return None
+        nodes = cell_nodes[0] | cell_nodes[1]
+        if not t.nodes_of(p.emulator()) <= nodes:
+            return None
+        if share_on(p.numa_maps(), nodes) < ON_NODE or share_on(p.numa_stat(), nodes) < ON_NODE:
+            return None
+        return [min(n) for n in cell_nodes]
+
+    (a, b), took = wait_until("cells on distinct nodes", mapped, timeout=300)
+    log(describe(p))
+    closest = min(d for n, row in t.distances.items() for m, d in enumerate(row) if m != n)
+    assert t.distances[a][b] == closest, f"cells on nodes {a},{b} at distance {t.distances[a][b]}, closest is {closest}"
+    return f"cell 0 -> node {a}, cell 1 -> node {b} (distance {t.distances[a][b]}) in {took:.0f}s; {cell_memory(p, [64, 96], [a, b])}"
+
+
+def cell_memory(p, sizes, nodes):
+    """Where each cell's RAM block (told apart by size) is, against its
+    cell's node. numapin moves an unbound domain's memory as a whole
+    (migrate_pages to the union of its nodes), so a block may sit on the
+    other cell's node: reported, not asserted."""
+    out = []
+    blocks = p.vmas(min_mib=min(sizes) * 3 // 4)
+    for cell, (size, node) in enumerate(zip(sizes, nodes)):
+        block = min(blocks, key=lambda b: abs(sum(b[1].values()) - size), default=None)
+        if block is None:
+            continue
+        here = share_on(block[1], {node})
+        out.append(f"cell {cell} RAM {show_mem(block[1])} MiB ({here:.0%} on its node {node})")
+    return "; ".join(out)
+
+
+# --- 4. nested ---------------------------------------------------------------
+
+
+def nested(repo):
+    """A guest that requires svm (a hypervisor itself) with two cells gets
+    1:1 pins: each vCPU on its own CPU, the CPUs of a cell on one node,
+    cells on distinct nodes, memory there."""
+    t = topo()
+    daemon(repo, "numapin-nested.log")
+    per = min(len(c) for c in t.nodes.values())
+    p = start("nested", 144, vcpus=2 * per, busy=False, cells=[64, 80], nested=True)
+
+    def pinned():
+        v = p.vcpus()
+        if len(v) != 2 * per or any(len(c) != 1 for c in v.values()):
+            return None
+        cpus = [min(v[i]) for i in range(2 * per)]
+        if len(set(cpus)) != len(cpus):
+            return None
+        cell_nodes = [{t.node_of[c] for c in cpus[k * per:(k + 1) * per]} for k in (0, 1)]
+        if any(len(n) != 1 for n in cell_nodes) or cell_nodes[0] == cell_nodes[1]:
+            return None
+        nodes = cell_nodes[0] | cell_nodes[1]
+        if share_on(p.numa_maps(), nodes) < ON_NODE or share_on(p.numa_stat(), nodes) < ON_NODE:
+            return None
+        return cpus
+
+    cpus, took = wait_until("1:1 cell-aligned pins", pinned, timeout=300)
+    log(describe(p))
+    nodes = [t.node_of[c] for c in cpus[::per]]
+    return (f"vCPU -> CPU {dict(enumerate(cpus))} (cells on nodes {nodes}) in {took:.0f}s; "
+            f"{cell_memory(p, [64, 80], nodes)}")
+
+
+# --- 5. rollback --------------------------------------------------------------
+
+
+def snapshot_state(p):
+    # QEMU's thread-pool "worker" threads come and go on their own.
+    return {
+        "threads": {tid: (comm, fmt(cpus)) for tid, comm, cpus in p.threads() if comm != "worker"},
+        "numatune": p.numatune(),
+        "mems_allowed": fmt(p.mems_allowed()),
+        "vcpupin": virsh("vcpupin", p.name, "--live"),
+        "emulatorpin": virsh("emulatorpin", p.name, "--live"),
+    }
+
+
+def rollback(repo):
+    """numapin apply, paused between steps; after its first step the
+    target CPUs go offline, so libvirt refuses the vCPU pin for real.
+    numapin rolls back: every thread's affinity, the numatune and the
+    memory are as before."""
+    t = topo()
+    np = Numapin(repo, host__reserved_cpus="0")  # CPU 0 cannot go offline
+    p = start("victim", 96, vcpus=2, busy=False, numatune=("restrictive", fmt(t.nodes)))
+    time.sleep(2)
+    before = snapshot_state(p)
+    mem_before = p.numa_maps()
+    plan = np.json("apply", "--dry-run")
+    d = next(x for x in plan["domains"] if x["name"] == "victim")
+    steps = [a["action"] for a in d["actions"]]
+    log(f"plan: {[str(a) for a in d['actions']]}")
+    assert steps[0] == "emulatorpin" and "vcpupin" in steps, f"unexpected plan {steps}"
+    target = cpulist(d["actions"][0]["cpus"])
+    main_tid = p.pid
+    proc = subprocess.Popen([np.bin, "apply", "--config", np.config, "--pause-between-steps-ms", "10000",
+                             "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def emulator_moved():
+        return cpulist(read(f"/proc/{p.pid}/task/{main_tid}/status").split("Cpus_allowed_list:")[1].split()[0]) == target
+
+    wait_until("the emulator pin (step 1) applied", emulator_moved, timeout=120, interval=0.3)
+    log(f"step 1 applied: emulator on {fmt(target)}; taking CPUs {fmt(target)} offline")
+    for c in target:
+        with open(f"/sys/devices/system/cpu/cpu{c}/online", "w") as f:
+            f.write("0")
+    out, err = proc.communicate(timeout=300)
+    for c in target:
+        with open(f"/sys/devices/system/cpu/cpu{c}/online", "w") as f:
+            f.write("1")
+    time.sleep(2)
+    log(f"numapin apply exit {proc.returncode}; stderr: {err.strip()[-600:]}")
+    assert proc.returncode == 75, f"numapin apply exited {proc.returncode}, not 75"
+    outcome = next(o for o in json.loads(out) if o.get("domain", o.get("name")) == "victim" or "victim" in json.dumps(o))
+    log(f"outcome: {json.dumps(outcome)[:400]}")
+    after = snapshot_state(p)
+    for key in before:
+        assert before[key] == after[key], f"{key} differs after the rollback:\n before {before[key]}\n after  {after[key]}"
+    mem_after = p.numa_maps()
+    for n in set(mem_before) | set(mem_after):
+        assert abs(mem_before.get(n, 0) - mem_after.get(n, 0)) < 4, f"memory moved: {show_mem(mem_before)} -> {show_mem(mem_after)}"
+    return (f"vcpupin refused by libvirt (CPU {fmt(target)} offline) after the emulator pin; rolled back: "
+            f"{len(before['threads'])} threads' affinity, numatune {after['numatune']}, memory {show_mem(mem_after)} MiB as before")
+
+
+# --- 6. topology --------------------------------------------------------------
+
+
+def topology(repo):
+    """numapin inside the lab is on a virtual topology (nested case): it
+    says so, and reads the lab's nodes, CPUs and distances correctly."""
+    t = topo()
+    bin_ = f"{repo}/target/release/numapin"
+    table = sh([bin_, "topology"])
+    log("numapin topology:\n" + table)
+    j = json.loads(sh([bin_, "topology", "--format", "json"]))
+    kind = j["kind"]
+    assert kind["type"] == "virtual", f"host kind {kind}, expected virtual"
+    assert "virtual machine" in table.splitlines()[0], f"table does not say virtual: {table.splitlines()[0]}"
+    nodes = {n["id"]: cpulist(n["cpus"]) for n in j["nodes"]}
+    assert nodes == t.nodes, f"numapin nodes {nodes}, kernel {t.nodes}"
+    want_nodes, want_per = (int(x) for x in TOPOLOGY.split("x"))
+    assert len(nodes) == want_nodes and all(len(c) == want_per for c in nodes.values()), f"not {TOPOLOGY}: {nodes}"
+    for n in j["nodes"]:
+        row = [n["distances"][str(m)] for m in sorted(nodes)]
+        assert row == t.distances[n["id"]], f"node {n['id']} distances {row}, kernel {t.distances[n['id']]}"
+    caps = virsh("capabilities")
+    assert caps.count("<cell id=") == want_nodes, "libvirt does not see the lab's cells"
+    return f"host kind {kind}; {want_nodes} nodes x {want_per} CPU(s), distances {sorted({d for r in t.distances.values() for d in r})}"
+
+
+# --- not in `all`: reproduces a numapin defect (see lab/README.md) ----------
+
+
+def slow_libvirt(repo):
+    """A restrictive nodeset change that takes longer than
+    libvirt.call_timeout_secs (here 5 s; under TCG the kernel migrates a
+    busy domain's pages inside libvirtd's call for a minute or more): a
+    busy restrictive domain is placed, then hand-pinned busy domains
+    overload its node so numapin moves it. numapin gives up on the call,
+    cannot roll back while libvirtd is busy, and keeps the journal.
+    Expected: once libvirtd answers again, numapin still manages the
+    domain (it rolls back or adopts its own change). Fails while the daemon
+    takes its own late-landing change for an operator's."""
+    t = topo()
+    np = daemon(repo, "numapin-slow-libvirt.log", libvirt__call_timeout_secs=5)
+    r = start("slowmove", 96, numatune=("restrictive", fmt(t.nodes)))
+    node, _ = wait_until("placed", lambda: placed_on_one_node(r), timeout=300)
+    hogs = start_many([(f"hog{i}", 32, {"cpuset": fmt(t.nodes[node]), "numatune": ("strict", str(node)),
+                                        "paused": True}) for i in range(len(t.nodes[node]) + 1)])
+    for h in hogs:
+        virsh("resume", h.name)
+    wait_until("a libvirt call timed out", lambda: any("timed out" in ln for ln in np.log_lines()), timeout=300)
+
+    # Then libvirtd finishes the move; give numapin a few cycles after that.
+    wait_until("libvirtd answers again", lambda: r.numatune()[1] != fmt(t.nodes), timeout=600)
+    time.sleep(30)
+    where = describe(r)
+    log(where)
+    status = json.loads(sh([np.bin, "status", "--config", np.config, "--format", "json"]))
+    d = next(x for x in status["domains"] if x["name"] == "slowmove")
+    assert d["managed"] and not d.get("changed_by_operator"), (
+        f"after a libvirt call timed out, numapin no longer manages the domain: "
+        f"changed_by_operator={d.get('changed_by_operator')!r}; it is left as {where}")
+    now = placed_on_one_node(r)
+    assert now is not None, f"numapin still manages it, but it is split: {where}"
+    return f"moved {node} -> {now}, still managed after the timeout"
+
+
+EXTRA = {"slow-libvirt": slow_libvirt}
+
+ALL = {
+    "topology": topology,
+    "spread": spread,
+    "rebalance": rebalance,
+    "cells": cells,
+    "nested": nested,
+    "rollback": rollback,
+}
