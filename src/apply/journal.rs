@@ -184,6 +184,25 @@ impl Journal {
     /// cannot be read is an error, never skipped: it stands for a domain
     /// that may be half-changed.
     pub fn pending(&self) -> Result<Vec<Record>, JournalError> {
+        self.read(true)
+    }
+
+    /// The unfinished records under `state_dir`, for a reader that does not
+    /// hold the lock (`status`, `plan`): nothing is created or tidied, and
+    /// a missing journal has none.
+    pub fn peek(state_dir: &Path) -> Result<Vec<Record>, JournalError> {
+        let journal = Self {
+            dir: state_dir.join(TRANSACTIONS),
+        };
+        if !journal.dir.exists() {
+            return Ok(Vec::new());
+        }
+        journal.read(false)
+    }
+
+    /// `tidy`: remove temporary files of writes that never completed; only
+    /// the lock holder may, as it is the only writer.
+    fn read(&self, tidy: bool) -> Result<Vec<Record>, JournalError> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_error(&self.dir))? {
             let path = entry.map_err(io_error(&self.dir))?.path();
@@ -191,7 +210,7 @@ impl Journal {
             match name {
                 // A temporary file is a write that never completed; the
                 // record it was replacing (if any) is still there.
-                Some(n) if n.ends_with(".json.tmp") => {
+                Some(n) if tidy && n.ends_with(".json.tmp") => {
                     let _ = fs::remove_file(&path);
                 }
                 Some(n) if n.ends_with(".json") => {

@@ -3,6 +3,7 @@
 //! a later start finds a transaction a killed numapin left unfinished.
 
 use crate::host_error::HostError;
+use crate::idset::IdSet;
 use crate::libvirt::Scope;
 use crate::planner::Action;
 
@@ -68,7 +69,7 @@ pub fn rollback(host: &dyn DomainHost, record: &Record) -> Undo {
             }
         }
     }
-    match read_back_matches(host, record) {
+    match differences(host, record, Expected::Prior) {
         Ok(mismatches) => {
             for m in &mismatches {
                 tracing::error!(domain = %d.name, mismatch = %m, "not restored");
@@ -85,52 +86,68 @@ pub fn rollback(host: &dyn DomainHost, record: &Record) -> Undo {
     undo
 }
 
-/// Differences between the domain now and its prior state, for the
-/// settings the record's steps touched.
-fn read_back_matches(host: &dyn DomainHost, record: &Record) -> Result<Vec<String>, HostError> {
+/// The state a read-back is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// As the domain was before the transaction.
+    Prior,
+    /// As the transaction's steps set it.
+    Target,
+}
+
+/// Differences between the domain now and `expected`, for the settings the
+/// record's started steps touched. Memory moves are not compared: where
+/// pages are is not a libvirt setting, and numapin runs those moves itself.
+pub fn differences(
+    host: &dyn DomainHost,
+    record: &Record,
+    expected: Expected,
+) -> Result<Vec<String>, HostError> {
     let d = &record.domain;
     let prior = &record.prior;
     let pins = host.pins(d)?;
     let mut out = Vec::new();
+    let mut compare = |what: String, now: Option<&IdSet>, prior: Option<&IdSet>, target: &IdSet| {
+        let want = match expected {
+            Expected::Prior => prior,
+            Expected::Target => Some(target),
+        };
+        // A setting the prior state does not have (a vCPU plugged since)
+        // has nothing to be restored to.
+        if want.is_some() && now != want {
+            out.push(format!("{what} is {}, expected {}", show(now), show(want)));
+        }
+    };
     for step in &record.steps[..record.attempted.min(record.steps.len())] {
         match step {
-            Action::Vcpupin { vcpu, .. } => {
-                if let Some(was) = prior.pins.vcpus.get(vcpu)
-                    && pins.vcpus.get(vcpu) != Some(was)
-                {
-                    out.push(format!(
-                        "vCPU {vcpu} is on {}, was {was}",
-                        show(pins.vcpus.get(vcpu))
-                    ));
-                }
-            }
-            Action::Emulatorpin { .. } if pins.emulator != prior.pins.emulator => {
-                out.push(format!(
-                    "emulator is on {}, was {}",
-                    pins.emulator, prior.pins.emulator
-                ));
-            }
-            Action::Iothreadpin { iothread, .. } => {
-                if let Some(was) = prior.pins.iothreads.get(iothread)
-                    && pins.iothreads.get(iothread) != Some(was)
-                {
-                    out.push(format!(
-                        "iothread {iothread} is on {}, was {was}",
-                        show(pins.iothreads.get(iothread))
-                    ));
-                }
-            }
-            Action::SetMemoryNodeset { .. } => {
+            Action::Vcpupin { vcpu, cpus } => compare(
+                format!("vCPU {vcpu}'s pin"),
+                pins.vcpus.get(vcpu),
+                prior.pins.vcpus.get(vcpu),
+                cpus,
+            ),
+            Action::Emulatorpin { cpus } => compare(
+                "the emulator pin".into(),
+                Some(&pins.emulator),
+                Some(&prior.pins.emulator),
+                cpus,
+            ),
+            Action::Iothreadpin { iothread, cpus } => compare(
+                format!("iothread {iothread}'s pin"),
+                pins.iothreads.get(iothread),
+                prior.pins.iothreads.get(iothread),
+                cpus,
+            ),
+            Action::SetMemoryNodeset { nodeset } => {
                 let now = host.memory_binding(d)?.nodeset;
-                if now != prior.binding.nodeset {
-                    out.push(format!(
-                        "memory nodeset is {}, was {}",
-                        show(now.as_ref()),
-                        show(prior.binding.nodeset.as_ref())
-                    ));
-                }
+                compare(
+                    "the memory nodeset".into(),
+                    now.as_ref(),
+                    prior.binding.nodeset.as_ref(),
+                    nodeset,
+                );
             }
-            _ => {}
+            Action::MigratePages { .. } => {}
         }
     }
     Ok(out)

@@ -11,7 +11,7 @@ use crate::planner::Action;
 
 use super::fake::{FakeHost, FakeState};
 use super::journal::{Journal, Prior, Record};
-use super::recovery::{RecoveryResult, recover};
+use super::recovery::{RecoveryResult, recover, recover_pass};
 use super::transaction::{Outcome, run};
 use super::{ApplyOptions, NoHook, StepHook};
 
@@ -451,4 +451,94 @@ fn memory_never_moves_under_a_job_that_started_meanwhile() {
             .any(|c| c.starts_with("migrate_pages"))
     );
     assert_eq!(host.snapshot().pins, before.pins);
+}
+
+/// libvirt did not answer the nodeset change in time. numapin must not
+/// undo anything while the call may still land: the journal keeps the
+/// transaction and no undo is sent.
+fn timed_out_at_the_last_step(host: &FakeHost, j: &Journal) {
+    host.faults.borrow_mut().fail_change = Some((4, ErrorKind::Timeout));
+    let outcome = apply(host, j, &steps(restrictive()));
+    assert!(
+        matches!(outcome, Outcome::RollbackPending { failed_step: 5, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        host.changes.borrow().len(),
+        5,
+        "no undo sent: {:?}",
+        host.changes.borrow()
+    );
+    assert_eq!(j.pending().unwrap().len(), 1);
+    host.faults.borrow_mut().fail_change = None;
+}
+
+#[test]
+fn a_timed_out_change_that_landed_late_is_kept_as_applied() {
+    let host = FakeHost::new(state(Some("restrictive")));
+    let (_t, j) = journal();
+    timed_out_at_the_last_step(&host, &j);
+    // libvirtd finishes the call after numapin gave up on it.
+    host.state.borrow_mut().binding.nodeset = Some(set("1"));
+    let changes_before = host.changes.borrow().len();
+
+    let pass = recover_pass(&host, &j).unwrap();
+    assert!(pass.waiting.is_empty());
+    assert_eq!(pass.resolved[0].result, RecoveryResult::Completed);
+    assert!(pass.resolved[0].result.leaves_numapins_pins());
+    assert_eq!(
+        host.changes.borrow().len(),
+        changes_before,
+        "nothing moved again"
+    );
+    assert_eq!(host.snapshot().pins.emulator, set("4-7"));
+    assert!(j.pending().unwrap().is_empty());
+}
+
+#[test]
+fn a_timed_out_change_that_never_landed_is_rolled_back() {
+    let before = state(Some("restrictive"));
+    let host = FakeHost::new(before.clone());
+    let (_t, j) = journal();
+    timed_out_at_the_last_step(&host, &j);
+
+    let pass = recover_pass(&host, &j).unwrap();
+    assert_eq!(pass.resolved[0].result, RecoveryResult::RolledBack);
+    assert_eq!(host.snapshot().pins, before.pins);
+    assert_eq!(host.snapshot().binding, before.binding);
+    assert!(j.pending().unwrap().is_empty());
+}
+
+#[test]
+fn a_timed_out_step_before_the_last_is_rolled_back_even_when_it_landed() {
+    let before = state(Some("restrictive"));
+    let host = FakeHost::new(before.clone());
+    host.faults.borrow_mut().fail_change = Some((2, ErrorKind::Timeout));
+    let (_t, j) = journal();
+    let outcome = apply(&host, &j, &steps(restrictive()));
+    assert!(
+        matches!(outcome, Outcome::RollbackPending { failed_step: 3, .. }),
+        "{outcome:?}"
+    );
+    host.faults.borrow_mut().fail_change = None;
+    // The vCPU pin lands late; the rest of the transaction never ran.
+    host.state.borrow_mut().pins.vcpus.insert(0, set("4-5"));
+
+    let pass = recover_pass(&host, &j).unwrap();
+    assert_eq!(pass.resolved[0].result, RecoveryResult::RolledBack);
+    assert_eq!(host.snapshot().pins, before.pins);
+}
+
+#[test]
+fn a_pass_leaves_records_libvirt_cannot_resolve_waiting() {
+    let host = FakeHost::new(state(Some("restrictive")));
+    let (_t, j) = journal();
+    timed_out_at_the_last_step(&host, &j);
+    host.faults.borrow_mut().unreachable_from_change = Some(0);
+
+    let pass = recover_pass(&host, &j).unwrap();
+    assert!(pass.resolved.is_empty());
+    assert_eq!(pass.waiting.len(), 1);
+    assert!(pass.waiting[0].1.is_unreachable());
+    assert_eq!(j.pending().unwrap().len(), 1, "kept for the next pass");
 }

@@ -48,8 +48,9 @@ pub enum Outcome {
         undo_errors: Vec<String>,
     },
     /// A step failed and the undo could not finish because libvirt could
-    /// not be reached; the journal record is kept and the next start
-    /// completes the rollback.
+    /// not be reached, or a step's call timed out and may still land; the
+    /// journal record is kept and the daemon's next cycle (or the next
+    /// apply or recover) resolves it.
     RollbackPending {
         failed_step: usize,
         action: String,
@@ -392,6 +393,18 @@ fn fail(
         journal.remove(&d.uuid)?;
         return Ok(Outcome::Vanished {
             during: format!("step {} ({action})", failed + 1),
+        });
+    }
+    if error.kind == ErrorKind::Timeout {
+        // libvirtd may still carry the call out after numapin gave up on
+        // it: an undo now could be overtaken by it. The journal keeps the
+        // transaction; it is resolved once the call has returned.
+        tracing::error!(domain = %d.name, action, step = failed + 1, error = %error, "libvirt did not answer in time; the change may still land, resolved once libvirt returns the call");
+        return Ok(Outcome::RollbackPending {
+            failed_step: failed + 1,
+            action,
+            error,
+            undo_errors: Vec::new(),
         });
     }
     tracing::warn!(domain = %d.name, action, step = failed + 1, error = %error, "step failed; rolling back");

@@ -1,6 +1,7 @@
 //! Commands that read (and for apply, change) the running host through
 //! libvirt and the kernel's files.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -85,9 +86,34 @@ impl Session {
         Ok(state)
     }
 
-    fn plan(&self, state: &LiveState, rebalance: bool, exclude: &[String]) -> Plan {
-        let placements = Placements::existing(&self.config.apply.state_dir);
-        crate::live::plan(state, &self.config, &placements, rebalance, exclude)
+    /// Plans `state`. Domains with an unfinished transaction in the journal
+    /// are held (whoever holds the lock resolves them), as are those in
+    /// `held`.
+    fn plan(
+        &self,
+        state: &LiveState,
+        rebalance: bool,
+        held: &BTreeMap<String, String>,
+    ) -> Result<Plan, Failure> {
+        let state_dir = &self.config.apply.state_dir;
+        let mut all_held: BTreeMap<String, String> = Journal::peek(state_dir)?
+            .into_iter()
+            .map(|r| {
+                (
+                    r.domain.uuid,
+                    "a change is unfinished (transaction journal); the daemon, numapin apply or numapin recover resolves it".to_string(),
+                )
+            })
+            .collect();
+        all_held.extend(held.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let placements = Placements::existing(state_dir);
+        Ok(crate::live::plan(
+            state,
+            &self.config,
+            &placements,
+            rebalance,
+            &all_held,
+        ))
     }
 }
 
@@ -135,7 +161,7 @@ fn pending_names(state_dir: &Path) -> Vec<String> {
 pub fn status(format: Format, args: &LiveArgs) -> Result<(), Failure> {
     let mut s = connect(args)?;
     let state = s.read(args)?;
-    let plan = s.plan(&state, false, &[]);
+    let plan = s.plan(&state, false, &BTreeMap::new())?;
     let pending = pending_names(&s.config.apply.state_dir);
     let report = status_report::build(&state, &plan, &s.config, pending);
     match format {
@@ -158,7 +184,7 @@ pub fn apply(
     let state_dir = s.config.apply.state_dir.clone();
     if dry_run {
         let state = s.read(args)?;
-        let plan = s.plan(&state, rebalance, &[]);
+        let plan = s.plan(&state, rebalance, &BTreeMap::new())?;
         let pending = pending_names(&state_dir);
         if !pending.is_empty() {
             eprintln!(
@@ -182,7 +208,7 @@ pub fn apply(
     let stuck = roll_back_unfinished(&s.host, &journal, &state_dir)?;
 
     let state = s.read(args)?;
-    let plan = s.plan(&state, rebalance, &stuck);
+    let plan = s.plan(&state, rebalance, &stuck)?;
     let opts = ApplyOptions::from(&s.config.apply);
     let mut pause;
     let hook: &mut dyn StepHook = match pause_between_steps_ms {
@@ -229,35 +255,34 @@ pub fn apply(
     Ok(())
 }
 
-/// Rolls back what a previous numapin left unfinished. Returns the UUIDs
-/// of domains whose rollback did not verify: they are left alone.
+/// Rolls back what a previous numapin left unfinished. Returns the
+/// domains whose rollback did not verify (UUID -> why): they are left
+/// alone.
 fn roll_back_unfinished(
     host: &LiveHost,
     journal: &Journal,
     state_dir: &Path,
-) -> Result<Vec<String>, Failure> {
+) -> Result<BTreeMap<String, String>, Failure> {
     let recovered = recovery::recover(host, journal).map_err(|e| match e {
         RecoveryError::Journal(j) => Failure::from(j),
         e @ RecoveryError::Unreachable { .. } => Failure::new(Exit::Unavailable, e),
     })?;
     eprint!("{}", apply_table::render_recovered(&recovered));
-    if recovered
-        .iter()
-        .any(|r| r.result == RecoveryResult::RolledBack)
-    {
+    if recovered.iter().any(|r| r.result.leaves_numapins_pins()) {
         let placements = Placements::open(state_dir)
             .map_err(|e| Failure::new(Exit::IoErr, format!("{}: {e}", state_dir.display())))?;
-        for r in recovered
-            .iter()
-            .filter(|r| r.result == RecoveryResult::RolledBack)
-        {
+        for r in recovered.iter().filter(|r| r.result.leaves_numapins_pins()) {
             apply::remember(host, &placements, &r.domain);
         }
     }
     Ok(recovered
         .iter()
-        .filter(|r| matches!(r.result, RecoveryResult::Failed { .. }))
-        .map(|r| r.domain.uuid.clone())
+        .filter_map(|r| match &r.result {
+            RecoveryResult::Failed { errors } => {
+                Some((r.domain.uuid.clone(), recovery::failed_hold_reason(errors)))
+            }
+            _ => None,
+        })
         .collect())
 }
 

@@ -2,10 +2,12 @@
 //! would be applied). Synchronous: it runs on a blocking thread, never on
 //! the async runtime's workers, because every libvirt call blocks.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use crate::apply::recovery::{self, RecoveryResult};
 use crate::apply::{self, ApplyOptions, Journal, Outcome, Placements, StepHook};
 use crate::config::Config;
 use crate::libvirt::DomainRef;
@@ -93,8 +95,21 @@ impl StepHook for Progress<'_> {
 impl Worker {
     pub fn cycle(&mut self, req: CycleRequest, first_sample: Duration) -> CycleReport {
         let start = Instant::now();
+        // Before the reading: a rollback changes what it would show.
+        let held = match self.finish_unfinished() {
+            Ok(held) => held,
+            Err(error) => {
+                let mut report = CycleReport {
+                    error: Some(error),
+                    ..CycleReport::default()
+                };
+                report.duration = start.elapsed();
+                self.publish(&report);
+                return report;
+            }
+        };
         let mut report = match self.sampler.read(first_sample) {
-            Ok(state) => self.plan_and_apply(&state, req),
+            Ok(state) => self.plan_and_apply(&state, req, &held),
             Err(e) => CycleReport {
                 error: Some(crate::report::error_chain(&e)),
                 ..CycleReport::default()
@@ -150,7 +165,65 @@ impl Worker {
         }
     }
 
-    fn plan_and_apply(&mut self, state: &LiveState, req: CycleRequest) -> CycleReport {
+    /// Resolves the transactions a failed step or undo left in the journal
+    /// (see [`recovery`]): once libvirt has returned every call numapin
+    /// gave up on, each is kept if it landed whole, else rolled back.
+    /// Returns the domains to leave alone meanwhile, and why. An error
+    /// (an unreadable journal) stops the cycle: the domains it names may be
+    /// half-changed.
+    fn finish_unfinished(&mut self) -> Result<BTreeMap<String, String>, String> {
+        let mut held = BTreeMap::new();
+        if self.dry_run {
+            return Ok(held);
+        }
+        let journal_error = |e: &apply::JournalError| {
+            format!(
+                "cannot read the transaction journal: {}",
+                crate::report::error_chain(e)
+            )
+        };
+        let records = self.journal.pending().map_err(|e| journal_error(&e))?;
+        if records.is_empty() {
+            return Ok(held);
+        }
+        if let Some(call) = self.host.libvirt.abandoned_calls().first() {
+            let reason = format!(
+                "a change failed; waiting for libvirt to return a call numapin gave up on {:.0} s ago ({}) before rolling it back",
+                call.since.elapsed().as_secs_f64(),
+                call.op
+            );
+            for r in records {
+                tracing::info!(domain = %r.domain.name, reason = %reason, "unfinished transaction");
+                held.insert(r.domain.uuid, reason.clone());
+            }
+            return Ok(held);
+        }
+        let pass =
+            recovery::recover_pass(&self.host, &self.journal).map_err(|e| journal_error(&e))?;
+        for r in &pass.resolved {
+            if r.result.leaves_numapins_pins() {
+                apply::remember(&self.host, &self.placements, &r.domain);
+            }
+            if let RecoveryResult::Failed { errors } = &r.result {
+                held.insert(r.domain.uuid.clone(), recovery::failed_hold_reason(errors));
+            }
+        }
+        for (d, e) in pass.waiting {
+            tracing::warn!(domain = %d.name, error = %e, "unfinished transaction: libvirt does not answer; retried next cycle");
+            held.insert(
+                d.uuid,
+                format!("a change failed and libvirt does not answer to resolve it ({e}); retried each cycle"),
+            );
+        }
+        Ok(held)
+    }
+
+    fn plan_and_apply(
+        &mut self,
+        state: &LiveState,
+        req: CycleRequest,
+        held: &BTreeMap<String, String>,
+    ) -> CycleReport {
         let mut report = CycleReport {
             domains: state.domains.len(),
             ..CycleReport::default()
@@ -164,7 +237,7 @@ impl Worker {
         if !self.dry_run {
             self.placements.prune(&refs);
         }
-        let plan = crate::live::plan(state, &self.config, &self.placements, req.rebalance, &[]);
+        let plan = crate::live::plan(state, &self.config, &self.placements, req.rebalance, held);
         report.managed = plan.domains.iter().filter(|d| d.managed).count();
         self.note_operator_changes(&plan);
         if self.dry_run {

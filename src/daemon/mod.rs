@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use crate::apply::recovery::{self, RecoveryError, RecoveryResult};
+use crate::apply::recovery::{self, RecoveryError};
 use crate::apply::{self, Journal, JournalError, Placements};
 use crate::config::{self, Config, ConfigError};
 use crate::libvirt::events::{Event, EventSink};
@@ -341,7 +341,7 @@ impl Daemon {
             let result = tokio::task::spawn_blocking(move || {
                 let w = lock(&worker);
                 recovery::recover(&w.host, &w.journal).inspect(|r| {
-                    for done in r.iter().filter(|d| d.result == RecoveryResult::RolledBack) {
+                    for done in r.iter().filter(|d| d.result.leaves_numapins_pins()) {
                         apply::remember(&w.host, &w.placements, &done.domain);
                     }
                 })

@@ -8,7 +8,14 @@
 //! returns) and the next call opens a new one. A connection whose peer went
 //! away is dropped the same way, and reopened with exponential backoff so a
 //! restarting libvirtd is not hammered.
+//!
+//! A call given up on may still land: libvirtd goes on with it. Such calls
+//! are tracked until they return ([`Libvirt::abandoned_calls`]), so that
+//! nobody reads a domain as settled while a change to it is still on its
+//! way.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -41,6 +48,26 @@ struct Inner {
     /// Receives domain events from every connection opened, when set.
     events: Option<EventSink>,
     state: Mutex<State>,
+    /// Calls given up on that have not returned yet, by call number.
+    abandoned: Mutex<BTreeMap<u64, AbandonedCall>>,
+}
+
+/// A call numapin stopped waiting for while libvirtd may still carry it
+/// out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbandonedCall {
+    /// What the call was, e.g. "numatune web-01".
+    pub op: String,
+    pub since: Instant,
+}
+
+/// Where one call is: the caller and the connection's thread race to
+/// settle it, the one that comes second learns the other's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    Running,
+    Returned,
+    Abandoned,
 }
 
 #[derive(Default)]
@@ -79,6 +106,7 @@ impl Libvirt {
                 timeout,
                 events,
                 state: Mutex::new(State::default()),
+                abandoned: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -101,6 +129,14 @@ impl Libvirt {
         self.lock().worker.is_some()
     }
 
+    /// Calls given up on (timed out) that libvirtd has not finished yet.
+    pub fn abandoned_calls(&self) -> Vec<AbandonedCall> {
+        lock_ignoring_poison(&self.inner.abandoned)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Runs `f` on the connection's thread and waits at most the timeout.
     /// `op` names the call in errors, e.g. "vcpupin web-01 vCPU 3".
     pub fn call<R, F>(&self, op: &str, f: F) -> Result<R, HostError>
@@ -110,10 +146,26 @@ impl Libvirt {
     {
         let worker = self.worker(false)?;
         let (tx, rx) = mpsc::sync_channel(1);
+        let call = Arc::new(Mutex::new(CallState::Running));
+        let number = NEXT_CALL.fetch_add(1, Ordering::Relaxed);
+        let settle = {
+            let (call, inner, op) = (call.clone(), self.inner.clone(), op.to_string());
+            move || {
+                let mut state = lock_ignoring_poison(&call);
+                if *state == CallState::Abandoned {
+                    let started = lock_ignoring_poison(&inner.abandoned).remove(&number);
+                    let waited = started.map(|c| c.since.elapsed());
+                    tracing::warn!(uri = %inner.uri, op, after = ?waited, "a libvirt call given up on has returned");
+                }
+                *state = CallState::Returned;
+            }
+        };
         let job: Job = Box::new(move |conn| {
             // A panic in a call must not take the connection's thread (and
             // every later call) with it.
-            let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
+            settle();
+            let result = match result {
                 Ok(r) => r,
                 Err(_) => {
                     let _ = tx.send((Err(None), true));
@@ -145,6 +197,19 @@ impl Libvirt {
                 Err(classify(op, &e))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                {
+                    let mut state = lock_ignoring_poison(&call);
+                    if *state == CallState::Running {
+                        *state = CallState::Abandoned;
+                        lock_ignoring_poison(&self.inner.abandoned).insert(
+                            number,
+                            AbandonedCall {
+                                op: op.to_string(),
+                                since: Instant::now(),
+                            },
+                        );
+                    }
+                }
                 tracing::warn!(uri = %self.inner.uri, op, timeout = ?self.inner.timeout, "libvirt call timed out; abandoning the connection");
                 self.drop_worker(worker.generation);
                 Err(HostError::timeout(op, self.inner.timeout))
@@ -157,12 +222,7 @@ impl Libvirt {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave State inconsistent
-        // (every update is a single assignment), so poisoning is ignored.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_ignoring_poison(&self.inner.state)
     }
 
     fn drop_worker(&self, generation: u64) {
@@ -219,6 +279,16 @@ impl Libvirt {
             }
         }
     }
+}
+
+/// Numbers calls, to track the abandoned ones.
+static NEXT_CALL: AtomicU64 = AtomicU64::new(0);
+
+/// The data behind this module's locks stays consistent through a panic
+/// (every update is a single assignment or insert), so poisoning is
+/// ignored.
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn spawn_worker(
@@ -284,4 +354,43 @@ pub fn classify(op: &str, e: &virt::error::Error) -> HostError {
         ErrorKind::Failed
     };
     HostError::new(op, kind, e.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libvirt's in-process test driver: a real connection, no daemon.
+    const TEST_URI: &str = "test:///default";
+
+    #[test]
+    fn a_call_given_up_on_is_tracked_until_it_returns() {
+        let lv = Libvirt::new(TEST_URI, Duration::from_millis(100));
+        let err = lv
+            .call("slow change", |_conn| {
+                thread::sleep(Duration::from_millis(600));
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Timeout);
+        let abandoned = lv.abandoned_calls();
+        assert_eq!(abandoned.len(), 1);
+        assert_eq!(abandoned[0].op, "slow change");
+
+        // A new connection serves calls meanwhile.
+        assert_eq!(lv.call("quick", |_conn| Ok(7)).unwrap(), 7);
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lv.abandoned_calls().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(lv.abandoned_calls().is_empty(), "the call returned");
+    }
+
+    #[test]
+    fn calls_answered_in_time_are_not_tracked() {
+        let lv = Libvirt::new(TEST_URI, Duration::from_secs(5));
+        lv.call("quick", |conn| conn.hostname()).unwrap();
+        assert!(lv.abandoned_calls().is_empty());
+    }
 }

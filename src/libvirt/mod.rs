@@ -8,7 +8,7 @@ pub mod events;
 
 pub use activity::Activity;
 pub use calls::{DomainRef, MemoryBinding, Pins, Scope};
-pub use connection::Libvirt;
+pub use connection::{AbandonedCall, Libvirt};
 
 /// Stops libvirt from printing every error to stderr itself: numapin
 /// reports errors once, with context, through its own logging.

@@ -17,24 +17,24 @@ use crate::observe::{ObserveError, pid_file, threads};
 
 pub use state::{LiveDomain, LiveState, Sampler};
 
-/// Plans a live reading: domains in `exclude` (UUIDs) are left out, and
-/// each domain's pins are recognised as numapin's when they are what
-/// `placements` recorded for its current run.
+/// Plans a live reading. Each domain's pins are recognised as numapin's
+/// when they are what `placements` recorded for its current run. Domains
+/// in `held` (UUID -> why) are left alone for that reason, on top of those
+/// libvirt shows busy or not running.
 pub fn plan(
     state: &LiveState,
     config: &crate::config::Config,
     placements: &crate::apply::Placements,
     rebalance: bool,
-    exclude: &[String],
+    held: &std::collections::BTreeMap<String, String>,
 ) -> crate::planner::Plan {
     let inputs: Vec<_> = state
         .domains
         .iter()
-        .filter(|d| !exclude.contains(&d.r.uuid))
         .map(|d| {
             let mut input = d.input.clone();
             input.recorded = placements.recorded_of(&d.r);
-            input.hold = d.activity.hold();
+            input.hold = held.get(&d.r.uuid).cloned().or_else(|| d.activity.hold());
             input
         })
         .collect();

@@ -10,6 +10,7 @@ pub fn render_recovered(recovered: &[Recovered]) -> String {
     for r in recovered {
         let what = match &r.result {
             RecoveryResult::RolledBack => "rolled back".to_string(),
+            RecoveryResult::Completed => "completed: every step had landed".to_string(),
             RecoveryResult::Obsolete { reason } => format!("dropped: {reason}"),
             RecoveryResult::Failed { errors } => {
                 format!("ROLLBACK FAILED, left alone: {}", errors.join("; "))
