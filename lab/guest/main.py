@@ -1,7 +1,9 @@
 """Entry point inside the lab guest (started by init.sh).
 
 --mode run:     runs the scenarios named in --args (comma-separated, or
-                `all`: every scenario but those in scenarios.EXTRA) and prints `LAB: RESULT name PASS|FAIL|SKIP secs detail`.
+                `all`: every scenario in scenarios.ALL, in order; those in
+                scenarios.EXTRA run by name only) and prints
+                `LAB: RESULT name PASS|FAIL|SKIP secs detail`.
 --mode compare: runs lab/guest/compare.py with --args as its options.
 """
 

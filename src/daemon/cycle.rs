@@ -72,8 +72,14 @@ impl CycleReport {
             self.actions,
             self.applied
         );
-        if self.failed > 0 {
-            s.push_str(&format!(", {} failed and rolled back", self.failed));
+        if self.rolled_back > 0 {
+            s.push_str(&format!(", {} failed and rolled back", self.rolled_back));
+        }
+        let unresolved = self.failed.saturating_sub(self.rolled_back);
+        if unresolved > 0 {
+            s.push_str(&format!(
+                ", {unresolved} failed and left journaled until libvirt answers"
+            ));
         }
         if let Some(e) = &self.error {
             s.push_str(&format!("; last error: {e}"));
@@ -188,7 +194,7 @@ impl Worker {
         }
         if let Some(call) = self.host.libvirt.abandoned_calls().first() {
             let reason = format!(
-                "a change failed; waiting for libvirt to return a call numapin gave up on {:.0} s ago ({}) before rolling it back",
+                "a change failed; waiting for libvirt to return a call numapin gave up on {:.0} s ago ({}) to resolve it",
                 call.since.elapsed().as_secs_f64(),
                 call.op
             );
