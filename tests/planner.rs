@@ -923,6 +923,31 @@ fn a_guest_cell_on_the_busiest_node_is_rebalanced_alone() {
 }
 
 #[test]
+fn on_two_nodes_a_guest_cell_joins_its_other_cell_to_rebalance() {
+    // Both nodes hold a cell of the guest, so no node is free of its
+    // cells: rather than never moving, the cell on the saturated node 1
+    // joins cell 0 on node 0.
+    let topo = HostShape::new(2, 8, 2, 64 * 1024).build();
+    let cpus = |n: u32| topo.node(n).unwrap().cpus.clone();
+    let busy = domain("busy", 16, 1024)
+        .with_policy(DomainPolicy::Exclude)
+        .pinned_to(&cpus(1).to_string());
+    let mut cells = domain("cells", 4, 4096).with_cells(2);
+    for v in 0..4 {
+        cells.cputune.vcpupin.insert(v, cpus(v / 2));
+    }
+    let obs = observed_memory(&[("cells", &[(0, 2048), (1, 2048)]), ("busy", &[(1, 1024)])]);
+    let mut config = Config::default();
+    config.planner.manage_pinned = true;
+    let p = run(&topo, vec![busy, cells], &obs, &config);
+    let d = get(&p, "cells");
+    assert_eq!(d.status, Status::Moved, "{}", d.reason);
+    assert!(d.reason.contains("guest cell 1"), "{}", d.reason);
+    assert_eq!(d.cells, [(0, 0), (1, 0)].into(), "{}", d.reason);
+    assert_eq!(d.migrate_mib, 2048);
+}
+
+#[test]
 fn rebalancing_prefers_the_moves_that_migrate_least_for_their_gain() {
     // Node 0 holds 20 of 62 GiB, node 1 nothing. Moving the 16 GiB guest
     // narrows the gap most (19 points) but moving a 2 GiB one gains 9.5

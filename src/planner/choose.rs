@@ -801,10 +801,12 @@ impl Chooser<'_> {
     /// What moving part `k` of a domain (its only part, or one guest cell)
     /// from node index `hot` to `cold` would gain: how much it narrows the
     /// gap between the two nodes' pressures. `None` when it does not fit,
-    /// puts two cells on one node, gains no more than the threshold, or
-    /// the budget cannot pay for it. The threshold grows with the memory
-    /// the move migrates: `min_gain` x (1 + MiB / the per-cycle budget),
-    /// so a large guest moves only for a gain worth its migration.
+    /// puts a cell on a node with another of the guest's cells while a
+    /// node without one could take it (see [`Self::has_cell_free_node`]),
+    /// gains no more than the threshold, or the budget cannot pay for it.
+    /// The threshold grows with the memory the move migrates: `min_gain`
+    /// x (1 + MiB / the per-cycle budget), so a large guest moves only for
+    /// a gain worth its migration.
     ///
     /// The gain is measured on the gap, as the threshold that starts
     /// rebalancing is: measured on the peak alone, a move could never
@@ -824,7 +826,7 @@ impl Chooser<'_> {
         if info
             .fixed_nodes()
             .is_some_and(|fixed| !fixed.contains(to_node))
-            || parts.iter().any(|p| p.node == to_node)
+            || (parts.iter().any(|p| p.node == to_node) && self.has_cell_free_node(info, parts))
         {
             return None;
         }
@@ -864,6 +866,17 @@ impl Chooser<'_> {
             gain,
             mib,
             is_move,
+        })
+    }
+
+    /// Whether a node the guest may use holds none of its cells. Cells go
+    /// to distinct nodes where they can (the guest was told they are
+    /// apart). Where every node holds one, as two cells on a two-node host
+    /// do, a cell may join another rather than never move: the guest then
+    /// runs on one node, its memory all local.
+    fn has_cell_free_node(&self, info: &DomainInfo, parts: &[Part]) -> bool {
+        (0..self.ledger.ids.len()).any(|i| {
+            self.is_candidate(info, i) && parts.iter().all(|p| p.node != self.ledger.ids[i])
         })
     }
 
