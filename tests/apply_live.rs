@@ -646,7 +646,7 @@ fn sigkill_between_steps_then_a_restart_restores_the_domain() {
         .unwrap();
     // Step 1 (emulatorpin) is done once the pause before step 2 begins:
     // the journal then says one step was started.
-    wait_for("the first step", Duration::from_secs(20), || {
+    wait_for("the first step", Duration::from_secs(60), || {
         attempted_steps(&state_dir) == 1 && observe(&h, &d).pins.emulator == set("1")
     });
     child.kill().unwrap(); // SIGKILL
