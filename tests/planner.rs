@@ -53,6 +53,7 @@ fn observed_memory(entries: &[(&str, &[(u32, u64)])]) -> Observations {
             DomainObservation {
                 memory_mib: mem.iter().copied().collect(),
                 vcpu_load: Vec::new(),
+                ..Default::default()
             },
         );
     }

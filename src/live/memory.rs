@@ -5,6 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::guest::GuestCell;
+use crate::observe::ram_blocks::{self, CellBlock};
 use crate::observe::{ObserveError, cgroup, numa_maps};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,4 +40,24 @@ fn to_mib(bytes: &BTreeMap<u32, u64>) -> BTreeMap<u32, u64> {
         .map(|(&node, &b)| (node, (b + (1 << 19)) >> 20))
         .filter(|(_, mib)| *mib > 0)
         .collect()
+}
+
+/// Each guest cell's RAM block in QEMU process `pid`, with where its pages
+/// are; `None` when some cell's block cannot be told apart (its memory can
+/// then only move as part of the whole process).
+pub fn cell_blocks(
+    root: &Path,
+    pid: u32,
+    cells: &[GuestCell],
+) -> Result<Option<Vec<CellBlock>>, ObserveError> {
+    let sizes: Vec<(u32, u64)> = cells
+        .iter()
+        .map(|c| (c.id, c.memory_kib.saturating_mul(1024)))
+        .collect();
+    ram_blocks::read(root, pid, &sizes)
+}
+
+/// Guest cell -> host node -> resident MiB, as observations hold it.
+pub fn cell_memory_mib(blocks: &[CellBlock]) -> BTreeMap<u32, BTreeMap<u32, u64>> {
+    blocks.iter().map(|b| (b.cell, b.resident_mib())).collect()
 }

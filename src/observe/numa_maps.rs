@@ -59,6 +59,38 @@ pub fn read(root: &Path, pid: u32) -> Result<NumaMaps, ObserveError> {
     parse(&path, &text)
 }
 
+/// One line of numa_maps: a mapping (or the part of one under a policy of
+/// its own) by start address, with its resident bytes per node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub start: u64,
+    pub resident: BTreeMap<u32, u64>,
+}
+
+/// Reads `proc/PID/numa_maps` under `root`, line by line.
+pub fn read_entries(root: &Path, pid: u32) -> Result<Vec<Entry>, ObserveError> {
+    let path = root.join(format!("proc/{pid}/numa_maps"));
+    let text = read_volatile(&path)?;
+    if text.trim().is_empty() {
+        return Err(ObserveError::Gone { path });
+    }
+    parse_entries(&path, &text)
+}
+
+/// Parses numa_maps text into its lines; `path` only labels errors.
+pub fn parse_entries(path: &Path, text: &str) -> Result<Vec<Entry>, ObserveError> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut resident = BTreeMap::new();
+        parse_line(path, line, &mut resident)?;
+        let address = line.split_whitespace().next().unwrap_or("");
+        let start = u64::from_str_radix(address, 16)
+            .map_err(|_| bad(path, line, "a numa_maps line starting with an address"))?;
+        out.push(Entry { start, resident });
+    }
+    Ok(out)
+}
+
 /// Parses numa_maps text; `path` only labels errors.
 pub fn parse(path: &Path, text: &str) -> Result<NumaMaps, ObserveError> {
     let mut out = NumaMaps::default();
