@@ -41,6 +41,7 @@ fn state(mode: Option<&str>) -> FakeState {
             nodeset: mode.map(|_| set("0")),
         },
         memory: BTreeMap::from([(0, 1024)]),
+        cells: BTreeMap::new(),
         config_writes: Vec::new(),
     }
 }
@@ -313,6 +314,7 @@ fn recovery_drops_records_of_domains_that_stopped_or_restarted() {
         pins: state(None).pins,
         binding: state(None).binding,
         memory_mib: BTreeMap::new(),
+        cell_memory_mib: BTreeMap::new(),
     };
     j.write(&Record::new(domain(), prior, steps(migrate())))
         .unwrap();
