@@ -1068,8 +1068,8 @@ fn memory_of_no_cell_outside_the_guests_nodes_follows_after_the_cells() {
     let d = pinned_cells(
         &topo,
         "cells",
-        &[(0, 2048), (1, 148), (3, 1950)],
-        &[(0, &[(0, 2048)]), (1, &[(1, 148), (3, 1900)])],
+        &[(0, 3948), (1, 148), (3, 50)],
+        &[(0, &[(0, 2048)]), (1, &[(0, 1900), (1, 148)])],
         &mut obs,
     );
     let p = run(&topo, vec![d], &obs, &manage_pinned());
@@ -1100,7 +1100,7 @@ fn without_per_cell_memory_a_guest_moves_as_a_whole() {
     let d = pinned_cells(
         &topo,
         "cells",
-        &[(0, 2048), (1, 148), (3, 1950)],
+        &[(0, 3948), (1, 148), (3, 50)],
         &[],
         &mut obs,
     );
@@ -1116,7 +1116,7 @@ fn without_per_cell_memory_a_guest_moves_as_a_whole() {
     assert!(
         d.actions
             .iter()
-            .any(|a| matches!(a, Action::MigratePages { mib: 1950, .. })),
+            .any(|a| matches!(a, Action::MigratePages { mib: 50, .. })),
         "{:?}",
         d.actions
     );
