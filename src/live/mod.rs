@@ -232,6 +232,8 @@ impl DomainHost for LiveHost {
                     pages = r.pages,
                     placed = r.placed,
                     absent = r.absent,
+                    zero = r.zero,
+                    touched = r.touched,
                     pages_not_moved = r.not_moved,
                     "moved a guest cell's memory"
                 );

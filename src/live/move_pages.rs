@@ -23,9 +23,14 @@ pub struct MoveReport {
     pub pages: u64,
     /// Pages now where they were sent (moved, or there already).
     pub placed: u64,
-    /// Pages never touched (not resident, or the shared zero page):
-    /// nothing to move.
+    /// Pages not resident: nothing to move.
     pub absent: u64,
+    /// Pages mapping the shared zero page (read, never written): nothing
+    /// to move.
+    pub zero: u64,
+    /// Pages the kernel first reported absent and that were read once,
+    /// then moved on a second try (see [`touch`]).
+    pub touched: u64,
     /// Resident pages the kernel could not move (busy, pinned for DMA).
     pub not_moved: u64,
 }
@@ -76,34 +81,117 @@ pub fn move_range(
             addresses.push((start + i * page) as *mut libc::c_void);
             wanted.push(targets.next().unwrap_or(nodes[0] as libc::c_int));
         }
-        status.clear();
-        status.resize(n as usize, 0);
-        // SAFETY: the three arrays hold `n` entries each; the addresses
-        // are only read by the kernel, in the other process.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_move_pages,
-                pid as libc::c_long,
-                n as libc::c_ulong,
-                addresses.as_ptr(),
-                wanted.as_ptr(),
-                status.as_mut_ptr(),
-                MPOL_MF_MOVE,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        move_pages(pid, &addresses, &wanted, &mut status)?;
+        // A resident page under a NUMA-balancing hinting entry (PROT_NONE
+        // until the guest touches it again) is reported absent by some
+        // kernels (6.1 among them); reading it once through the kernel
+        // resolves the entry, and a second try moves it.
+        let retry: Vec<usize> = (0..status.len())
+            .filter(|&i| status[i] == -libc::ENOENT)
+            .collect();
+        if !retry.is_empty() {
+            let again: Vec<*mut libc::c_void> = retry.iter().map(|&i| addresses[i]).collect();
+            let nodes: Vec<libc::c_int> = retry.iter().map(|&i| wanted[i]).collect();
+            touch(pid, &again)?;
+            let mut second = Vec::new();
+            move_pages(pid, &again, &nodes, &mut second)?;
+            for (k, &i) in retry.iter().enumerate() {
+                if second[k] != -libc::ENOENT {
+                    report.touched += 1;
+                }
+                status[i] = second[k];
+            }
         }
         for (&got, &want) in status.iter().zip(&wanted) {
             match got {
                 g if g == want => report.placed += 1,
-                g if g == -libc::ENOENT || g == -libc::EFAULT => report.absent += 1,
+                g if g == -libc::ENOENT => report.absent += 1,
+                g if g == -libc::EFAULT => report.zero += 1,
                 _ => report.not_moved += 1,
             }
         }
         next += n;
     }
     Ok(report)
+}
+
+/// One move_pages(2) call over `addresses`; `status` gets one entry each.
+fn move_pages(
+    pid: u32,
+    addresses: &[*mut libc::c_void],
+    nodes: &[libc::c_int],
+    status: &mut Vec<libc::c_int>,
+) -> io::Result<()> {
+    status.clear();
+    status.resize(addresses.len(), 0);
+    // SAFETY: the three arrays hold `addresses.len()` entries each; the
+    // addresses are only read by the kernel, in the other process.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_pages,
+            pid as libc::c_long,
+            addresses.len() as libc::c_ulong,
+            addresses.as_ptr(),
+            nodes.as_ptr(),
+            status.as_mut_ptr(),
+            MPOL_MF_MOVE,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads one byte of each page at `addresses` in process `pid`
+/// (process_vm_readv(2)), as the guest touching it would: the kernel
+/// resolves a NUMA hinting entry on the way, and the page's content is
+/// not changed. A never-touched page becomes a mapping of the zero page,
+/// which costs no memory.
+fn touch(pid: u32, addresses: &[*mut libc::c_void]) -> io::Result<()> {
+    // IOV_MAX: the most iovecs one call takes.
+    const CHUNK: usize = 1024;
+    let mut scratch = vec![0u8; CHUNK];
+    let mut at = 0;
+    while at < addresses.len() {
+        let end = (at + CHUNK).min(addresses.len());
+        let remote: Vec<libc::iovec> = addresses[at..end]
+            .iter()
+            .map(|&a| libc::iovec {
+                iov_base: a,
+                iov_len: 1,
+            })
+            .collect();
+        let local = libc::iovec {
+            iov_base: scratch.as_mut_ptr().cast(),
+            iov_len: remote.len(),
+        };
+        // SAFETY: `local` covers `remote.len()` bytes of `scratch`; the
+        // remote addresses are only read, in the other process.
+        let n = unsafe {
+            libc::process_vm_readv(
+                pid as libc::pid_t,
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        // A read stops at a page that cannot be read (EFAULT when it is
+        // the first): go on after it; move_pages reports it as it is.
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EFAULT) {
+                return Err(e);
+            }
+            at += 1;
+            continue;
+        }
+        at += (n as usize).max(1);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -125,6 +213,18 @@ mod tests {
         assert_eq!(r.placed, r.pages, "{r:?}");
         assert_eq!(r.not_moved, 0);
         std::hint::black_box(&buf);
+    }
+
+    #[test]
+    fn touching_reads_pages_without_changing_them() {
+        let buf = vec![7u8; 3 * 4096];
+        let addresses: Vec<*mut libc::c_void> = (0..3)
+            .map(|i| buf.as_ptr().wrapping_add(i * 4096) as *mut libc::c_void)
+            .collect();
+        touch(std::process::id(), &addresses).unwrap();
+        // An address nothing maps is skipped, not an error.
+        touch(std::process::id(), &[8usize as *mut libc::c_void]).unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
     }
 
     #[test]

@@ -105,3 +105,69 @@ pub fn migrate_mib(info: &DomainInfo, cells: &BTreeMap<u32, u32>, nodeset: &Node
         None => info.migrate_mib_to(nodeset),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::observations::{DomainObservation, Observations};
+    use crate::planner::DomainInput;
+    use crate::planner::domain_info::Analyzer;
+    use crate::synth::{DomainExt, HostShape, domain};
+
+    fn obs() -> Observations {
+        let mut o = Observations::default();
+        o.domains.insert(
+            "g".into(),
+            DomainObservation {
+                memory_mib: BTreeMap::from([(0, 3000), (1, 1000), (2, 96)]),
+                cell_memory_mib: BTreeMap::from([
+                    (0, BTreeMap::from([(0, 2048)])),
+                    (1, BTreeMap::from([(0, 952), (1, 1000)])),
+                ]),
+                ..Default::default()
+            },
+        );
+        o
+    }
+
+    fn moves(config: &Config, cells: &[(u32, u32)]) -> Option<MemoryMoves> {
+        let topo = HostShape::new(4, 4, 1, 16 * 1024).build();
+        let o = obs();
+        let input = DomainInput::new(domain("g", 4, 4096).with_cells(2), None);
+        let analyzer = Analyzer::new(&topo, &o, config);
+        let info = analyzer.analyze(&input);
+        let cells: BTreeMap<u32, u32> = cells.iter().copied().collect();
+        let nodeset = cells.values().copied().collect();
+        memory_moves(&info, &cells, &nodeset)
+    }
+
+    #[test]
+    fn each_cell_off_its_node_moves_and_the_rest_follows_into_the_nodes() {
+        let m = moves(&Config::default(), &[(0, 0), (1, 1)]).unwrap();
+        assert_eq!(
+            m.cells,
+            [CellMove {
+                cell: 1,
+                node: 1,
+                mib: 952
+            }]
+        );
+        assert_eq!(m.rest_from, NodeSet::single(2));
+        assert_eq!(m.rest_mib, 96);
+        assert_eq!(m.mib(), 1048);
+    }
+
+    #[test]
+    fn cells_sharing_a_node_or_memory_that_may_not_move_go_as_a_whole() {
+        assert_eq!(moves(&Config::default(), &[(0, 0), (1, 0)]), None);
+        assert_eq!(
+            moves(&Config::default(), &[(0, 0)]),
+            None,
+            "a cell unmapped"
+        );
+        let mut off = Config::default();
+        off.apply.migrate_memory = false;
+        assert_eq!(moves(&off, &[(0, 0), (1, 1)]), None);
+    }
+}
