@@ -233,9 +233,14 @@ def cell_memory(p, sizes, nodes):
             out.append(f"cell {cell} RAM not found")
             in_place = False
             continue
-        here = share_on(block[1], {node})
+        # The check counts written pages: RAM read but never written maps
+        # the shared zero page, which numa_maps shows on the zero page's
+        # node and which nothing moves.
+        written = p.written_pages(block[0])
+        here = share_on(written, {node})
         in_place = in_place and here >= ON_NODE
-        out.append(f"cell {cell} RAM {show_mem(block[1])} MiB ({here:.0%} on its node {node})")
+        out.append(f"cell {cell} RAM {show_mem(written)} MiB written ({here:.0%} on its node {node}; "
+                   f"numa_maps {show_mem(block[1])})")
     return "; ".join(out), in_place
 
 

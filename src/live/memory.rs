@@ -54,7 +54,30 @@ pub fn cell_blocks(
         .iter()
         .map(|c| (c.id, c.memory_kib.saturating_mul(1024)))
         .collect();
-    ram_blocks::read(root, pid, &sizes)
+    let Some(mut blocks) = ram_blocks::read(root, pid, &sizes)? else {
+        return Ok(None);
+    };
+    // numa_maps counts a mapping of the shared zero page (what guest RAM
+    // read but never written maps, 2 MiB at a time with THP) as resident
+    // on the zero page's node: idle guest RAM would look misplaced for
+    // ever, and no move can change it. The kernel's own page query leaves
+    // those out; it asks the live process, so only under the real root.
+    if root == Path::new("/") {
+        for b in &mut blocks {
+            match super::move_pages::resident_in_range(pid, b.start, b.end) {
+                Ok(resident) => b.resident = resident,
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    return Err(ObserveError::Gone {
+                        path: root.join(format!("proc/{pid}")),
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(pid, cell = b.cell, error = %e, "pages of a guest cell not queried; numa_maps figures kept")
+                }
+            }
+        }
+    }
+    Ok(Some(blocks))
 }
 
 /// Guest cell -> host node -> resident MiB, as observations hold it.

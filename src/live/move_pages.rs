@@ -44,11 +44,7 @@ pub fn move_range(
     end: u64,
     to: &BTreeMap<u32, u64>,
 ) -> io::Result<MoveReport> {
-    // SAFETY: sysconf has no preconditions.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        p if p > 0 => p as u64,
-        _ => 4096,
-    };
+    let page = page_size();
     let count = end.saturating_sub(start) / page;
     let nodes: Vec<u32> = to.keys().copied().collect();
     let weights: Vec<u64> = to.values().copied().collect();
@@ -113,6 +109,56 @@ pub fn move_range(
         next += n;
     }
     Ok(report)
+}
+
+/// Where the pages of `pid` in `[start, end)` are: bytes per node of the
+/// pages that hold memory of their own. move_pages(2) without nodes only
+/// reports; unlike numa_maps, it leaves out the shared zero page (huge or
+/// not), which a guest's RAM read but never written maps, and which no
+/// move can or need move.
+pub fn resident_in_range(pid: u32, start: u64, end: u64) -> io::Result<BTreeMap<u32, u64>> {
+    let page = page_size();
+    let count = end.saturating_sub(start) / page;
+    let mut out = BTreeMap::new();
+    let mut addresses: Vec<*mut libc::c_void> = Vec::with_capacity(BATCH);
+    let mut status: Vec<libc::c_int> = Vec::with_capacity(BATCH);
+    let mut next = 0u64;
+    while next < count {
+        let n = (count - next).min(BATCH as u64);
+        addresses.clear();
+        addresses.extend((next..next + n).map(|i| (start + i * page) as *mut libc::c_void));
+        status.clear();
+        status.resize(n as usize, 0);
+        // SAFETY: both arrays hold `n` entries; a null node array asks
+        // for the pages' nodes only.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_pages,
+                pid as libc::c_long,
+                n as libc::c_ulong,
+                addresses.as_ptr(),
+                std::ptr::null::<libc::c_int>(),
+                status.as_mut_ptr(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for &node in status.iter().filter(|&&s| s >= 0) {
+            *out.entry(node as u32).or_default() += page;
+        }
+        next += n;
+    }
+    Ok(out)
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as u64,
+        _ => 4096,
+    }
 }
 
 /// One move_pages(2) call over `addresses`; `status` gets one entry each.
@@ -213,6 +259,40 @@ mod tests {
         assert_eq!(r.placed, r.pages, "{r:?}");
         assert_eq!(r.not_moved, 0);
         std::hint::black_box(&buf);
+    }
+
+    #[test]
+    fn only_pages_with_memory_of_their_own_count_as_resident() {
+        // 4 pages written, 4 only read (the zero page), 4 never touched.
+        let len = 12 * 4096;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let base = p as *mut u8;
+        for i in 0..8 {
+            // SAFETY: within the mapping.
+            unsafe {
+                if i < 4 {
+                    base.add(i * 4096).write_volatile(1);
+                } else {
+                    std::hint::black_box(base.add(i * 4096).read_volatile());
+                }
+            }
+        }
+        let start = p as u64;
+        let got = resident_in_range(std::process::id(), start, start + len as u64).unwrap();
+        // SAFETY: unmapping what was mapped above.
+        unsafe { libc::munmap(p, len) };
+        assert_eq!(got.values().sum::<u64>(), 4 * 4096, "{got:?}");
     }
 
     #[test]
