@@ -61,9 +61,11 @@ pub fn cell_blocks(
     // read but never written maps, 2 MiB at a time with THP) as resident
     // on the zero page's node: idle guest RAM would look misplaced for
     // ever, and no move can change it. The kernel's own page query leaves
-    // those out; it asks the live process, so only under the real root.
+    // those out; it asks the live process, so only under the real root,
+    // and it walks every page, so only for blocks numa_maps shows with
+    // shared pages (a guest that wrote its memory has none).
     if root == Path::new("/") {
-        for b in &mut blocks {
+        for b in blocks.iter_mut().filter(|b| b.shared > 0) {
             match super::move_pages::resident_in_range(pid, b.start, b.end) {
                 Ok(resident) => b.resident = resident,
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {

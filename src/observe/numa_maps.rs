@@ -65,6 +65,10 @@ pub fn read(root: &Path, pid: u32) -> Result<NumaMaps, ObserveError> {
 pub struct Entry {
     pub start: u64,
     pub resident: BTreeMap<u32, u64>,
+    /// Of those, bytes in anonymous pages of the process's own: the rest
+    /// are shared pages such as the huge zero page, which reads of
+    /// never-written memory map.
+    pub anon: u64,
 }
 
 /// Reads `proc/PID/numa_maps` under `root`, line by line.
@@ -86,7 +90,12 @@ pub fn parse_entries(path: &Path, text: &str) -> Result<Vec<Entry>, ObserveError
         let address = line.split_whitespace().next().unwrap_or("");
         let start = u64::from_str_radix(address, 16)
             .map_err(|_| bad(path, line, "a numa_maps line starting with an address"))?;
-        out.push(Entry { start, resident });
+        let anon = anon_bytes(path, line)?;
+        out.push(Entry {
+            start,
+            resident,
+            anon,
+        });
     }
     Ok(out)
 }
@@ -139,6 +148,24 @@ fn parse_line(
         line_bytes = line_bytes.saturating_add(bytes);
     }
     Ok(line_bytes)
+}
+
+/// `anon=<pages>` of a line, in bytes (0 when absent).
+fn anon_bytes(path: &Path, line: &str) -> Result<u64, ObserveError> {
+    let mut page_kib = DEFAULT_PAGE_KIB;
+    let mut pages = 0u64;
+    for word in line.split_whitespace() {
+        if let Some(size) = word.strip_prefix("kernelpagesize_kB=") {
+            page_kib = size
+                .parse()
+                .map_err(|_| bad(path, line, "a numa_maps line with a numeric page size"))?;
+        } else if let Some(n) = word.strip_prefix("anon=") {
+            pages = n
+                .parse()
+                .map_err(|_| bad(path, line, "a numa_maps line with a numeric anon= count"))?;
+        }
+    }
+    Ok(pages.saturating_mul(page_kib).saturating_mul(1024))
 }
 
 /// The policy word(s) after the address.

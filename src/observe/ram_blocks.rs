@@ -50,6 +50,10 @@ pub struct CellBlock {
     pub end: u64,
     /// Host node -> resident bytes of the block on it.
     pub resident: BTreeMap<u32, u64>,
+    /// Resident bytes in shared pages (the huge zero page), counted in
+    /// `resident` on the shared page's node though no move can or need
+    /// change them.
+    pub shared: u64,
 }
 
 impl CellBlock {
@@ -162,17 +166,21 @@ fn blocks(ranges: &[(u32, u64, u64)], entries: &[Entry]) -> Vec<CellBlock> {
         .iter()
         .map(|&(cell, start, end)| {
             let mut resident: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut shared = 0u64;
             for e in entries.iter().filter(|e| e.start >= start && e.start < end) {
                 for (&node, &b) in &e.resident {
                     let slot = resident.entry(node).or_default();
                     *slot = slot.saturating_add(b);
                 }
+                let total: u64 = e.resident.values().sum();
+                shared = shared.saturating_add(total.saturating_sub(e.anon));
             }
             CellBlock {
                 cell,
                 start,
                 end,
                 resident,
+                shared,
             }
         })
         .collect()
@@ -278,7 +286,7 @@ VmFlags: rd wr mr mw me gd ac
         std::fs::write(
             dir.join("numa_maps"),
             "55d1c0a00000 default file=/usr/bin/qemu-system-x86_64 mapped=100 N0=100 kernelpagesize_kB=4\n\
-             7fb2cdc00000 default anon=24576 dirty=24576 N0=1024 N1=23552 kernelpagesize_kB=4\n\
+             7fb2cdc00000 default anon=1024 dirty=1024 N0=1024 N1=23552 kernelpagesize_kB=4\n\
              7fb2d3c00000 default anon=10 dirty=10 N1=10 kernelpagesize_kB=4\n\
              7fb2d3e00000 default anon=8192 dirty=8192 N0=8192 kernelpagesize_kB=4\n\
              7fb2d5e00000 bind:1 anon=8192 dirty=8192 N1=8192 kernelpagesize_kB=4\n",
@@ -294,6 +302,10 @@ VmFlags: rd wr mr mw me gd ac
             "both lines of the block count"
         );
         assert_eq!(got[1].resident_mib(), BTreeMap::from([(0, 4), (1, 92)]));
+        // Cell 1 is read but mostly never written: the huge zero page's
+        // mappings count on its node without being the process's own.
+        assert_eq!(got[1].shared, 23552 * 4096);
+        assert_eq!(got[0].shared, 0);
         assert_eq!(
             read(tmp.path(), 4242, &[(0, 48 * MIB)]).unwrap(),
             None,
