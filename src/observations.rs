@@ -36,6 +36,10 @@ pub struct DomainObservation {
     pub memory_mib: BTreeMap<u32, u64>,
     /// Per vCPU (by index), fraction of one CPU used (0-1).
     pub vcpu_load: Vec<f64>,
+    /// Guest cell -> host node -> resident MiB of that cell's RAM block.
+    /// Only when every cell's block was found (see
+    /// [`crate::observe::ram_blocks`]); a part of `memory_mib`.
+    pub cell_memory_mib: BTreeMap<u32, BTreeMap<u32, u64>>,
 }
 
 impl DomainObservation {
@@ -72,6 +76,8 @@ struct DomainEntry {
     memory_mib: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     vcpu_load: Vec<f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    cell_memory_mib: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +176,11 @@ impl From<&Observations> for ObservationsFile {
                             .iter()
                             .map(|l| (l * 1000.0).round() / 1000.0)
                             .collect(),
+                        cell_memory_mib: d
+                            .cell_memory_mib
+                            .iter()
+                            .map(|(cell, mib)| (cell.to_string(), keyed(mib)))
+                            .collect(),
                     };
                     (name.clone(), entry)
                 })
@@ -217,11 +228,23 @@ impl ObservationsFile {
             for (i, load) in entry.vcpu_load.iter().enumerate() {
                 check_fraction(*load).map_err(|r| (format!("{}[{i}]", at("vcpu_load")), r))?;
             }
+            let mut cell_memory_mib = BTreeMap::new();
+            for (cell, per_node) in entry.cell_memory_mib {
+                let at = |k: &str| format!("{}.{cell:?}{k}", at("cell_memory_mib"));
+                let id = parse_u32_key(&cell, "guest cell").map_err(|r| (at(""), r))?;
+                let mut mib = BTreeMap::new();
+                for (node, m) in per_node {
+                    let n = parse_u32_key(&node, "node").map_err(|r| (at(""), r))?;
+                    mib.insert(n, m);
+                }
+                cell_memory_mib.insert(id, mib);
+            }
             out.domains.insert(
                 name,
                 DomainObservation {
                     memory_mib,
                     vcpu_load: entry.vcpu_load,
+                    cell_memory_mib,
                 },
             );
         }
@@ -263,6 +286,10 @@ mod tests {
         assert_eq!(o.nodes[&0].free_mib, Some(1200));
         assert_eq!(o.nodes[&0].free_hugepages[&2048], 512);
         assert_eq!(o.domains["web-01"].resident_mib(), 4100);
+        assert!(
+            o.domains["web-01"].cell_memory_mib.is_empty(),
+            "files without per-cell memory still load"
+        );
         assert_eq!(o.cpu_steal[&1], 0.25);
     }
 
@@ -276,6 +303,7 @@ mod tests {
             [domains."web 01"]
             memory_mib = { "0" = 3900, "1" = 200 }
             vcpu_load = [0.35, 0.2]
+            cell_memory_mib = { "0" = { "0" = 2000 }, "1" = { "0" = 100, "1" = 1900 } }
             [cpu_steal]
             "0-1" = 0.25
             "#;
@@ -296,6 +324,13 @@ mod tests {
             .to_string();
         assert!(
             e.contains("vcpu_load[1]") && e.contains("2 is not a fraction"),
+            "{e}"
+        );
+        let e = parse("[domains.a]\ncell_memory_mib = { \"c\" = { \"0\" = 1 } }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cell_memory_mib") && e.contains("\"c\" is not a guest cell id"),
             "{e}"
         );
         let e = parse("[cpu_steal]\n\"0-\" = 0.1\n")

@@ -332,6 +332,23 @@ impl DomainHost for FailAt {
         };
         self.inner.migrate_pages(d, from, &to)
     }
+    fn cell_memory(&self, d: &DomainRef, cell: u32) -> Result<BTreeMap<u32, u64>, HostError> {
+        self.inner.cell_memory(d, cell)
+    }
+    fn move_cell_memory(
+        &self,
+        d: &DomainRef,
+        cell: u32,
+        to: &BTreeMap<u32, u64>,
+    ) -> Result<(), HostError> {
+        // move_pages(2) to a node that does not exist fails in the kernel.
+        let to = if self.this_one() {
+            BTreeMap::from([(63, 1)])
+        } else {
+            to.clone()
+        };
+        self.inner.move_cell_memory(d, cell, &to)
+    }
     fn vcpu_thread_affinity(&self, d: &DomainRef) -> Result<BTreeMap<u32, CpuSet>, HostError> {
         self.inner.vcpu_thread_affinity(d)
     }
@@ -526,6 +543,98 @@ fn memory_steps_run_for_real() {
     );
     let mem = numapin::apply::DomainHost::memory_per_node(&h, &domain_ref(&h, &free)).unwrap();
     assert!(mem.get(&0).is_some_and(|&m| m > 0), "{mem:?}");
+}
+
+/// A guest with two NUMA cells of different sizes, all RAM allocated at
+/// start, so both blocks have resident pages.
+fn two_cells() -> Spec {
+    Spec {
+        vcpus: 2,
+        memory_mib: 160,
+        extra: "<cpu><topology sockets='2' dies='1' cores='1' threads='1'/><numa>\
+                <cell id='0' cpus='0' memory='64' unit='MiB'/>\
+                <cell id='1' cpus='1' memory='96' unit='MiB'/></numa></cpu>\
+                <memoryBacking><allocation mode='immediate'/></memoryBacking>"
+            .into(),
+        ..Spec::default()
+    }
+}
+
+/// This host has one NUMA node, so no cell can change node; what can be
+/// checked is that both cells' RAM blocks of a real QEMU are found (and
+/// observed by the sampler), and that a real move_pages(2) of a block to
+/// node 0 runs and verifies, through a transaction, and that a failing
+/// one rolls back.
+#[test]
+fn guest_cells_ram_blocks_are_found_and_moved_for_real() {
+    let _s = serial();
+    let d = TestDomain::start("memory-cells", &two_cells());
+    let h = host();
+    let r = domain_ref(&h, &d);
+    for (cell, mib) in [(0u32, 64u64), (1, 96)] {
+        let mem = h.cell_memory(&r, cell).unwrap();
+        let total: u64 = mem.values().sum();
+        assert!(
+            total > mib / 2 && total <= mib,
+            "cell {cell}: {mem:?} for a {mib} MiB cell"
+        );
+    }
+    let mut sampler = Sampler::new(h.libvirt.clone(), "/".into(), 1.0);
+    let state = sampler.read(Duration::ZERO).unwrap();
+    let o = &state.observations.domains[&d.name];
+    assert_eq!(
+        o.cell_memory_mib.keys().copied().collect::<Vec<_>>(),
+        [0, 1],
+        "{o:?}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(tmp.path()).unwrap();
+    let steps = [
+        Action::MoveCellMemory {
+            cell: 1,
+            to: "0".parse().unwrap(),
+            mib: 1,
+        },
+        Action::MoveCellMemory {
+            cell: 0,
+            to: "0".parse().unwrap(),
+            mib: 1,
+        },
+    ];
+    let outcome = run(&h, &j, &d, &steps, &mut NoHook);
+    assert!(
+        matches!(outcome, Outcome::Applied { steps: 2, .. }),
+        "{outcome:?}"
+    );
+    assert!(j.pending().unwrap().is_empty());
+
+    // The second move is sent to a node the kernel does not have: it
+    // fails, and the first is undone (back to node 0, where it was).
+    let failing = FailAt {
+        inner: host(),
+        fail_at: 1,
+        calls: std::cell::Cell::new(0),
+    };
+    let outcome = transaction::run(&failing, &j, &opts(), &r, &steps, &mut NoHook).unwrap();
+    match &outcome {
+        Outcome::RolledBack {
+            failed_step,
+            restored,
+            ..
+        } => {
+            assert_eq!(*failed_step, 2);
+            assert!(restored, "{outcome:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(j.pending().unwrap().is_empty());
+    assert!(
+        h.cell_memory(&r, 1)
+            .unwrap()
+            .get(&0)
+            .is_some_and(|&m| m > 0)
+    );
 }
 
 /// Destroys the domain before step `at`.

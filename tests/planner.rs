@@ -53,6 +53,7 @@ fn observed_memory(entries: &[(&str, &[(u32, u64)])]) -> Observations {
             DomainObservation {
                 memory_mib: mem.iter().copied().collect(),
                 vcpu_load: Vec::new(),
+                ..Default::default()
             },
         );
     }
@@ -982,4 +983,201 @@ fn rebalancing_prefers_the_moves_that_migrate_least_for_their_gain() {
     config.planner.max_migrate_mib_per_cycle = 512;
     let p = run(&topo, domains(), &obs, &config);
     assert_eq!(p.score.moves, 0, "{:#?}", p.domains);
+}
+
+/// A two-cell guest (4 vCPUs, 2 x 2048 MiB) pinned cell 0 on node 0 and
+/// cell 1 on node 1 of `topo`, with its memory per node and per cell as
+/// given; `cells` empty: not measured per cell.
+fn pinned_cells(
+    topo: &HostTopology,
+    name: &str,
+    memory: &[(u32, u64)],
+    cells: &[(u32, &[(u32, u64)])],
+    obs: &mut Observations,
+) -> Domain {
+    let mut d = domain(name, 4, 4096).with_cells(2);
+    for v in 0..4 {
+        d.cputune
+            .vcpupin
+            .insert(v, topo.node(v / 2).unwrap().cpus.clone());
+    }
+    obs.domains.insert(
+        name.to_string(),
+        DomainObservation {
+            memory_mib: memory.iter().copied().collect(),
+            cell_memory_mib: cells
+                .iter()
+                .map(|(c, m)| (*c, m.iter().copied().collect()))
+                .collect(),
+            ..Default::default()
+        },
+    );
+    d
+}
+
+fn manage_pinned() -> Config {
+    let mut config = Config::default();
+    config.planner.manage_pinned = true;
+    config
+}
+
+#[test]
+fn a_cells_memory_on_another_cells_node_moves_to_its_own() {
+    // Whole-process migration left cell 1's RAM on cell 0's node: within
+    // the guest's nodes, but not on its own.
+    let topo = two_socket();
+    let mut obs = Observations::default();
+    let d = pinned_cells(
+        &topo,
+        "cells",
+        &[(0, 3968), (1, 148)],
+        &[(0, &[(0, 2048)]), (1, &[(0, 1900), (1, 148)])],
+        &mut obs,
+    );
+    let p = run(&topo, vec![d], &obs, &manage_pinned());
+    let d = get(&p, "cells");
+    assert_eq!(d.cells, BTreeMap::from([(0, 0), (1, 1)]), "{}", d.reason);
+    let memory: Vec<&Action> = d
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::MoveCellMemory { .. } | Action::MigratePages { .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        memory,
+        [&Action::MoveCellMemory {
+            cell: 1,
+            to: "1".parse().unwrap(),
+            mib: 1900
+        }],
+        "the rest of the process is within the guest's nodes already"
+    );
+    assert_eq!(memory[0].to_string(), "move cell 1 memory -> 1 (~1900 MiB)");
+    assert_eq!(d.migrate_mib, 1900);
+    assert_eq!(p.score.migrate_mib, 1900);
+    assert!(
+        d.current.locality < 0.9,
+        "measured cell by cell, half the guest is remote: {}",
+        d.current.locality
+    );
+}
+
+#[test]
+fn a_cell_mostly_on_its_node_is_settled() {
+    let topo = two_socket();
+    let mut obs = Observations::default();
+    // Cell 1 has 95% on its node (apply.memory_on_target_share is 90%).
+    let d = pinned_cells(
+        &topo,
+        "cells",
+        &[(0, 2148), (1, 1948)],
+        &[(0, &[(0, 2048)]), (1, &[(0, 100), (1, 1948)])],
+        &mut obs,
+    );
+    let config = manage_pinned();
+    let p = run(&topo, vec![d], &obs, &config);
+    let d = get(&p, "cells");
+    assert_eq!(d.status, Status::Kept, "{}", d.reason);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.migrate_mib, 0);
+}
+
+#[test]
+fn memory_of_no_cell_outside_the_guests_nodes_follows_after_the_cells() {
+    let topo = HostShape::new(4, 8, 2, 64 * 1024).build();
+    let mut obs = Observations::default();
+    let d = pinned_cells(
+        &topo,
+        "cells",
+        &[(0, 3948), (1, 148), (3, 50)],
+        &[(0, &[(0, 2048)]), (1, &[(0, 1900), (1, 148)])],
+        &mut obs,
+    );
+    let p = run(&topo, vec![d], &obs, &manage_pinned());
+    let d = get(&p, "cells");
+    let tail: Vec<String> = d
+        .actions
+        .iter()
+        .rev()
+        .take(2)
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "migrate_pages 3 -> 0-1 (~50 MiB)",
+            "move cell 1 memory -> 1 (~1900 MiB)"
+        ],
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(d.migrate_mib, 1950);
+}
+
+#[test]
+fn without_per_cell_memory_a_guest_moves_as_a_whole() {
+    let topo = HostShape::new(4, 8, 2, 64 * 1024).build();
+    let mut obs = Observations::default();
+    let d = pinned_cells(
+        &topo,
+        "cells",
+        &[(0, 3948), (1, 148), (3, 50)],
+        &[],
+        &mut obs,
+    );
+    let p = run(&topo, vec![d], &obs, &manage_pinned());
+    let d = get(&p, "cells");
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::MoveCellMemory { .. })),
+        "{:?}",
+        d.actions
+    );
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::MigratePages { mib: 50, .. })),
+        "{:?}",
+        d.actions
+    );
+}
+
+#[test]
+fn cell_moves_count_against_the_migration_budget() {
+    let topo = two_socket();
+    let mut obs = Observations::default();
+    let cells: &[(u32, &[(u32, u64)])] = &[(0, &[(0, 2048)]), (1, &[(0, 1900), (1, 148)])];
+    let a = pinned_cells(&topo, "a", &[(0, 3948), (1, 148)], cells, &mut obs);
+    let b = pinned_cells(&topo, "b", &[(0, 3948), (1, 148)], cells, &mut obs);
+    let mut config = manage_pinned();
+    config.planner.max_migrate_mib_per_cycle = 2000;
+    let p = run(&topo, vec![a, b], &obs, &config);
+    let moving: Vec<&str> = p
+        .domains
+        .iter()
+        .filter(|d| {
+            d.actions
+                .iter()
+                .any(|a| matches!(a, Action::MoveCellMemory { .. }))
+        })
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(moving.len(), 1, "{moving:?}");
+    let waiting: Vec<&DomainPlan> = p
+        .domains
+        .iter()
+        .filter(|d| d.status == Status::Deferred)
+        .collect();
+    assert_eq!(waiting.len(), 1, "{:?}", p.domains);
+    assert!(
+        waiting[0].reason.contains("1900 MiB"),
+        "{}",
+        waiting[0].reason
+    );
+    assert_eq!(p.score.migrate_mib, 1900);
 }

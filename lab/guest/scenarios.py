@@ -192,7 +192,8 @@ def rebalance(repo):
 
 def cells(repo):
     """A guest with two vNUMA cells gets each cell on its own host node,
-    the two closest, and its memory on them."""
+    the two closest, its memory on them, and each cell's RAM on its own
+    cell's node."""
     t = topo()
     daemon(repo, "numapin-cells.log")
     per = 1
@@ -216,23 +217,48 @@ def cells(repo):
     log(describe(p))
     closest = min(d for n, row in t.distances.items() for m, d in enumerate(row) if m != n)
     assert t.distances[a][b] == closest, f"cells on nodes {a},{b} at distance {t.distances[a][b]}, closest is {closest}"
-    return f"cell 0 -> node {a}, cell 1 -> node {b} (distance {t.distances[a][b]}) in {took:.0f}s; {cell_memory(p, [64, 96], [a, b])}"
+    report, took_ram = cells_ram_in_place(p, [64, 96], [a, b])
+    return (f"cell 0 -> node {a}, cell 1 -> node {b} (distance {t.distances[a][b]}) in {took:.0f}s; "
+            f"{report} ({took_ram:.0f}s more)")
 
 
 def cell_memory(p, sizes, nodes):
     """Where each cell's RAM block (told apart by size) is, against its
-    cell's node. numapin moves an unbound domain's memory as a whole
-    (migrate_pages to the union of its nodes), so a block may sit on the
-    other cell's node: reported, not asserted."""
-    out = []
+    cell's node: (one line, whether every cell has ON_NODE of it there)."""
+    out, in_place = [], True
     blocks = p.vmas(min_mib=min(sizes) * 3 // 4)
     for cell, (size, node) in enumerate(zip(sizes, nodes)):
         block = min(blocks, key=lambda b: abs(sum(b[1].values()) - size), default=None)
         if block is None:
+            out.append(f"cell {cell} RAM not found")
+            in_place = False
             continue
-        here = share_on(block[1], {node})
-        out.append(f"cell {cell} RAM {show_mem(block[1])} MiB ({here:.0%} on its node {node})")
-    return "; ".join(out)
+        # The check counts written pages: RAM read but never written maps
+        # the shared zero page, which numa_maps shows on the zero page's
+        # node and which nothing moves.
+        written = p.written_pages(block[0])
+        here = share_on(written, {node})
+        in_place = in_place and here >= ON_NODE
+        out.append(f"cell {cell} RAM {show_mem(written)} MiB written ({here:.0%} on its node {node}; "
+                   f"numa_maps {show_mem(block[1])})")
+    return "; ".join(out), in_place
+
+
+def cells_ram_in_place(p, sizes, nodes):
+    """numapin moves each cell's RAM block to its cell's node (move_pages on
+    the block), not just into the union of the guest's nodes: waits until
+    every block is ON_NODE there. Returns (the report, seconds waited)."""
+    last = [""]
+
+    def in_place():
+        report, ok = cell_memory(p, sizes, nodes)
+        last[0] = report
+        return report if ok else None
+
+    try:
+        return wait_until("each cell's RAM on its cell's node", in_place, timeout=300)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {last[0]}") from None
 
 
 # --- 4. nested ---------------------------------------------------------------
@@ -241,7 +267,8 @@ def cell_memory(p, sizes, nodes):
 def nested(repo):
     """A guest that requires svm (a hypervisor itself) with two cells gets
     1:1 pins: each vCPU on its own CPU, the CPUs of a cell on one node,
-    cells on distinct nodes, memory there."""
+    cells on distinct nodes, memory there, each cell's RAM on its own
+    cell's node."""
     t = topo()
     daemon(repo, "numapin-nested.log")
     per = min(len(c) for c in t.nodes.values())
@@ -265,8 +292,9 @@ def nested(repo):
     cpus, took = wait_until("1:1 cell-aligned pins", pinned, timeout=300)
     log(describe(p))
     nodes = [t.node_of[c] for c in cpus[::per]]
+    report, took_ram = cells_ram_in_place(p, [64, 80], nodes)
     return (f"vCPU -> CPU {dict(enumerate(cpus))} (cells on nodes {nodes}) in {took:.0f}s; "
-            f"{cell_memory(p, [64, 80], nodes)}")
+            f"{report} ({took_ram:.0f}s more)")
 
 
 # --- 5. rollback --------------------------------------------------------------

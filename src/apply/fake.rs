@@ -18,6 +18,8 @@ pub struct FakeState {
     pub binding: MemoryBinding,
     /// MiB per node.
     pub memory: BTreeMap<u32, u64>,
+    /// Guest cell -> MiB per node of its RAM block (part of `memory`).
+    pub cells: BTreeMap<u32, BTreeMap<u32, u64>>,
     /// Settings written to the persistent definition, as "what=value".
     pub config_writes: Vec<String>,
 }
@@ -251,6 +253,51 @@ impl DomainHost for FakeHost {
             .sum();
         s.memory.retain(|n, _| !from.contains(*n));
         *s.memory.entry(target).or_default() += moved;
+        Ok(())
+    }
+
+    fn cell_memory(&self, d: &DomainRef, cell: u32) -> Result<BTreeMap<u32, u64>, HostError> {
+        self.running(d)?;
+        self.state
+            .borrow()
+            .cells
+            .get(&cell)
+            .cloned()
+            .ok_or_else(|| HostError::new("fake", ErrorKind::Failed, "no RAM block of that cell"))
+    }
+
+    fn move_cell_memory(
+        &self,
+        d: &DomainRef,
+        cell: u32,
+        to: &BTreeMap<u32, u64>,
+    ) -> Result<(), HostError> {
+        let nodes: Vec<String> = to.keys().map(u32::to_string).collect();
+        self.change(d, format!("move cell {cell} memory -> {}", nodes.join(",")))?;
+        if self.faults.borrow().memory_stuck {
+            return Ok(());
+        }
+        let mut s = self.state.borrow_mut();
+        let Some(old) = s.cells.get(&cell).cloned() else {
+            return Err(HostError::new(
+                "fake",
+                ErrorKind::Failed,
+                "no RAM block of that cell",
+            ));
+        };
+        let weights: Vec<(u32, u64)> = to.iter().map(|(&n, &w)| (n, w)).collect();
+        let new = crate::planner::domain_info::distribute(old.values().sum(), &weights);
+        for (n, m) in &old {
+            if let Some(v) = s.memory.get_mut(n) {
+                *v = v.saturating_sub(*m);
+            }
+        }
+        for (n, m) in &new {
+            *s.memory.entry(*n).or_default() += m;
+        }
+        s.memory.retain(|_, m| *m > 0);
+        s.cells
+            .insert(cell, new.into_iter().filter(|(_, m)| *m > 0).collect());
         Ok(())
     }
 

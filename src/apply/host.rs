@@ -49,6 +49,17 @@ pub trait DomainHost {
     fn memory_per_node(&self, d: &DomainRef) -> Result<BTreeMap<u32, u64>, HostError>;
     /// Moves the QEMU process's pages on `from` to `to` (migrate_pages(2)).
     fn migrate_pages(&self, d: &DomainRef, from: &NodeSet, to: &NodeSet) -> Result<(), HostError>;
+    /// Resident MiB per host node of one guest cell's RAM block.
+    fn cell_memory(&self, d: &DomainRef, cell: u32) -> Result<BTreeMap<u32, u64>, HostError>;
+    /// Moves one guest cell's RAM block to the nodes of `to` (node ->
+    /// weight): its pages are shared out over them in proportion, in
+    /// address order. Pages already where they go stay.
+    fn move_cell_memory(
+        &self,
+        d: &DomainRef,
+        cell: u32,
+        to: &BTreeMap<u32, u64>,
+    ) -> Result<(), HostError>;
     /// Affinity of each vCPU thread as the kernel has it, by vCPU index.
     fn vcpu_thread_affinity(&self, d: &DomainRef) -> Result<BTreeMap<u32, CpuSet>, HostError>;
 }

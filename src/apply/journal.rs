@@ -30,6 +30,11 @@ pub struct Prior {
     /// Resident MiB per node, for the report (memory is moved back by
     /// undoing the move, not by replaying this).
     pub memory_mib: BTreeMap<u32, u64>,
+    /// Guest cell -> node -> MiB of each cell whose RAM a step moves: an
+    /// undo sends the cell's RAM back over these nodes, in proportion.
+    /// Records written before cells moved on their own have none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cell_memory_mib: BTreeMap<u32, BTreeMap<u32, u64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +265,7 @@ mod tests {
                     nodeset: None,
                 },
                 memory_mib: BTreeMap::from([(0, 512)]),
+                cell_memory_mib: BTreeMap::new(),
             },
             vec![Action::Emulatorpin {
                 cpus: "0-1".parse().unwrap(),

@@ -175,10 +175,12 @@ fn resolve(host: &dyn DomainHost, record: &Record) -> Result<RecoveryResult, Hos
 /// are is not read back exactly, so such records are rolled back.
 fn landed(host: &dyn DomainHost, record: &Record) -> Result<bool, HostError> {
     if record.attempted < record.steps.len()
-        || record
-            .steps
-            .iter()
-            .any(|s| matches!(s, Action::MigratePages { .. }))
+        || record.steps.iter().any(|s| {
+            matches!(
+                s,
+                Action::MigratePages { .. } | Action::MoveCellMemory { .. }
+            )
+        })
     {
         return Ok(false);
     }

@@ -55,6 +55,12 @@ pub fn rollback(host: &dyn DomainHost, record: &Record) -> Undo {
             },
             // Pages that moved go back where they came from.
             Action::MigratePages { from, to, .. } => host.migrate_pages(d, to, from),
+            // A cell's RAM goes back over the nodes it was on, in the
+            // proportions it had there.
+            Action::MoveCellMemory { cell, .. } => match prior.cell_memory_mib.get(cell) {
+                Some(was) if was.values().any(|&m| m > 0) => host.move_cell_memory(d, *cell, was),
+                _ => Ok(()),
+            },
         };
         match result {
             Ok(()) => tracing::info!(domain = %d.name, action = %step, "undone"),
@@ -147,7 +153,7 @@ pub fn differences(
                     nodeset,
                 );
             }
-            Action::MigratePages { .. } => {}
+            Action::MigratePages { .. } | Action::MoveCellMemory { .. } => {}
         }
     }
     Ok(out)

@@ -41,6 +41,7 @@ fn state(mode: Option<&str>) -> FakeState {
             nodeset: mode.map(|_| set("0")),
         },
         memory: BTreeMap::from([(0, 1024)]),
+        cells: BTreeMap::new(),
         config_writes: Vec::new(),
     }
 }
@@ -313,6 +314,7 @@ fn recovery_drops_records_of_domains_that_stopped_or_restarted() {
         pins: state(None).pins,
         binding: state(None).binding,
         memory_mib: BTreeMap::new(),
+        cell_memory_mib: BTreeMap::new(),
     };
     j.write(&Record::new(domain(), prior, steps(migrate())))
         .unwrap();
@@ -541,4 +543,235 @@ fn a_pass_leaves_records_libvirt_cannot_resolve_waiting() {
     assert_eq!(pass.waiting.len(), 1);
     assert!(pass.waiting[0].1.is_unreachable());
     assert_eq!(j.pending().unwrap().len(), 1, "kept for the next pass");
+}
+
+/// A two-cell guest whose cell 1 RAM sits on cell 0's node; `cell1` is
+/// where cell 1's RAM is, by node.
+fn cells_state(cell1: &[(u32, u64)]) -> FakeState {
+    let mut s = state(None);
+    let cell1: BTreeMap<u32, u64> = cell1.iter().copied().collect();
+    s.memory = BTreeMap::from([(0, 512)]);
+    for (n, m) in &cell1 {
+        *s.memory.entry(*n).or_default() += m;
+    }
+    s.cells = BTreeMap::from([(0, BTreeMap::from([(0, 512)])), (1, cell1)]);
+    s
+}
+
+/// Cell 0 on node 0 (CPUs 0-3), cell 1 on node 1 (CPUs 4-7), then cell
+/// 1's RAM to node 1, then `after`.
+fn cell_steps(after: Option<Action>) -> Vec<Action> {
+    let mut out = vec![
+        Action::Emulatorpin { cpus: set("0-7") },
+        Action::Vcpupin {
+            vcpu: 0,
+            cpus: set("0-3"),
+        },
+        Action::Vcpupin {
+            vcpu: 1,
+            cpus: set("4-7"),
+        },
+        Action::MoveCellMemory {
+            cell: 1,
+            to: set("1"),
+            mib: 512,
+        },
+    ];
+    out.extend(after);
+    out
+}
+
+#[test]
+fn a_cells_memory_moves_to_its_node_and_nowhere_else() {
+    let host = FakeHost::new(cells_state(&[(0, 512)]));
+    let (_t, j) = journal();
+    let outcome = apply(&host, &j, &cell_steps(None));
+    assert!(
+        matches!(outcome, Outcome::Applied { steps: 4, .. }),
+        "{outcome:?}"
+    );
+    let s = host.snapshot();
+    assert_eq!(s.cells[&1], BTreeMap::from([(1, 512)]));
+    assert_eq!(s.cells[&0], BTreeMap::from([(0, 512)]), "cell 0 untouched");
+    assert_eq!(s.memory, BTreeMap::from([(0, 512), (1, 512)]));
+    assert_eq!(host.changes.borrow()[3], "move cell 1 memory -> 1");
+    assert!(j.pending().unwrap().is_empty());
+}
+
+#[test]
+fn a_failure_at_or_after_a_cell_move_restores_the_cell_where_it_was() {
+    // Cell 1 was spread over nodes 0 and 2: it goes back in proportion.
+    // (A step after the move stands for any later failure.)
+    let rest = Action::Iothreadpin {
+        iothread: 1,
+        cpus: set("4-7"),
+    };
+    let all = cell_steps(Some(rest));
+    for k in 0..all.len() {
+        let before = cells_state(&[(0, 384), (2, 128)]);
+        let host = FakeHost::new(before.clone());
+        host.faults.borrow_mut().fail_change = Some((k, ErrorKind::Failed));
+        let (_t, j) = journal();
+        match apply(&host, &j, &all) {
+            Outcome::RolledBack {
+                failed_step,
+                restored: true,
+                ..
+            } => assert_eq!(failed_step, k + 1),
+            other => panic!("step {k}: {other:?}"),
+        }
+        let after = host.snapshot();
+        assert_eq!(after.pins, before.pins, "step {k}");
+        assert_eq!(after.cells, before.cells, "step {k}");
+        assert_eq!(after.memory, before.memory, "step {k}");
+        assert!(j.pending().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_cell_whose_memory_does_not_arrive_is_moved_back() {
+    let host = FakeHost::new(cells_state(&[(0, 512)]));
+    host.faults.borrow_mut().memory_stuck = true;
+    let (_t, j) = journal();
+    match apply(&host, &j, &cell_steps(None)) {
+        Outcome::RolledBack { error, .. } => {
+            assert!(
+                error.op.contains("cell 1") && error.message.contains("only 0 of 512 MiB"),
+                "{error}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let changes = host.changes.borrow();
+    assert_eq!(changes[4], "move cell 1 memory -> 0", "{changes:?}");
+}
+
+#[test]
+fn a_cells_memory_never_moves_under_a_job_that_started_meanwhile() {
+    let before = cells_state(&[(0, 512)]);
+    let host = FakeHost::new(before.clone());
+    let (_t, j) = journal();
+    struct JobBeforeCell<'a>(&'a FakeHost);
+    impl StepHook for JobBeforeCell<'_> {
+        fn before_step(&mut self, _d: &DomainRef, index: usize, _s: &Action) {
+            if index == 3 {
+                self.0.faults.borrow_mut().busy = Some("busy: backup in progress".into());
+            }
+        }
+    }
+    let outcome = run(
+        &host,
+        &j,
+        &opts(),
+        &domain(),
+        &cell_steps(None),
+        &mut JobBeforeCell(&host),
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Outcome::RolledBack {
+                failed_step: 4,
+                restored: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(
+        !host
+            .changes
+            .borrow()
+            .iter()
+            .any(|c| c.starts_with("move cell"))
+    );
+    assert_eq!(host.snapshot(), {
+        let mut s = before;
+        s.config_writes.clear();
+        s
+    });
+}
+
+#[test]
+fn a_transaction_killed_before_a_cell_move_is_rolled_back() {
+    let before = cells_state(&[(0, 512)]);
+    let host = FakeHost::new(before.clone());
+    let (_t, j) = journal();
+    let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(
+            &host,
+            &j,
+            &opts(),
+            &domain(),
+            &cell_steps(None),
+            &mut KillAt(3),
+        )
+    }));
+    assert!(killed.is_err());
+    let pending = j.pending().unwrap();
+    assert_eq!(pending[0].attempted, 3);
+    assert_eq!(
+        pending[0].prior.cell_memory_mib[&1],
+        BTreeMap::from([(0, 512)]),
+        "the journal knows where the cell was"
+    );
+    let recovered = recover(&host, &j).unwrap();
+    assert_eq!(recovered[0].result, RecoveryResult::RolledBack);
+    assert_eq!(host.snapshot().pins, before.pins);
+    assert_eq!(host.snapshot().cells, before.cells);
+}
+
+#[test]
+fn a_record_with_a_cell_move_is_rolled_back_never_taken_as_landed() {
+    let before = cells_state(&[(0, 512)]);
+    let host = FakeHost::new(before.clone());
+    let (_t, j) = journal();
+    let steps = cell_steps(None);
+    let prior = Prior {
+        pins: before.pins.clone(),
+        binding: before.binding.clone(),
+        memory_mib: before.memory.clone(),
+        cell_memory_mib: BTreeMap::from([(1, BTreeMap::from([(0, 512)]))]),
+    };
+    let mut record = Record::new(domain(), prior, steps.clone());
+    record.attempted = steps.len();
+    j.write(&record).unwrap();
+    // Every step landed, the cell's RAM included.
+    let (_t2, other) = journal();
+    assert!(matches!(
+        apply(&host, &other, &steps),
+        Outcome::Applied { .. }
+    ));
+    let recovered = recover(&host, &j).unwrap();
+    assert_eq!(recovered[0].result, RecoveryResult::RolledBack);
+    assert_eq!(host.snapshot().cells, before.cells);
+    assert_eq!(host.snapshot().pins, before.pins);
+}
+
+#[test]
+fn a_journal_record_without_cell_memory_still_loads() {
+    let (_t, j) = journal();
+    let prior = Prior {
+        pins: state(None).pins,
+        binding: state(None).binding,
+        memory_mib: BTreeMap::new(),
+        cell_memory_mib: BTreeMap::new(),
+    };
+    j.write(&Record::new(domain(), prior, steps(migrate())))
+        .unwrap();
+    let text = std::fs::read_to_string(
+        std::fs::read_dir(_t.path().join("transactions"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    assert!(!text.contains("cell_memory_mib"), "{text}");
+    assert_eq!(
+        j.pending().unwrap()[0].prior.cell_memory_mib,
+        BTreeMap::new()
+    );
 }

@@ -207,12 +207,13 @@ fn precheck(host: &dyn DomainHost, d: &DomainRef, steps: &[Action]) -> Option<Ou
 
 /// What the steps will touch, as it is now.
 fn read_prior(host: &dyn DomainHost, d: &DomainRef, steps: &[Action]) -> Result<Prior, HostError> {
-    let moves_memory = steps.iter().any(|s| {
-        matches!(
-            s,
-            Action::MigratePages { .. } | Action::SetMemoryNodeset { .. }
-        )
-    });
+    let moves_memory = steps.iter().any(moves_memory);
+    let mut cell_memory_mib = BTreeMap::new();
+    for step in steps {
+        if let Action::MoveCellMemory { cell, .. } = step {
+            cell_memory_mib.insert(*cell, host.cell_memory(d, *cell)?);
+        }
+    }
     Ok(Prior {
         pins: host.pins(d)?,
         binding: host.memory_binding(d)?,
@@ -221,7 +222,18 @@ fn read_prior(host: &dyn DomainHost, d: &DomainRef, steps: &[Action]) -> Result<
         } else {
             BTreeMap::new()
         },
+        cell_memory_mib,
     })
+}
+
+/// Whether a step moves memory: such steps never run under a libvirt job.
+pub(super) fn moves_memory(step: &Action) -> bool {
+    matches!(
+        step,
+        Action::MigratePages { .. }
+            | Action::SetMemoryNodeset { .. }
+            | Action::MoveCellMemory { .. }
+    )
 }
 
 /// Applies one step and reads it back.
@@ -278,6 +290,11 @@ fn execute(
             host.migrate_pages(d, from, to)?;
             wait_for_memory(host, d, to, opts)?;
         }
+        Action::MoveCellMemory { cell, to, .. } => {
+            let weights = to.iter().map(|n| (n, 1)).collect();
+            host.move_cell_memory(d, *cell, &weights)?;
+            wait_for_cell_memory(host, d, *cell, to, opts)?;
+        }
     }
     Ok(())
 }
@@ -290,6 +307,20 @@ fn prior_value(prior: &Prior, step: &Action) -> String {
         Action::Iothreadpin { iothread, .. } => show(prior.pins.iothreads.get(iothread)),
         Action::SetMemoryNodeset { .. } => show(prior.binding.nodeset.as_ref()),
         Action::MigratePages { from, .. } => from.to_string(),
+        Action::MoveCellMemory { cell, .. } => prior
+            .cell_memory_mib
+            .get(cell)
+            .map_or_else(|| "unknown".into(), show_mib),
+    }
+}
+
+/// MiB per node as `N0=4 N1=92`, the way numa_maps prints pages.
+pub(super) fn show_mib(mib: &BTreeMap<u32, u64>) -> String {
+    let parts: Vec<String> = mib.iter().map(|(n, m)| format!("N{n}={m}")).collect();
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(" ")
     }
 }
 
@@ -301,10 +332,7 @@ pub(super) fn show(set: Option<&crate::idset::IdSet>) -> String {
 /// domain: one started since the transaction began fails a memory step
 /// before it starts.
 fn guard(host: &dyn DomainHost, d: &DomainRef, step: &Action) -> Result<(), HostError> {
-    if !matches!(
-        step,
-        Action::MigratePages { .. } | Action::SetMemoryNodeset { .. }
-    ) {
+    if !moves_memory(step) {
         return Ok(());
     }
     match host.activity(d)? {
@@ -337,6 +365,46 @@ fn wait_for_memory(
         if Instant::now() >= deadline {
             return Err(HostError::new(
                 &format!("verify memory of {} on node(s) {target}", d.name),
+                ErrorKind::Failed,
+                &format!(
+                    "only {on} of {total} MiB there after {:?} (needs {:.0}%)",
+                    opts.memory_verify_timeout,
+                    opts.memory_on_target_share * 100.0
+                ),
+            ));
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until the configured share of one guest cell's RAM is on
+/// `target`. move_pages(2) returns when done, so this normally passes at
+/// once; it polls like [`wait_for_memory`] all the same.
+fn wait_for_cell_memory(
+    host: &dyn DomainHost,
+    d: &DomainRef,
+    cell: u32,
+    target: &NodeSet,
+    opts: &ApplyOptions,
+) -> Result<(), HostError> {
+    let deadline = Instant::now() + opts.memory_verify_timeout;
+    loop {
+        let mem = host.cell_memory(d, cell)?;
+        let total: u64 = mem.values().sum();
+        let on: u64 = mem
+            .iter()
+            .filter(|(n, _)| target.contains(**n))
+            .map(|(_, m)| m)
+            .sum();
+        if total == 0 || on as f64 >= opts.memory_on_target_share * total as f64 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(HostError::new(
+                &format!(
+                    "verify cell {cell} memory of {} on node(s) {target}",
+                    d.name
+                ),
                 ErrorKind::Failed,
                 &format!(
                     "only {on} of {total} MiB there after {:?} (needs {:.0}%)",
@@ -457,7 +525,7 @@ fn persist(
             Action::SetMemoryNodeset { nodeset } => {
                 host.set_memory_nodeset(d, nodeset, Scope::Config)
             }
-            Action::MigratePages { .. } => Ok(()),
+            Action::MigratePages { .. } | Action::MoveCellMemory { .. } => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(domain = %d.name, action = %step, error = %e, "could not persist");

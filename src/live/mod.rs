@@ -1,9 +1,10 @@
 //! The real host: libvirt for domains and pins, the kernel's files for
-//! where memory is and how busy threads are, migrate_pages(2) for moving
-//! memory of unbound domains.
+//! where memory is and how busy threads are, migrate_pages(2) and
+//! move_pages(2) for moving memory of unbound domains.
 
 pub mod memory;
 pub mod migrate;
+pub mod move_pages;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,33 @@ impl LiveHost {
 
     fn pid(&self, d: &DomainRef, op: &str) -> Result<u32, HostError> {
         pid_file::read(&self.root, &d.name).map_err(|e| observe_error(op, e))
+    }
+
+    /// The QEMU pid and guest cell `cell`'s RAM block, found again from the
+    /// live XML's cells and the process's mappings now: a block that can
+    /// no longer be told apart is refused, never guessed.
+    fn cell_block(
+        &self,
+        d: &DomainRef,
+        cell: u32,
+        op: &str,
+    ) -> Result<(u32, crate::observe::ram_blocks::CellBlock), HostError> {
+        let (live, _) = self.libvirt.domain_xml(d)?;
+        let dom = crate::guest::domain_xml::parse(&live)
+            .map_err(|e| HostError::new(op, ErrorKind::Failed, &e.to_string()))?;
+        let pid = self.pid(d, op)?;
+        let blocks = memory::cell_blocks(&self.root, pid, &dom.cpu.cells)
+            .map_err(|e| observe_error(op, e))?;
+        blocks
+            .and_then(|b| b.into_iter().find(|b| b.cell == cell))
+            .map(|b| (pid, b))
+            .ok_or_else(|| {
+                HostError::new(
+                    op,
+                    ErrorKind::Failed,
+                    &format!("guest cell {cell}'s RAM block cannot be told apart in the QEMU process any more"),
+                )
+            })
     }
 }
 
@@ -168,6 +196,47 @@ impl DomainHost for LiveHost {
             // that follows, against the configured share.
             Ok(left) => {
                 tracing::info!(domain = %d.name, pages_not_moved = left, "migrate_pages left some pages");
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(HostError::new(
+                &op,
+                ErrorKind::Gone,
+                "the QEMU process is gone",
+            )),
+            Err(e) => Err(HostError::new(&op, ErrorKind::Failed, &e.to_string())),
+        }
+    }
+
+    fn cell_memory(&self, d: &DomainRef, cell: u32) -> Result<BTreeMap<u32, u64>, HostError> {
+        let op = format!("memory of guest cell {cell} of {}", d.name);
+        self.cell_block(d, cell, &op).map(|(_, b)| b.resident_mib())
+    }
+
+    fn move_cell_memory(
+        &self,
+        d: &DomainRef,
+        cell: u32,
+        to: &BTreeMap<u32, u64>,
+    ) -> Result<(), HostError> {
+        let nodes: NodeSet = to.keys().copied().collect();
+        let op = format!("move cell {cell} memory of {} -> {nodes}", d.name);
+        let (pid, block) = self.cell_block(d, cell, &op)?;
+        match move_pages::move_range(pid, block.start, block.end, to) {
+            Ok(r) => {
+                // Pages that could not move are judged by the check that
+                // follows, against the configured share.
+                tracing::info!(
+                    domain = %d.name,
+                    cell,
+                    to = %nodes,
+                    pages = r.pages,
+                    placed = r.placed,
+                    absent = r.absent,
+                    zero = r.zero,
+                    touched = r.touched,
+                    pages_not_moved = r.not_moved,
+                    "moved a guest cell's memory"
+                );
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(HostError::new(

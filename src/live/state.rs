@@ -21,7 +21,7 @@ use crate::observe::threads::{self, Task};
 use crate::planner::DomainInput;
 use crate::topology::{HostTopology, capabilities, sysfs};
 
-use super::memory::domain_memory_mib;
+use super::memory::{cell_blocks, cell_memory_mib, domain_memory_mib};
 
 #[derive(Debug, Clone)]
 pub struct LiveDomain {
@@ -91,6 +91,9 @@ pub struct Sampler {
     root: PathBuf,
     default_vcpu_load: f64,
     last: Option<Reading>,
+    /// Domain runs (UUID, id) whose cells' RAM blocks were not found,
+    /// already said once in the log.
+    no_cell_blocks: std::collections::BTreeSet<(String, u32)>,
 }
 
 impl Sampler {
@@ -100,6 +103,7 @@ impl Sampler {
             root,
             default_vcpu_load,
             last: None,
+            no_cell_blocks: Default::default(),
         }
     }
 
@@ -205,7 +209,7 @@ impl Sampler {
     }
 
     fn observations(
-        &self,
+        &mut self,
         domains: &[LiveDomain],
         now: &Reading,
     ) -> Result<Observations, LiveError> {
@@ -224,6 +228,9 @@ impl Sampler {
                 },
             );
         }
+        // Domains that stopped need no note any more.
+        self.no_cell_blocks
+            .retain(|(uuid, id)| domains.iter().any(|d| d.r.uuid == *uuid && d.r.id == *id));
         if let Some(before) = &self.last {
             obs.cpu_steal = proc_stat::steal_fractions(&before.cpus, &now.cpus);
         }
@@ -237,6 +244,20 @@ impl Sampler {
                 }
             }
             let key = (d.r.uuid.clone(), d.r.id);
+            let cells = &d.input.live.cpu.cells;
+            if cells.len() > 1 {
+                match cell_blocks(&self.root, pid, cells) {
+                    Ok(Some(blocks)) => o.cell_memory_mib = cell_memory_mib(&blocks),
+                    Ok(None) => {
+                        if self.no_cell_blocks.insert(key.clone()) {
+                            tracing::info!(domain = %d.r.name, cells = cells.len(), "guest cells' RAM blocks not found; its memory moves as a whole");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(domain = %d.r.name, error = %e, "memory per guest cell unknown")
+                    }
+                }
+            }
             if let (Some(before), Some(after)) = (
                 self.last
                     .as_ref()

@@ -7,6 +7,8 @@
 //! keeps state or changes anything. Files read, relative to `root`:
 //! - `run/libvirt/qemu/NAME.pid`, then `proc/PID` ([`pid_file`]);
 //! - `proc/PID/numa_maps` ([`numa_maps`]);
+//! - `proc/PID/smaps` and `numa_maps`, for each guest cell's RAM block
+//!   ([`ram_blocks`]);
 //! - `proc/PID/cgroup`, then `memory.numa_stat` under `sys/fs/cgroup` (v2)
 //!   or `sys/fs/cgroup/memory` (v1) ([`cgroup`]);
 //! - `proc/PID/task/TID/{stat,status}` ([`threads`]);
@@ -22,6 +24,7 @@ pub mod node_stats;
 pub mod numa_maps;
 pub mod pid_file;
 pub mod proc_stat;
+pub mod ram_blocks;
 pub mod threads;
 
 mod files;

@@ -59,6 +59,47 @@ pub fn read(root: &Path, pid: u32) -> Result<NumaMaps, ObserveError> {
     parse(&path, &text)
 }
 
+/// One line of numa_maps: a mapping (or the part of one under a policy of
+/// its own) by start address, with its resident bytes per node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub start: u64,
+    pub resident: BTreeMap<u32, u64>,
+    /// Of those, bytes in anonymous pages of the process's own: the rest
+    /// are shared pages such as the huge zero page, which reads of
+    /// never-written memory map.
+    pub anon: u64,
+}
+
+/// Reads `proc/PID/numa_maps` under `root`, line by line.
+pub fn read_entries(root: &Path, pid: u32) -> Result<Vec<Entry>, ObserveError> {
+    let path = root.join(format!("proc/{pid}/numa_maps"));
+    let text = read_volatile(&path)?;
+    if text.trim().is_empty() {
+        return Err(ObserveError::Gone { path });
+    }
+    parse_entries(&path, &text)
+}
+
+/// Parses numa_maps text into its lines; `path` only labels errors.
+pub fn parse_entries(path: &Path, text: &str) -> Result<Vec<Entry>, ObserveError> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut resident = BTreeMap::new();
+        parse_line(path, line, &mut resident)?;
+        let address = line.split_whitespace().next().unwrap_or("");
+        let start = u64::from_str_radix(address, 16)
+            .map_err(|_| bad(path, line, "a numa_maps line starting with an address"))?;
+        let anon = anon_bytes(path, line)?;
+        out.push(Entry {
+            start,
+            resident,
+            anon,
+        });
+    }
+    Ok(out)
+}
+
 /// Parses numa_maps text; `path` only labels errors.
 pub fn parse(path: &Path, text: &str) -> Result<NumaMaps, ObserveError> {
     let mut out = NumaMaps::default();
@@ -107,6 +148,24 @@ fn parse_line(
         line_bytes = line_bytes.saturating_add(bytes);
     }
     Ok(line_bytes)
+}
+
+/// `anon=<pages>` of a line, in bytes (0 when absent).
+fn anon_bytes(path: &Path, line: &str) -> Result<u64, ObserveError> {
+    let mut page_kib = DEFAULT_PAGE_KIB;
+    let mut pages = 0u64;
+    for word in line.split_whitespace() {
+        if let Some(size) = word.strip_prefix("kernelpagesize_kB=") {
+            page_kib = size
+                .parse()
+                .map_err(|_| bad(path, line, "a numa_maps line with a numeric page size"))?;
+        } else if let Some(n) = word.strip_prefix("anon=") {
+            pages = n
+                .parse()
+                .map_err(|_| bad(path, line, "a numa_maps line with a numeric anon= count"))?;
+        }
+    }
+    Ok(pages.saturating_mul(page_kib).saturating_mul(1024))
 }
 
 /// The policy word(s) after the address.

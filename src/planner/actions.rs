@@ -2,12 +2,14 @@
 //! target with what is in place. Pins come first so that pages the guest
 //! touches from then on land on the new node; memory moves come last.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::idset::{CpuSet, NodeSet};
 
+use super::cell_memory::memory_moves;
 use super::cpus::Pins;
 use super::domain_info::{DomainInfo, MemoryHandling};
 
@@ -35,6 +37,14 @@ pub enum Action {
         to: NodeSet,
         mib: u64,
     },
+    /// move_pages(2) on one guest cell's RAM block of an unbound domain,
+    /// so the cell's memory is on its own node, not just within the
+    /// guest's nodes.
+    MoveCellMemory {
+        cell: u32,
+        to: NodeSet,
+        mib: u64,
+    },
 }
 
 impl fmt::Display for Action {
@@ -49,12 +59,21 @@ impl fmt::Display for Action {
             Action::MigratePages { from, to, mib } => {
                 write!(f, "migrate_pages {from} -> {to} (~{mib} MiB)")
             }
+            Action::MoveCellMemory { cell, to, mib } => {
+                write!(f, "move cell {cell} memory -> {to} (~{mib} MiB)")
+            }
         }
     }
 }
 
-/// Steps that turn the current state into `pins` and `nodeset`.
-pub fn actions_for(info: &DomainInfo, pins: &Pins, nodeset: &NodeSet) -> Vec<Action> {
+/// Steps that turn the current state into `pins` and `nodeset`, with guest
+/// cells on the nodes `cells` gives.
+pub fn actions_for(
+    info: &DomainInfo,
+    pins: &Pins,
+    nodeset: &NodeSet,
+    cells: &BTreeMap<u32, u32>,
+) -> Vec<Action> {
     let cur = &info.current;
     let mut out = Vec::new();
     if cur.emulator_affinity != pins.emulatorpin {
@@ -92,6 +111,25 @@ pub fn actions_for(info: &DomainInfo, pins: &Pins, nodeset: &NodeSet) -> Vec<Act
             }
         }
         MemoryHandling::Migrate => {
+            if let Some(moves) = memory_moves(info, cells, nodeset) {
+                for c in moves.cells {
+                    out.push(Action::MoveCellMemory {
+                        cell: c.cell,
+                        to: NodeSet::single(c.node),
+                        mib: c.mib,
+                    });
+                }
+                // What belongs to no cell follows as a whole, once the
+                // cells are where they go.
+                if !moves.rest_from.is_empty() {
+                    out.push(Action::MigratePages {
+                        from: moves.rest_from,
+                        to: nodeset.clone(),
+                        mib: moves.rest_mib,
+                    });
+                }
+                return out;
+            }
             let from: NodeSet = cur
                 .memory_mib
                 .iter()

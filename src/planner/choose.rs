@@ -11,6 +11,7 @@ use crate::config::Strategy;
 use crate::idset::NodeSet;
 use crate::topology::HostTopology;
 
+use super::cell_memory::{cells_of, memory_moves, migrate_mib};
 use super::domain_info::{CpuPolicy, DomainInfo, Piece, distribute_shares};
 use super::ledger::{Demand, Ledger, Part};
 use super::score::Distances;
@@ -264,6 +265,11 @@ impl Chooser<'_> {
         if info.current.memory_observed && info.memory_share_on(&nodes) < 0.9 {
             return None;
         }
+        // Measured cell by cell, a cell whose RAM is not on its node is not
+        // in place, even within the guest's nodes.
+        if memory_moves(info, &cells_of(&parts), &nodes).is_some_and(|m| !m.cells.is_empty()) {
+            return None;
+        }
         if let Some(fixed) = info.fixed_nodes()
             && !nodes.is_subset(fixed)
         {
@@ -372,8 +378,9 @@ impl Chooser<'_> {
                 .is_none_or(|f| f.contains(self.ledger.ids[i]))
     }
 
-    /// Lower is better.
-    fn cost(&mut self, info: &DomainInfo, i: usize, part: &Demand) -> f64 {
+    /// Lower is better. `cell`: the guest cell placed, whose own RAM
+    /// counts when it was measured.
+    fn cost(&mut self, info: &DomainInfo, i: usize, part: &Demand, cell: Option<u32>) -> f64 {
         let p = self.ledger.pressure_with(i, part, policy(info));
         let by_strategy = match self.strategy {
             Strategy::Spread => p,
@@ -381,7 +388,11 @@ impl Chooser<'_> {
         };
         // Staying where the memory is costs nothing; moving all of it costs
         // the threshold, so a move must win by more than that.
-        let away = 1.0 - info.memory_share_on_node(self.ledger.ids[i]);
+        let node = self.ledger.ids[i];
+        let here = cell
+            .and_then(|c| info.cell_share_on_node(c, node))
+            .unwrap_or_else(|| info.memory_share_on_node(node));
+        let away = 1.0 - here;
         by_strategy + self.min_gain * away
     }
 
@@ -392,7 +403,7 @@ impl Chooser<'_> {
             if !self.is_candidate(info, i) || !self.ledger.fits(i, &demand, policy(info)) {
                 continue;
             }
-            let mut cost = self.cost(info, i, &demand);
+            let mut cost = self.cost(info, i, &demand, piece.cell);
             if avoid.contains(self.ledger.ids[i]) {
                 cost += 10.0;
             }
@@ -424,7 +435,7 @@ impl Chooser<'_> {
         };
         let nodes = nodes_of(&parts);
         let is_move = is_move(info, &nodes);
-        let mib = info.migrate_mib_to(&nodes);
+        let mib = migrate_mib(info, &cells_of(&parts), &nodes);
         if !self.budget.affords(is_move, mib) {
             let spent = if is_move && self.budget.moves_left == 0 {
                 "move budget (planner.max_moves_per_cycle)".to_string()
@@ -476,7 +487,7 @@ impl Chooser<'_> {
                 if !self.is_candidate(info, i) || !self.ledger.fits(i, &demand, pol) {
                     continue;
                 }
-                let mut cost = self.cost(info, i, &demand);
+                let mut cost = self.cost(info, i, &demand, piece.cell);
                 if used.contains(node) {
                     cost += 10.0;
                 }
@@ -846,10 +857,18 @@ impl Chooser<'_> {
             .enumerate()
             .map(|(j, p)| if j == k { to_node } else { p.node })
             .collect();
-        // A cell's memory is on its node; what the domain has there beyond
-        // the cell's size belongs to no other cell of it.
+        // Measured cell by cell, the move is what the moved cell has off
+        // its new node. Otherwise a cell's memory is on its node, and what
+        // the domain has there beyond the cell's size belongs to no other
+        // cell of it.
+        let mut cells = cells_of(parts);
+        if let Some(cell) = from.cell {
+            cells.insert(cell, to_node);
+        }
         let mib = if parts.len() == 1 {
             info.migrate_mib_to(&target)
+        } else if memory_moves(info, &cells, &target).is_some() {
+            migrate_mib(info, &cells, &target)
         } else {
             info.migrate_mib_to(&target).min(from.mem_mib)
         };

@@ -93,6 +93,9 @@ pub struct Current {
     pub locality: f64,
     /// Whether `memory_mib` was measured.
     pub memory_observed: bool,
+    /// Guest cell -> host node -> resident MiB of the cell's RAM block,
+    /// when measured for every cell; empty otherwise. Part of `memory_mib`.
+    pub cell_memory_mib: BTreeMap<u32, BTreeMap<u32, u64>>,
     /// Whether numapin-style pins are in place (every vCPU pinned within
     /// one node), i.e. whether a change would be a move, not a first placement.
     pub pinned: bool,
@@ -160,6 +163,10 @@ pub struct DomainInfo<'a> {
     pub load: f64,
     pub online_vcpus: Vec<u32>,
     pub current: Current,
+    /// Share of memory on its target that counts as in place
+    /// (`apply.memory_on_target_share`): a guest cell with at least this
+    /// much on its node is not moved again.
+    pub settled_share: f64,
     /// Nodes the memory is bound to and cannot leave while running.
     fixed: Option<NodeSet>,
 }
@@ -210,6 +217,16 @@ impl DomainInfo<'_> {
         }
         let on = self.current.memory_mib.get(&node).copied().unwrap_or(0);
         on as f64 / total as f64
+    }
+
+    /// Share (0-1) of a guest cell's RAM on `node`, when measured per cell.
+    pub fn cell_share_on_node(&self, cell: u32, node: u32) -> Option<f64> {
+        let mem = self.current.cell_memory_mib.get(&cell)?;
+        let total: u64 = mem.values().sum();
+        if total == 0 {
+            return None;
+        }
+        Some(mem.get(&node).copied().unwrap_or(0) as f64 / total as f64)
     }
 
     /// MiB of the domain's memory outside `nodes`.
@@ -299,6 +316,7 @@ impl<'a> Analyzer<'a> {
             load: loads.iter().sum(),
             online_vcpus,
             current: Current::default(),
+            settled_share: self.config.apply.memory_on_target_share,
             fixed,
         };
         info.current = self.current(&info);
@@ -446,9 +464,20 @@ impl<'a> Analyzer<'a> {
             Some(o) if !o.memory_mib.is_empty() => (o.memory_mib.clone(), true),
             _ => (self.estimate_memory(info, &nodes), false),
         };
+        let cell_memory_mib = match self.obs.domains.get(&d.name) {
+            Some(o) if memory_observed && covers_every_cell(info, &o.cell_memory_mib) => {
+                o.cell_memory_mib.clone()
+            }
+            _ => BTreeMap::new(),
+        };
         let vcpu_weights = vcpu_node_weights(self.topo, vcpu_affinity.values());
-        let (locality, _) = locality(&self.distances, &vcpu_weights, &memory_mib);
+        let locality = if cell_memory_mib.is_empty() {
+            locality(&self.distances, &vcpu_weights, &memory_mib).0
+        } else {
+            self.cell_locality(info, &vcpu_affinity, &memory_mib, &cell_memory_mib)
+        };
         Current {
+            cell_memory_mib,
             resident_mib: memory_mib.values().sum(),
             vcpu_affinity,
             emulator_affinity,
@@ -461,6 +490,42 @@ impl<'a> Analyzer<'a> {
             vcpu_weights,
             locality,
         }
+    }
+
+    /// Locality measured cell by cell: each cell's RAM against its own
+    /// vCPUs, and the rest of the process (QEMU's own heap, devices)
+    /// against all of them.
+    fn cell_locality(
+        &self,
+        info: &DomainInfo,
+        affinity: &BTreeMap<u32, CpuSet>,
+        memory_mib: &BTreeMap<u32, u64>,
+        cells: &BTreeMap<u32, BTreeMap<u32, u64>>,
+    ) -> f64 {
+        let (mut sum, mut total) = (0.0, 0u64);
+        let mut rest = memory_mib.clone();
+        for piece in &info.pieces {
+            let Some(mem) = piece.cell.and_then(|c| cells.get(&c)) else {
+                continue;
+            };
+            for (node, mib) in mem {
+                if let Some(left) = rest.get_mut(node) {
+                    *left = left.saturating_sub(*mib);
+                }
+            }
+            let w = vcpu_node_weights(
+                self.topo,
+                piece.vcpus.iter().filter_map(|v| affinity.get(v)),
+            );
+            let (l, mib) = locality(&self.distances, &w, mem);
+            sum += l * mib as f64;
+            total += mib;
+        }
+        let all = vcpu_node_weights(self.topo, affinity.values());
+        let (l, mib) = locality(&self.distances, &all, &rest);
+        sum += l * mib as f64;
+        total += mib;
+        if total == 0 { 1.0 } else { sum / total as f64 }
     }
 
     /// Where the memory most likely is without a measurement: on the bound
@@ -485,6 +550,13 @@ impl<'a> Analyzer<'a> {
             .collect();
         distribute(info.mem_mib, &weights)
     }
+}
+
+/// Whether `cells` holds a measurement for every guest cell of the domain
+/// (and it has more than one: a single cell is the whole guest).
+fn covers_every_cell(info: &DomainInfo, cells: &BTreeMap<u32, BTreeMap<u32, u64>>) -> bool {
+    let ids: Vec<u32> = info.pieces.iter().filter_map(|p| p.cell).collect();
+    ids.len() > 1 && ids.len() == cells.len() && ids.iter().all(|c| cells.contains_key(c))
 }
 
 /// Splits `total` over keys in proportion to weights, exactly (the remainder

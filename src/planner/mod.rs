@@ -9,6 +9,7 @@
 
 pub mod actions;
 pub mod advice;
+pub mod cell_memory;
 pub mod choose;
 pub mod cpus;
 pub mod domain_info;
@@ -450,8 +451,8 @@ fn fill_target(
         .iter()
         .filter_map(|p| p.cell.map(|c| (c, p.node)))
         .collect();
-    plan.actions = actions::actions_for(info, &pins, &plan.nodeset);
-    plan.migrate_mib = info.migrate_mib_to(&plan.nodeset);
+    plan.actions = actions::actions_for(info, &pins, &plan.nodeset, &plan.cells);
+    plan.migrate_mib = cell_memory::migrate_mib(info, &plan.cells, &plan.nodeset);
     plan.locality_after = round3(planned_locality(topo, distances, info, parts, &pins));
     plan.vcpupin = pins.vcpupin;
     plan.emulatorpin = pins.emulatorpin;

@@ -71,6 +71,7 @@ impl Numapin {
                 DomainObservation {
                     memory_mib,
                     vcpu_load: vec![d.load; d.spec.vcpus as usize],
+                    ..Default::default()
                 },
             );
             inputs.push(DomainInput::new(live, Some(defined)));

@@ -180,6 +180,7 @@ fn observe(rng: &mut Rng, d: &Domain, home: Option<Home>, cpu_nodes: &[u32]) -> 
     DomainObservation {
         memory_mib,
         vcpu_load,
+        ..Default::default()
     }
 }
 
