@@ -365,10 +365,11 @@ mod tests {
 
     #[test]
     fn a_call_given_up_on_is_tracked_until_it_returns() {
-        let lv = Libvirt::new(TEST_URI, Duration::from_millis(100));
+        // Long enough for the connection to open on a loaded machine.
+        let lv = Libvirt::new(TEST_URI, Duration::from_secs(1));
         let err = lv
             .call("slow change", |_conn| {
-                thread::sleep(Duration::from_millis(600));
+                thread::sleep(Duration::from_secs(3));
                 Ok(())
             })
             .unwrap_err();
@@ -380,7 +381,7 @@ mod tests {
         // A new connection serves calls meanwhile.
         assert_eq!(lv.call("quick", |_conn| Ok(7)).unwrap(), 7);
 
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while !lv.abandoned_calls().is_empty() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
