@@ -220,36 +220,6 @@ class Probe:
                 per[int(n)] = per.get(int(n), 0) + int(pages) * kib / 1024
         return per
 
-    def written_pages(self, start):
-        """MiB per node of the pages with memory of their own in the mapping
-        starting at `start` (hex), from move_pages(2) asked for nodes only.
-        numa_maps also counts mappings of the shared (huge) zero page, which
-        RAM that was read but never written maps, on the zero page's node."""
-        import ctypes
-
-        first = int(start, 16)
-        end = None
-        for line in read(f"/proc/{self.pid}/maps").splitlines():
-            a, b = line.split()[0].split("-")
-            if int(a, 16) == first:
-                end = int(b, 16)
-        if end is None:
-            return {}
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-        out = {}
-        batch = 16384
-        for at in range(first, end, batch * 4096):
-            n = min(batch, (end - at) // 4096)
-            pages = (ctypes.c_void_p * n)(*range(at, at + n * 4096, 4096))
-            status = (ctypes.c_int * n)()
-            if libc.syscall(ctypes.c_long(279), ctypes.c_long(self.pid), ctypes.c_ulong(n), pages, None, status, 0) < 0:
-                raise OSError(ctypes.get_errno(), "move_pages")
-            for st in status:
-                if st >= 0:
-                    out[st] = out.get(st, 0) + 4 / 1024
-        return out
-
     def vmas(self, min_mib=16):
         """[(start address, MiB per node)] of the big anonymous mappings (guest RAM blocks)."""
         out = []

@@ -170,7 +170,13 @@ def rebalance(repo):
     # Budget: moves never overlap (each would exceed it with the other).
     windows = {name: sampler.moving(name, to_move[name], now[name]) for name in to_move}
     log(f"move windows (s since start): { {n: (round(a - r.started), round(b - r.started)) for n, (a, b) in windows.items() if a and b} }")
-    if len(windows) == 2:
+    unseen = [n for n, w in windows.items() if None in w]
+    if unseen:
+        # The samples did not catch the memory wholly on one node before or
+        # after (it moved within one sample, or was already partly moving
+        # when sampling began): the log check below still holds the budget.
+        log(f"move window not seen in the samples for {unseen}; checking the budget from numapin's log only")
+    elif len(windows) == 2:
         (a0, a1), (b0, b1) = windows.values()
         assert a1 <= b0 + 1.5 or b1 <= a0 + 1.5, f"memory of both domains moved at once: {windows}"
     moved_mib = {n: mib_before[n].get(to_move[n], 0) for n in to_move}
@@ -233,14 +239,13 @@ def cell_memory(p, sizes, nodes):
             out.append(f"cell {cell} RAM not found")
             in_place = False
             continue
-        # The check counts written pages: RAM read but never written maps
-        # the shared zero page, which numa_maps shows on the zero page's
-        # node and which nothing moves.
-        written = p.written_pages(block[0])
-        here = share_on(written, {node})
+        # numa_maps counts the block's own pages: the lab guest runs with
+        # THP off (lab/common.sh), so RAM that was read but never written
+        # maps the 4 KiB zero page, which numa_maps leaves out, not the huge
+        # zero page, which it would count on that page's node.
+        here = share_on(block[1], {node})
         in_place = in_place and here >= ON_NODE
-        out.append(f"cell {cell} RAM {show_mem(written)} MiB written ({here:.0%} on its node {node}; "
-                   f"numa_maps {show_mem(block[1])})")
+        out.append(f"cell {cell} RAM {show_mem(block[1])} MiB ({here:.0%} on its node {node})")
     return "; ".join(out), in_place
 
 
