@@ -350,31 +350,8 @@ fn wait_for_memory(
     target: &NodeSet,
     opts: &ApplyOptions,
 ) -> Result<(), HostError> {
-    let deadline = Instant::now() + opts.memory_verify_timeout;
-    loop {
-        let mem = host.memory_per_node(d)?;
-        let total: u64 = mem.values().sum();
-        let on: u64 = mem
-            .iter()
-            .filter(|(n, _)| target.contains(**n))
-            .map(|(_, m)| m)
-            .sum();
-        if total == 0 || on as f64 >= opts.memory_on_target_share * total as f64 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(HostError::new(
-                &format!("verify memory of {} on node(s) {target}", d.name),
-                ErrorKind::Failed,
-                &format!(
-                    "only {on} of {total} MiB there after {:?} (needs {:.0}%)",
-                    opts.memory_verify_timeout,
-                    opts.memory_on_target_share * 100.0
-                ),
-            ));
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
+    let what = format!("memory of {}", d.name);
+    wait_for_share(&what, target, opts, || host.memory_per_node(d))
 }
 
 /// Waits until the configured share of one guest cell's RAM is on
@@ -387,9 +364,21 @@ fn wait_for_cell_memory(
     target: &NodeSet,
     opts: &ApplyOptions,
 ) -> Result<(), HostError> {
+    let what = format!("cell {cell} memory of {}", d.name);
+    wait_for_share(&what, target, opts, || host.cell_memory(d, cell))
+}
+
+/// Polls `read` (MiB per node) until `apply.memory_on_target_share` of it
+/// is on `target`, for at most `apply.memory_verify_timeout_secs`.
+fn wait_for_share(
+    what: &str,
+    target: &NodeSet,
+    opts: &ApplyOptions,
+    read: impl Fn() -> Result<BTreeMap<u32, u64>, HostError>,
+) -> Result<(), HostError> {
     let deadline = Instant::now() + opts.memory_verify_timeout;
     loop {
-        let mem = host.cell_memory(d, cell)?;
+        let mem = read()?;
         let total: u64 = mem.values().sum();
         let on: u64 = mem
             .iter()
@@ -401,10 +390,7 @@ fn wait_for_cell_memory(
         }
         if Instant::now() >= deadline {
             return Err(HostError::new(
-                &format!(
-                    "verify cell {cell} memory of {} on node(s) {target}",
-                    d.name
-                ),
+                &format!("verify {what} on node(s) {target}"),
                 ErrorKind::Failed,
                 &format!(
                     "only {on} of {total} MiB there after {:?} (needs {:.0}%)",

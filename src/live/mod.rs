@@ -198,12 +198,7 @@ impl DomainHost for LiveHost {
                 tracing::info!(domain = %d.name, pages_not_moved = left, "migrate_pages left some pages");
                 Ok(())
             }
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(HostError::new(
-                &op,
-                ErrorKind::Gone,
-                "the QEMU process is gone",
-            )),
-            Err(e) => Err(HostError::new(&op, ErrorKind::Failed, &e.to_string())),
+            Err(e) => Err(syscall_error(&op, &e)),
         }
     }
 
@@ -239,12 +234,7 @@ impl DomainHost for LiveHost {
                 );
                 Ok(())
             }
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(HostError::new(
-                &op,
-                ErrorKind::Gone,
-                "the QEMU process is gone",
-            )),
-            Err(e) => Err(HostError::new(&op, ErrorKind::Failed, &e.to_string())),
+            Err(e) => Err(syscall_error(&op, &e)),
         }
     }
 
@@ -256,5 +246,15 @@ impl DomainHost for LiveHost {
             .into_iter()
             .filter_map(|t| Some((t.vcpu?, t.cpus_allowed)))
             .collect())
+    }
+}
+
+/// A failed page-moving syscall on a QEMU process, sorted: ESRCH means the
+/// process (so the domain) is gone.
+fn syscall_error(op: &str, e: &std::io::Error) -> HostError {
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        HostError::new(op, ErrorKind::Gone, "the QEMU process is gone")
+    } else {
+        HostError::new(op, ErrorKind::Failed, &e.to_string())
     }
 }
