@@ -39,6 +39,18 @@ pub fn kib(value: u64, unit_bytes: u128, round: Round) -> Option<u64> {
     u64::try_from(kib).ok()
 }
 
+/// Bytes per node to MiB per node, rounded to the nearest MiB; nodes under
+/// half a MiB are left out.
+pub fn mib_per_node(
+    bytes: &std::collections::BTreeMap<u32, u64>,
+) -> std::collections::BTreeMap<u32, u64> {
+    bytes
+        .iter()
+        .map(|(&node, &b)| (node, (b + (1 << 19)) >> 20))
+        .filter(|(_, mib)| *mib > 0)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,20 +26,20 @@ pub fn domain_memory_mib(
     pid: u32,
 ) -> Result<(BTreeMap<u32, u64>, MemorySource), ObserveError> {
     match cgroup::read(root, pid) {
-        Ok(m) if !m.from_ancestor => return Ok((to_mib(&m.resident), MemorySource::Cgroup)),
+        Ok(m) if !m.from_ancestor => {
+            return Ok((
+                crate::units::mib_per_node(&m.resident),
+                MemorySource::Cgroup,
+            ));
+        }
         Err(e) if e.is_gone() => return Err(e),
         _ => {}
     }
     let maps = numa_maps::read(root, pid)?;
-    Ok((to_mib(&maps.resident), MemorySource::NumaMaps))
-}
-
-fn to_mib(bytes: &BTreeMap<u32, u64>) -> BTreeMap<u32, u64> {
-    bytes
-        .iter()
-        .map(|(&node, &b)| (node, (b + (1 << 19)) >> 20))
-        .filter(|(_, mib)| *mib > 0)
-        .collect()
+    Ok((
+        crate::units::mib_per_node(&maps.resident),
+        MemorySource::NumaMaps,
+    ))
 }
 
 /// Each guest cell's RAM block in QEMU process `pid`, with where its pages

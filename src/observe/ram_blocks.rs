@@ -59,11 +59,7 @@ pub struct CellBlock {
 impl CellBlock {
     /// Resident MiB per node, rounded; nodes under half a MiB left out.
     pub fn resident_mib(&self) -> BTreeMap<u32, u64> {
-        self.resident
-            .iter()
-            .map(|(&node, &b)| (node, (b + (1 << 19)) >> 20))
-            .filter(|(_, mib)| *mib > 0)
-            .collect()
+        crate::units::mib_per_node(&self.resident)
     }
 }
 
