@@ -58,8 +58,10 @@ lab_topology_args() {
 # waits for it to power off. The console goes to OUTDIR/console.log (and
 # to stdout with VERBOSE=1, else only its LAB: lines); OUTDIR is also
 # shared read-write with the guest (mounted at /run/lab/out) for results.
-# A guest kernel stuck for 120 s (a soft lockup; watchdog_thresh=60) panics
-# and powers the guest off at once, rather than when the timeout hits.
+# A guest kernel stuck for 120 s (a soft lockup; watchdog_thresh=60), or
+# whose RCU grace period stalls through three warnings (about three
+# minutes), panics and powers the guest off at once, rather than when the
+# timeout hits.
 # Transparent huge pages are off: with them, inner guests' RAM that was read
 # but never written maps the huge zero page, which numa_maps counts on that
 # page's node, and per-node figures of guest RAM would be mostly that page.
@@ -71,7 +73,7 @@ lab_boot() {
   timeout -k 10 "$timeout" qemu-system-x86_64 -machine q35 -accel tcg,thread=multi $qargs \
     -display none -serial stdio -monitor none -no-reboot -nodefaults \
     -kernel "$build/vmlinuz" -initrd "$build/initramfs.gz" \
-    -append "console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=60 transparent_hugepage=never quiet labinit=$lab/guest/init.sh labrepo=$repo labtopo=$topo $args" \
+    -append "console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=60 sysctl.kernel.panic_on_rcu_stall=1 sysctl.kernel.max_rcu_stall_to_panic=3 transparent_hugepage=never quiet labinit=$lab/guest/init.sh labrepo=$repo labtopo=$topo $args" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap \
     -virtfs "local,path=$out,mount_tag=labout,security_model=passthrough" \
     </dev/null 2>&1 | tee "$out/console.log" |

@@ -287,7 +287,8 @@ def show_mem(per_node):
 
 
 def wait_until(what, cond, timeout, interval=2.0):
-    """Polls cond() until it returns something true; returns (value, seconds) or raises."""
+    """Polls cond() until it returns something other than None or False
+    (so 0, node 0, counts as an answer); returns (value, seconds) or raises."""
     t0 = time.monotonic()
     last = None
     while True:
@@ -298,7 +299,7 @@ def wait_until(what, cond, timeout, interval=2.0):
             err = e
         else:
             err = None
-        if last:
+        if last is not None and last is not False:
             return last, time.monotonic() - t0
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"{what}: not within {timeout}s" + (f" ({err})" if err else ""))

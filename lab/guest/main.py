@@ -36,6 +36,10 @@ def run_scenarios(repo, names):
             detail, verdict = str(e), "SKIP"
         except Exception as e:  # noqa: BLE001 - any failure is the scenario's
             traceback.print_exc()
+            try:
+                scenarios.report_failure()
+            except Exception:  # noqa: BLE001 - the report must not hide the failure
+                traceback.print_exc()
             detail, verdict = f"{type(e).__name__}: {e}", "FAIL"
             failed += 1
         finally:

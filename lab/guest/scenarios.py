@@ -37,6 +37,23 @@ def cleanup():
     sh(["rm", "-rf", "/run/numapin"])
 
 
+def report_failure():
+    """Prints, before cleanup tears it down, what the console needs to
+    explain a failure: where each running domain is and the tail of the
+    daemon's log (the guest's /run is gone once it powers off)."""
+    for name in virsh("list", "--name", check=False).split():
+        try:
+            probe = Probe(name)
+            log(f"at failure: {describe(probe)} | numatune {probe.numatune()}")
+        except Exception as e:  # noqa: BLE001 - a report, not a check
+            log(f"at failure: {name}: unreadable ({e})")
+    if DAEMON and getattr(DAEMON, "logpath", None):
+        lines = DAEMON.log_lines()
+        log(f"at failure: last {min(len(lines), 60)} of {len(lines)} lines of {os.path.basename(DAEMON.logpath)}:")
+        for line in lines[-60:]:
+            print("  | " + line, flush=True)
+
+
 def daemon(repo, logname, **config):
     global DAEMON
     DAEMON = Numapin(repo, **config)
