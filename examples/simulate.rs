@@ -24,6 +24,20 @@ use std::time::Instant;
 use numapin::simulate::{Metrics, SimConfig, Strategy, TraceShape, compare, simulate, trace};
 use numapin::synth::HostShape;
 
+/// numapin with other `min_gain`s, after the default config: a coarser
+/// threshold (fewer moves), and one that rebalances at almost any gap (how
+/// even bound guests can be kept at all, and what that migrates).
+const VARIANTS: [(&str, f64); 2] = [
+    ("numapin, min_gain 0.1", 0.1),
+    ("numapin, min_gain 0.01", 0.01),
+];
+
+fn variant(config: &SimConfig, min_gain: f64) -> SimConfig {
+    let mut c = config.clone();
+    c.planner.planner.min_gain = min_gain;
+    c
+}
+
 const USAGE: &str = "usage: simulate [SEED] | simulate --seeds FIRST-LAST[,SEED...] [--jobs N]";
 
 fn hosts() -> Vec<(&'static str, HostShape)> {
@@ -137,10 +151,10 @@ fn one_seed(seed: u64) {
         for (s, m) in compare(&topo, &t, &config) {
             print_row(s.label(), &m);
         }
-        let mut coarser = config.clone();
-        coarser.planner.planner.min_gain = 0.1;
-        let m = simulate(&topo, &t, Strategy::Numapin, &coarser);
-        print_row("numapin, min_gain 0.1", &m);
+        for (label, min_gain) in VARIANTS {
+            let m = simulate(&topo, &t, Strategy::Numapin, &variant(&config, min_gain));
+            print_row(label, &m);
+        }
         println!();
     }
 }
@@ -159,7 +173,7 @@ fn print_row(label: &str, m: &Metrics) {
 }
 
 /// One host and seed: domains that arrived and each strategy's metrics,
-/// in `Strategy::ALL` order, then numapin with a `min_gain` of 0.1.
+/// in `Strategy::ALL` order, then numapin's [`VARIANTS`].
 type Run = (usize, Vec<Metrics>);
 
 /// Runs every host on every seed, `jobs` runs at a time; results by host,
@@ -174,8 +188,8 @@ fn run_all(seeds: &[u64], jobs: usize) -> Vec<Vec<Run>> {
         for _ in 0..jobs.min(work) {
             scope.spawn(|| {
                 let config = SimConfig::default();
-                let mut coarser = config.clone();
-                coarser.planner.planner.min_gain = 0.1;
+                let variants: Vec<SimConfig> =
+                    VARIANTS.iter().map(|v| variant(&config, v.1)).collect();
                 let hosts = hosts();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -189,7 +203,9 @@ fn run_all(seeds: &[u64], jobs: usize) -> Vec<Vec<Run>> {
                         .into_iter()
                         .map(|(_, m)| m)
                         .collect();
-                    metrics.push(simulate(&topo, &t, Strategy::Numapin, &coarser));
+                    for v in &variants {
+                        metrics.push(simulate(&topo, &t, Strategy::Numapin, v));
+                    }
                     let run = (arrivals(&t), metrics);
                     results.lock().expect("no worker panicked")[i] = Some(run);
                     eprintln!(
@@ -392,7 +408,7 @@ fn many_seeds(seeds: &[u64], jobs: usize) {
     );
     let numapin = Strategy::ALL.len() - 1;
     let mut rows: Vec<&str> = Strategy::ALL.iter().map(|s| s.label()).collect();
-    rows.push("numapin, min_gain 0.1");
+    rows.extend(VARIANTS.iter().map(|v| v.0));
     let periodic = Strategy::ALL
         .iter()
         .position(|&s| s == Strategy::NumadPeriodic)
@@ -499,5 +515,47 @@ fn many_seeds(seeds: &[u64], jobs: usize) {
             );
         }
         println!();
+        print_tradeoff(seeds, &rows, &values, periodic);
     }
+}
+
+/// Per numapin config, the seeds where it is worse on imbalance than no
+/// pinning and than numad periodic, and migrates more than numad periodic:
+/// what a lower or higher `min_gain` trades.
+fn print_tradeoff(seeds: &[u64], rows: &[&str], values: &[Vec<Vec<f64>>], periodic: usize) {
+    let measure = |name: &str| {
+        MEASURES
+            .iter()
+            .position(|m| m.name == name)
+            .expect("a measure")
+    };
+    let (imbalance, gib) = (measure("imbalance"), measure("GiB migrated"));
+    let no_pinning = Strategy::ALL
+        .iter()
+        .position(|&s| s == Strategy::NoPinning)
+        .expect("a strategy");
+    let worse = |row: usize, k: usize, base: usize| {
+        let m = &MEASURES[k];
+        let list: Vec<String> = (0..seeds.len())
+            .filter(|&i| m.outcome(values[row][k][i], values[base][k][i]) == Outcome::Worse)
+            .map(|i| seeds[i].to_string())
+            .collect();
+        match list.len() {
+            0 => "none".to_owned(),
+            c => format!("{c}: {}", list.join(", ")),
+        }
+    };
+    println!(
+        "| seeds where numapin is worse | imbalance, against no pinning | imbalance, against numad periodic | GiB migrated, against numad periodic |"
+    );
+    println!("| --- | --- | --- | --- |");
+    for (row, label) in rows.iter().enumerate().skip(Strategy::ALL.len() - 1) {
+        println!(
+            "| {label} | {} | {} | {} |",
+            worse(row, imbalance, no_pinning),
+            worse(row, imbalance, periodic),
+            worse(row, gib, periodic),
+        );
+    }
+    println!();
 }
