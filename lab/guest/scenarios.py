@@ -40,7 +40,8 @@ def cleanup():
 def report_failure():
     """Prints, before cleanup tears it down, what the console needs to
     explain a failure: where each running domain is and the tail of the
-    daemon's log (the guest's /run is gone once it powers off)."""
+    daemon's log (its file stays in lab/.build/out on the machine that ran
+    the lab; CI keeps only what lab/run prints)."""
     for name in virsh("list", "--name", check=False).split():
         try:
             probe = Probe(name)
