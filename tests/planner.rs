@@ -903,18 +903,12 @@ fn a_guest_cell_on_the_busiest_node_is_rebalanced_alone() {
     // two-cell guest only cell 0 (on node 0) moves, to a node without its
     // other cell.
     let topo = HostShape::new(4, 8, 2, 64 * 1024).build();
-    let cpus = |n: u32| topo.node(n).unwrap().cpus.clone();
     let busy = domain("busy", 16, 1024)
         .with_policy(DomainPolicy::Exclude)
-        .pinned_to(&cpus(0).to_string());
-    let mut cells = domain("cells", 4, 4096).with_cells(2);
-    for v in 0..4 {
-        cells.cputune.vcpupin.insert(v, cpus(v / 2));
-    }
-    let obs = observed_memory(&[("cells", &[(0, 2048), (1, 2048)]), ("busy", &[(0, 1024)])]);
-    let mut config = Config::default();
-    config.planner.manage_pinned = true;
-    let p = run(&topo, vec![busy, cells], &obs, &config);
+        .pinned_to(&topo.node(0).unwrap().cpus.to_string());
+    let mut obs = observed_memory(&[("busy", &[(0, 1024)])]);
+    let cells = pinned_cells(&topo, "cells", &[(0, 2048), (1, 2048)], &[], &mut obs);
+    let p = run(&topo, vec![busy, cells], &obs, &manage_pinned());
     let d = get(&p, "cells");
     assert_eq!(d.status, Status::Moved, "{}", d.reason);
     assert!(d.reason.contains("guest cell 0"), "{}", d.reason);
@@ -929,18 +923,12 @@ fn on_two_nodes_a_guest_cell_joins_its_other_cell_to_rebalance() {
     // cells: rather than never moving, the cell on the saturated node 1
     // joins cell 0 on node 0.
     let topo = HostShape::new(2, 8, 2, 64 * 1024).build();
-    let cpus = |n: u32| topo.node(n).unwrap().cpus.clone();
     let busy = domain("busy", 16, 1024)
         .with_policy(DomainPolicy::Exclude)
-        .pinned_to(&cpus(1).to_string());
-    let mut cells = domain("cells", 4, 4096).with_cells(2);
-    for v in 0..4 {
-        cells.cputune.vcpupin.insert(v, cpus(v / 2));
-    }
-    let obs = observed_memory(&[("cells", &[(0, 2048), (1, 2048)]), ("busy", &[(1, 1024)])]);
-    let mut config = Config::default();
-    config.planner.manage_pinned = true;
-    let p = run(&topo, vec![busy, cells], &obs, &config);
+        .pinned_to(&topo.node(1).unwrap().cpus.to_string());
+    let mut obs = observed_memory(&[("busy", &[(1, 1024)])]);
+    let cells = pinned_cells(&topo, "cells", &[(0, 2048), (1, 2048)], &[], &mut obs);
+    let p = run(&topo, vec![busy, cells], &obs, &manage_pinned());
     let d = get(&p, "cells");
     assert_eq!(d.status, Status::Moved, "{}", d.reason);
     assert!(d.reason.contains("guest cell 1"), "{}", d.reason);

@@ -87,6 +87,18 @@ fn opts() -> ApplyOptions {
     }
 }
 
+/// What a record of the unbound domain of [`state`] holds from before its
+/// change (no memory measured).
+fn unbound_prior() -> Prior {
+    let s = state(None);
+    Prior {
+        pins: s.pins,
+        binding: s.binding,
+        memory_mib: BTreeMap::new(),
+        cell_memory_mib: BTreeMap::new(),
+    }
+}
+
 fn journal() -> (tempfile::TempDir, Journal) {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(tmp.path()).unwrap();
@@ -310,13 +322,7 @@ fn a_transaction_killed_between_steps_is_rolled_back_at_the_next_start() {
 #[test]
 fn recovery_drops_records_of_domains_that_stopped_or_restarted() {
     let (_t, j) = journal();
-    let prior = Prior {
-        pins: state(None).pins,
-        binding: state(None).binding,
-        memory_mib: BTreeMap::new(),
-        cell_memory_mib: BTreeMap::new(),
-    };
-    j.write(&Record::new(domain(), prior, steps(migrate())))
+    j.write(&Record::new(domain(), unbound_prior(), steps(migrate())))
         .unwrap();
     let mut restarted = state(None);
     restarted.domain.id = 4;
@@ -752,13 +758,7 @@ fn a_record_with_a_cell_move_is_rolled_back_never_taken_as_landed() {
 #[test]
 fn a_journal_record_without_cell_memory_still_loads() {
     let (_t, j) = journal();
-    let prior = Prior {
-        pins: state(None).pins,
-        binding: state(None).binding,
-        memory_mib: BTreeMap::new(),
-        cell_memory_mib: BTreeMap::new(),
-    };
-    j.write(&Record::new(domain(), prior, steps(migrate())))
+    j.write(&Record::new(domain(), unbound_prior(), steps(migrate())))
         .unwrap();
     let text = std::fs::read_to_string(
         std::fs::read_dir(_t.path().join("transactions"))
