@@ -67,6 +67,30 @@ impl fmt::Display for Strategy {
     }
 }
 
+/// What memory-only nodes (CXL expanders, HBM: nodes without CPUs) hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryTier {
+    /// A guest's memory that does not fit its CPU node(s), nearest first.
+    #[default]
+    Overflow,
+    /// Nothing: guests live on CPU nodes only.
+    Never,
+    /// Idle guests' memory first (as providers do with pooled memory), and
+    /// any guest's overflow.
+    PreferForIdle,
+}
+
+impl fmt::Display for MemoryTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemoryTier::Overflow => "overflow",
+            MemoryTier::Never => "never",
+            MemoryTier::PreferForIdle => "prefer-for-idle",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlannerConfig {
@@ -88,6 +112,14 @@ pub struct PlannerConfig {
     pub cpu_overcommit: f64,
     /// Load assumed for a vCPU with no observation (fraction of one CPU).
     pub default_vcpu_load: f64,
+    /// Seconds a guest judged to run VMs must show no nested guest entry
+    /// before it counts as an ordinary guest again.
+    pub nested_quiet_secs: u64,
+    /// Largest share (0-1) of a node's usable CPUs given to dedicated
+    /// vCPUs; the rest stays for shared guests.
+    pub max_dedicated_share: f64,
+    /// What memory-only nodes hold.
+    pub memory_tier: MemoryTier,
 }
 
 impl Default for PlannerConfig {
@@ -101,6 +133,9 @@ impl Default for PlannerConfig {
             max_migrate_mib_per_cycle: 16 * 1024,
             cpu_overcommit: 4.0,
             default_vcpu_load: 1.0,
+            nested_quiet_secs: 3600,
+            max_dedicated_share: 0.5,
+            memory_tier: MemoryTier::Overflow,
         }
     }
 }
@@ -288,6 +323,12 @@ impl Config {
             return bad(
                 "planner.default_vcpu_load",
                 format!("{} is not above 0 and at most 1", p.default_vcpu_load),
+            );
+        }
+        if !(0.0..=1.0).contains(&p.max_dedicated_share) {
+            return bad(
+                "planner.max_dedicated_share",
+                format!("{} is not between 0 and 1", p.max_dedicated_share),
             );
         }
         if !(0.0..=1.0).contains(&self.apply.memory_on_target_share) {

@@ -3,7 +3,7 @@
 //!
 //! The crate is split into a pure core that needs no machine
 //! ([`idset`], [`topology`], [`guest`], [`config`], [`observations`],
-//! [`planner`]) and the adapters that read or change a real host
+//! [`nested`], [`planner`]) and the adapters that read or change a real host
 //! ([`observe`] reads what a running host measures).
 
 pub mod apply;
@@ -18,6 +18,7 @@ pub mod idset;
 pub mod libvirt;
 pub mod live;
 pub mod metrics;
+pub mod nested;
 pub mod observations;
 pub mod observe;
 pub mod planner;

@@ -54,6 +54,14 @@ pub struct DomainGauge {
     /// An operator changed its pins after numapin placed it, so numapin
     /// stopped managing it.
     pub changed_by_operator: bool,
+    /// Taken for a hypervisor of its own (declared or seen running VMs).
+    pub nested_hypervisor: bool,
+    /// Mean share of time its vCPUs waited for a host CPU; `None` when
+    /// not measured.
+    pub vcpu_wait: Option<f64>,
+    /// Its threads may run on CPUs dedicated to other guests (a domain
+    /// numapin leaves alone).
+    pub on_dedicated_cpus: bool,
 }
 
 /// One host NUMA node, as the last cycle saw it.
@@ -64,6 +72,10 @@ pub struct NodeGauge {
     pub free_mib: Option<u64>,
     pub vcpu_demand: f64,
     pub cpus: usize,
+    /// CPUs held by dedicated vCPUs.
+    pub dedicated_cpus: usize,
+    /// vCPUs' run-queue wait on the node, in CPUs; `None` when not measured.
+    pub vcpu_wait: Option<f64>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,6 +124,11 @@ pub struct Metrics {
     domain_nodes_spanned: Family<DomainLabel, UintGauge>,
     domain_changed_by_operator: Family<DomainLabel, UintGauge>,
     domain_memory: Family<DomainLabel, UintGauge>,
+    domain_nested_hypervisor: Family<DomainLabel, UintGauge>,
+    domain_vcpu_wait: Family<DomainLabel, FloatGauge>,
+    domain_on_dedicated_cpus: Family<DomainLabel, UintGauge>,
+    node_dedicated_cpus: Family<NodeLabel, UintGauge>,
+    node_vcpu_wait: Family<NodeLabel, FloatGauge>,
     node_free_memory: Family<NodeLabel, UintGauge>,
     node_vcpu_demand: Family<NodeLabel, FloatGauge>,
     node_cpus: Family<NodeLabel, UintGauge>,
@@ -243,9 +260,31 @@ impl Metrics {
             domain_memory.clone(),
         );
 
+        let domain_nested_hypervisor = Family::default();
+        let domain_vcpu_wait = Family::default();
+        let domain_on_dedicated_cpus = Family::default();
+        r.register(
+            "domain_nested_hypervisor",
+            "1 when the domain is taken for a hypervisor of its own (its definition requires vmx/svm, or KVM saw it entering nested guests)",
+            domain_nested_hypervisor.clone(),
+        );
+        r.register_with_unit(
+            "domain_vcpu_wait",
+            "Mean share of time the domain's vCPUs waited in the host run queue over the last window (libvirt vcpu.N.delay); absent when not measured",
+            Unit::Other("ratio".into()),
+            domain_vcpu_wait.clone(),
+        );
+        r.register(
+            "domain_on_dedicated_cpus",
+            "1 when a domain numapin leaves alone may run on host CPUs dedicated to another guest",
+            domain_on_dedicated_cpus.clone(),
+        );
+
         let node_free_memory = Family::default();
         let node_vcpu_demand = Family::default();
         let node_cpus = Family::default();
+        let node_dedicated_cpus = Family::default();
+        let node_vcpu_wait = Family::default();
         r.register_with_unit(
             "node_free_memory",
             "Free memory of the host NUMA node; absent when not measured",
@@ -258,6 +297,16 @@ impl Metrics {
             node_vcpu_demand.clone(),
         );
         r.register("node_cpus", "Host CPUs of the NUMA node", node_cpus.clone());
+        r.register(
+            "node_dedicated_cpus",
+            "Host CPUs of the node held by dedicated vCPUs",
+            node_dedicated_cpus.clone(),
+        );
+        r.register(
+            "node_vcpu_wait",
+            "vCPUs waiting in the run queue on the node's CPUs, in CPUs (sum of wait shares); absent when not measured",
+            node_vcpu_wait.clone(),
+        );
 
         // Both results show from the start, so a rate over them is defined
         // before the first error.
@@ -285,6 +334,11 @@ impl Metrics {
             domain_nodes_spanned,
             domain_changed_by_operator,
             domain_memory,
+            domain_nested_hypervisor,
+            domain_vcpu_wait,
+            domain_on_dedicated_cpus,
+            node_dedicated_cpus,
+            node_vcpu_wait,
             node_free_memory,
             node_vcpu_demand,
             node_cpus,
@@ -332,6 +386,9 @@ impl Metrics {
         self.domain_nodes_spanned.clear();
         self.domain_changed_by_operator.clear();
         self.domain_memory.clear();
+        self.domain_nested_hypervisor.clear();
+        self.domain_vcpu_wait.clear();
+        self.domain_on_dedicated_cpus.clear();
         for d in domains {
             let label = DomainLabel {
                 domain: d.name.clone(),
@@ -349,6 +406,15 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(u64::from(d.changed_by_operator));
             self.domain_memory.get_or_create(&label).set(d.memory_mib);
+            self.domain_nested_hypervisor
+                .get_or_create(&label)
+                .set(u64::from(d.nested_hypervisor));
+            if let Some(wait) = d.vcpu_wait.filter(|w| w.is_finite()) {
+                self.domain_vcpu_wait.get_or_create(&label).set(wait);
+            }
+            self.domain_on_dedicated_cpus
+                .get_or_create(&label)
+                .set(u64::from(d.on_dedicated_cpus));
         }
     }
 
@@ -358,6 +424,8 @@ impl Metrics {
         self.node_free_memory.clear();
         self.node_vcpu_demand.clear();
         self.node_cpus.clear();
+        self.node_dedicated_cpus.clear();
+        self.node_vcpu_wait.clear();
         for n in nodes {
             let label = NodeLabel { node: n.id };
             if let Some(free) = n.free_mib {
@@ -369,6 +437,12 @@ impl Metrics {
                     .set(n.vcpu_demand);
             }
             self.node_cpus.get_or_create(&label).set(n.cpus as u64);
+            self.node_dedicated_cpus
+                .get_or_create(&label)
+                .set(n.dedicated_cpus as u64);
+            if let Some(wait) = n.vcpu_wait.filter(|w| w.is_finite()) {
+                self.node_vcpu_wait.get_or_create(&label).set(wait);
+            }
         }
     }
 

@@ -40,6 +40,29 @@ pub struct DomainObservation {
     /// Only when every cell's block was found (see
     /// [`crate::observe::ram_blocks`]); a part of `memory_mib`.
     pub cell_memory_mib: BTreeMap<u32, BTreeMap<u32, u64>>,
+    /// Per vCPU (by index), fraction of the window it was runnable but
+    /// waited in the host's run queue (libvirt's `vcpu.N.delay`): CPU
+    /// demand the load alone does not show.
+    pub vcpu_wait: Vec<f64>,
+    /// Whether it runs VMs of its own, from KVM's nested-entry counters;
+    /// `None` when they were not read (not KVM, or no libvirt stats).
+    pub nested: Option<NestedActivity>,
+}
+
+/// What KVM's counters say about a guest running VMs of its own, judged
+/// over time with hysteresis (see [`crate::nested`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NestedActivity {
+    /// Nested VM entries (`vcpu.N.nested_run.sum`, all vCPUs) counted
+    /// over the last sampling window.
+    pub entries: u64,
+    /// Judged to be running VMs: seen entering them over enough windows,
+    /// and not yet quiet for the configured time.
+    pub running: bool,
+    /// Seconds since nested entries were last seen rising, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_secs: Option<u64>,
 }
 
 impl DomainObservation {
@@ -78,6 +101,10 @@ struct DomainEntry {
     vcpu_load: Vec<f64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     cell_memory_mib: BTreeMap<String, BTreeMap<String, u64>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    vcpu_wait: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nested: Option<NestedActivity>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +174,10 @@ impl Observations {
     }
 }
 
+fn round_fraction(f: f64) -> f64 {
+    (f * 1000.0).round() / 1000.0
+}
+
 fn keyed<K: ToString>(m: &BTreeMap<K, u64>) -> BTreeMap<String, u64> {
     m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -171,16 +202,14 @@ impl From<&Observations> for ObservationsFile {
                 .map(|(name, d)| {
                     let entry = DomainEntry {
                         memory_mib: keyed(&d.memory_mib),
-                        vcpu_load: d
-                            .vcpu_load
-                            .iter()
-                            .map(|l| (l * 1000.0).round() / 1000.0)
-                            .collect(),
+                        vcpu_load: d.vcpu_load.iter().map(|l| round_fraction(*l)).collect(),
                         cell_memory_mib: d
                             .cell_memory_mib
                             .iter()
                             .map(|(cell, mib)| (cell.to_string(), keyed(mib)))
                             .collect(),
+                        vcpu_wait: d.vcpu_wait.iter().map(|w| round_fraction(*w)).collect(),
+                        nested: d.nested,
                     };
                     (name.clone(), entry)
                 })
@@ -188,7 +217,7 @@ impl From<&Observations> for ObservationsFile {
             cpu_steal: o
                 .cpu_steal
                 .iter()
-                .map(|(cpu, s)| (cpu.to_string(), (s * 1000.0).round() / 1000.0))
+                .map(|(cpu, s)| (cpu.to_string(), round_fraction(*s)))
                 .collect(),
         }
     }
@@ -225,8 +254,13 @@ impl ObservationsFile {
                 let id = parse_u32_key(&node, "node").map_err(|r| (at("memory_mib"), r))?;
                 memory_mib.insert(id, mib);
             }
-            for (i, load) in entry.vcpu_load.iter().enumerate() {
-                check_fraction(*load).map_err(|r| (format!("{}[{i}]", at("vcpu_load")), r))?;
+            for (key, fractions) in [
+                ("vcpu_load", &entry.vcpu_load),
+                ("vcpu_wait", &entry.vcpu_wait),
+            ] {
+                for (i, f) in fractions.iter().enumerate() {
+                    check_fraction(*f).map_err(|r| (format!("{}[{i}]", at(key)), r))?;
+                }
             }
             let mut cell_memory_mib = BTreeMap::new();
             for (cell, per_node) in entry.cell_memory_mib {
@@ -245,6 +279,8 @@ impl ObservationsFile {
                     memory_mib,
                     vcpu_load: entry.vcpu_load,
                     cell_memory_mib,
+                    vcpu_wait: entry.vcpu_wait,
+                    nested: entry.nested,
                 },
             );
         }
@@ -303,7 +339,9 @@ mod tests {
             [domains."web 01"]
             memory_mib = { "0" = 3900, "1" = 200 }
             vcpu_load = [0.35, 0.2]
+            vcpu_wait = [0.05, 0.0]
             cell_memory_mib = { "0" = { "0" = 2000 }, "1" = { "0" = 100, "1" = 1900 } }
+            nested = { entries = 1200, running = true, last_seen_secs = 4 }
             [cpu_steal]
             "0-1" = 0.25
             "#;

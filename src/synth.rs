@@ -105,6 +105,7 @@ impl HostShape {
             offline_cpus: CpuSet::new(),
             kind: HostKind::BareMetal,
             virtualization_extensions: true,
+            arch: Some("x86_64".into()),
         })
         .expect("synthetic topologies are consistent")
     }
@@ -116,6 +117,7 @@ pub fn domain(name: &str, vcpus: u32, mem_mib: u64) -> Domain {
         name: name.to_string(),
         uuid: format!("00000000-0000-4000-8000-{:012x}", fnv(name)),
         virt_type: "kvm".into(),
+        arch: Some("x86_64".into()),
         id: Some(1),
         vcpus_max: vcpus,
         vcpus_current: vcpus,

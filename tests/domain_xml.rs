@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use numapin::guest::domain_xml::{DomainXmlError, Invalid, parse};
 use numapin::guest::{
     CpuFeature, CpuMode, Domain, DomainPolicy, FeaturePolicy, GuestCell, GuestCpuTopology,
-    HugepageBacking, MemNode, MemoryMode, NestedReason, NumaTune,
+    HugepageBacking, MemNode, MemoryMode, NumaTune, VirtCapability,
 };
 use numapin::idset::IdSet;
 use proptest::prelude::*;
@@ -106,7 +106,7 @@ fn minimal_diskless_domain() {
     assert_eq!(d.numatune, None);
     assert!(d.iothreads.is_empty());
     assert_eq!(d.policy, None);
-    assert_eq!(d.nested_hypervisor(true), None);
+    assert_eq!(d.virt_capability(true), VirtCapability::Unable);
     assert!(!d.has_manual_pinning());
     assert_eq!(d.threads_per_core(), 1);
 }
@@ -134,14 +134,8 @@ fn host_passthrough_nested_hypervisor_with_two_cells() {
     );
     assert_eq!(d.numatune, None);
     assert!(d.hugepages.is_empty() && d.iothreads.is_empty() && d.policy.is_none());
-    assert_eq!(
-        d.nested_hypervisor(false),
-        Some(NestedReason::FeatureRequested)
-    );
-    assert_eq!(
-        d.nested_hypervisor(true),
-        Some(NestedReason::FeatureRequested)
-    );
+    assert_eq!(d.virt_capability(false), VirtCapability::Required);
+    assert_eq!(d.virt_capability(true), VirtCapability::Required);
     assert!(!d.has_manual_pinning());
     assert_eq!(d.threads_per_core(), 2);
 }
@@ -176,7 +170,7 @@ fn restrictive_numatune_with_memnodes() {
             ],
         })
     );
-    assert_eq!(d.nested_hypervisor(true), None);
+    assert_eq!(d.virt_capability(true), VirtCapability::Unable);
     // A memory binding is not CPU pinning: numapin moves restrictive ones.
     assert!(!d.has_manual_pinning());
 }
@@ -200,11 +194,8 @@ fn automatic_placement_by_numad() {
     assert_eq!(d.cpu.mode, Some(CpuMode::HostPassthrough));
     assert_eq!(d.cpu.topology, None);
     assert!(d.cpu.features.is_empty() && d.cpu.cells.is_empty());
-    assert_eq!(
-        d.nested_hypervisor(true),
-        Some(NestedReason::InheritedFromHost)
-    );
-    assert_eq!(d.nested_hypervisor(false), None);
+    assert_eq!(d.virt_capability(true), VirtCapability::Possible);
+    assert_eq!(d.virt_capability(false), VirtCapability::Unable);
     assert!(!d.has_manual_pinning());
 }
 
@@ -249,10 +240,7 @@ fn hugepages_per_cell() {
     );
     // Strict memory stays put, but no CPU is pinned by hand.
     assert!(!d.has_manual_pinning());
-    assert_eq!(
-        d.nested_hypervisor(true),
-        Some(NestedReason::InheritedFromHost)
-    );
+    assert_eq!(d.virt_capability(true), VirtCapability::Possible);
 }
 
 #[test]
@@ -271,10 +259,7 @@ fn iothreads_and_manual_pinning() {
     assert_eq!(d.cputune.iothreadpin, io);
     assert_eq!(d.numatune, None);
     assert!(d.has_manual_pinning());
-    assert_eq!(
-        d.nested_hypervisor(true),
-        Some(NestedReason::InheritedFromHost)
-    );
+    assert_eq!(d.virt_capability(true), VirtCapability::Possible);
 }
 
 #[test]
@@ -294,7 +279,7 @@ fn vcpu_hotplug_list_gives_the_current_count() {
     assert_eq!(d.online_vcpus.to_string(), "0-1");
     assert_eq!(d.cpu.topology, topology(4, 1, 1, 1));
     assert_eq!(d.cpu.model.as_deref(), Some("qemu64"));
-    assert_eq!(d.nested_hypervisor(true), None);
+    assert_eq!(d.virt_capability(true), VirtCapability::Unable);
     assert!(!d.has_manual_pinning());
 }
 
@@ -320,7 +305,7 @@ fn host_model_with_svm_disabled_inactive_and_live() {
         inactive.cpu.features,
         [feature("svm", FeaturePolicy::Disable)]
     );
-    assert_eq!(inactive.nested_hypervisor(true), None);
+    assert_eq!(inactive.virt_capability(true), VirtCapability::Unable);
     assert_eq!((inactive.vcpus_max, inactive.memory_kib), (2, 4_194_304));
 
     // A running host-model domain shows the CPU libvirt expanded it to.
@@ -334,7 +319,7 @@ fn host_model_with_svm_disabled_inactive_and_live() {
             .features
             .contains(&feature("svm", FeaturePolicy::Disable))
     );
-    assert_eq!(live.nested_hypervisor(true), None);
+    assert_eq!(live.virt_capability(true), VirtCapability::Unable);
     assert!(!live.has_manual_pinning() && !inactive.has_manual_pinning());
 }
 

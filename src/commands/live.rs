@@ -66,11 +66,13 @@ fn connect(args: &LiveArgs) -> Result<Session, Failure> {
     let lv = Libvirt::new(&uri, Duration::from_secs(config.libvirt.call_timeout_secs));
     lv.connect()
         .map_err(|e| Failure::new(Exit::Unavailable, e))?;
+    // A one-shot command sees one window: entries in it are enough.
     let sampler = Sampler::new(
         lv.clone(),
         args.root.clone(),
         config.planner.default_vcpu_load,
-    );
+    )
+    .with_nested(1, config.planner.nested_quiet_secs);
     Ok(Session {
         host: LiveHost::new(lv, args.root.clone()),
         sampler,

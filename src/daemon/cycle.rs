@@ -42,6 +42,9 @@ pub struct Worker {
     pub topology: Option<crate::topology::HostTopology>,
     /// Domains an operator took over, by UUID, with what they changed.
     pub changed_by_operator: std::collections::BTreeMap<String, String>,
+    /// Domains left alone whose threads may run on dedicated CPUs, by
+    /// UUID, as last logged.
+    pub on_dedicated_cpus: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -148,6 +151,9 @@ impl Worker {
                     nodes_spanned: d.vcpu_nodes.len(),
                     memory_mib: d.memory_mib.values().sum(),
                     changed_by_operator: d.changed_by_operator.is_some(),
+                    nested_hypervisor: d.nested_hypervisor,
+                    vcpu_wait: d.vcpu_wait,
+                    on_dedicated_cpus: d.on_dedicated_cpus.is_some(),
                 })
                 .collect();
             m.set_domains(&domains);
@@ -159,6 +165,8 @@ impl Worker {
                     free_mib: n.free_mib,
                     vcpu_demand: n.vcpu_demand,
                     cpus: n.cpus.len(),
+                    dedicated_cpus: n.dedicated_cpus.len(),
+                    vcpu_wait: n.vcpu_wait,
                 })
                 .collect();
             m.set_nodes(&nodes);
@@ -276,6 +284,24 @@ impl Worker {
             }
         }
         self.changed_by_operator = now;
+        let shared: std::collections::BTreeMap<String, String> = plan
+            .domains
+            .iter()
+            .filter_map(|d| Some((d.uuid.clone(), d.on_dedicated_cpus.as_ref()?.to_string())))
+            .collect();
+        for d in &plan.domains {
+            if let Some(cpus) = &d.on_dedicated_cpus
+                && self.on_dedicated_cpus.get(&d.uuid) != Some(&cpus.to_string())
+            {
+                tracing::warn!(
+                    domain = %d.name,
+                    cpus = %cpus,
+                    reason = %d.reason,
+                    "may run on CPUs dedicated to other guests; numapin leaves it alone"
+                );
+            }
+        }
+        self.on_dedicated_cpus = shared;
     }
 
     fn apply(&mut self, plan: &Plan, refs: &[DomainRef], report: &mut CycleReport) {

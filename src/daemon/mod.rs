@@ -148,8 +148,12 @@ async fn serve(opts: RunOptions, config: Config) -> Result<(), DaemonError> {
     let worker = Arc::new(Mutex::new(Worker {
         metrics: metrics.clone(),
         changed_by_operator: Default::default(),
+        on_dedicated_cpus: Default::default(),
         topology: None,
-        sampler: Sampler::new(lv, opts.root.clone(), config.planner.default_vcpu_load),
+        // Two windows in a row: one burst of nested entries (a child VM
+        // booted once) does not make a guest a hypervisor.
+        sampler: Sampler::new(lv, opts.root.clone(), config.planner.default_vcpu_load)
+            .with_nested(2, config.planner.nested_quiet_secs),
         config: Arc::new(config),
         dry_run: opts.dry_run,
         host,
@@ -410,6 +414,8 @@ impl Daemon {
                 new.daemon.pid_file = w.config.daemon.pid_file.clone();
                 w.sampler
                     .set_default_vcpu_load(new.planner.default_vcpu_load);
+                w.sampler
+                    .set_nested_quiet_secs(new.planner.nested_quiet_secs);
                 let listen_changed = new.metrics.listen != w.config.metrics.listen;
                 w.config = Arc::new(new);
                 let config = w.config.clone();

@@ -121,6 +121,7 @@ fn domain(root: Node) -> Result<Domain> {
         name: name(root)?,
         uuid: uuid(root)?,
         virt_type: required_attr(root, "type")?.to_string(),
+        arch: arch(root),
         id: attr_number(root, "id")?,
         vcpus_max: vcpus.max,
         vcpus_current: vcpus.current,
@@ -311,6 +312,14 @@ fn name(root: Node) -> Result<String> {
         return Err(text_problem(node, "the domain name is empty"));
     }
     Ok(name.to_string())
+}
+
+/// `<os><type arch=..>`; libvirt fills it in for every domain it runs.
+fn arch(root: Node) -> Option<String> {
+    child(root, "os")
+        .and_then(|os| child(os, "type"))
+        .and_then(|t| t.attribute("arch"))
+        .map(str::to_string)
 }
 
 /// The UUID as written; libvirt accepts 32 hex digits with dashes anywhere.

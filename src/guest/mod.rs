@@ -19,6 +19,8 @@ pub struct Domain {
     pub uuid: String,
     /// Virtualisation type: "kvm", "qemu", ...
     pub virt_type: String,
+    /// `<os><type arch=..>`: the guest's architecture, when given.
+    pub arch: Option<String>,
     /// Running domain id (`id=` attribute); absent for inactive XML.
     pub id: Option<i32>,
     /// `<vcpu>` value: the most vCPUs the domain can have.
@@ -161,14 +163,18 @@ pub struct MemNode {
     pub nodeset: NodeSet,
 }
 
-/// Why a domain counts as a hypervisor of its own.
+/// What a guest's CPU definition says about running VMs of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum NestedReason {
-    /// `vmx` or `svm` with policy require/force/optional.
-    FeatureRequested,
-    /// host-passthrough / host-model / maximum on a host that has vmx/svm.
-    InheritedFromHost,
+pub enum VirtCapability {
+    /// `vmx` or `svm` with policy `require` or `force`: asked for by name.
+    Required,
+    /// It could run VMs: host-passthrough, host-model or maximum on a host
+    /// with vmx/svm, or vmx/svm `optional`. Most guests made with
+    /// virt-install's defaults are such guests; few of them run VMs.
+    Possible,
+    /// vmx/svm disabled or forbidden, or a CPU model without them.
+    Unable,
 }
 
 impl Domain {
@@ -176,29 +182,39 @@ impl Domain {
         self.current_memory_kib.div_ceil(1024)
     }
 
-    /// Whether the guest can run VMs of its own. `host_has_extensions` is
-    /// whether the host CPU offers vmx/svm (inherited by host-passthrough
-    /// and host-model guests). An explicit `disable`/`forbid` of vmx/svm
-    /// always wins.
-    pub fn nested_hypervisor(&self, host_has_extensions: bool) -> Option<NestedReason> {
-        let virt_feature = |f: &&CpuFeature| f.name == "vmx" || f.name == "svm";
-        let mut asked = false;
-        for f in self.cpu.features.iter().filter(virt_feature) {
-            match f.policy {
-                FeaturePolicy::Disable | FeaturePolicy::Forbid => return None,
-                FeaturePolicy::Force | FeaturePolicy::Require | FeaturePolicy::Optional => {
-                    asked = true
-                }
-            }
+    /// Whether this definition asks for hardware virtualisation.
+    /// `host_has_extensions` is whether the host CPU offers vmx/svm
+    /// (inherited by host-passthrough and host-model guests). An explicit
+    /// `disable`/`forbid` of vmx/svm always wins.
+    ///
+    /// Read it from the persistent definition where there is one: libvirt
+    /// rewrites a running host-model guest's CPU into `mode='custom'` with
+    /// every host feature, `vmx` included, as `require`.
+    pub fn virt_capability(&self, host_has_extensions: bool) -> VirtCapability {
+        let policies: Vec<&FeaturePolicy> = self
+            .cpu
+            .features
+            .iter()
+            .filter(|f| f.name == "vmx" || f.name == "svm")
+            .map(|f| &f.policy)
+            .collect();
+        let any = |wanted: &[FeaturePolicy]| policies.iter().any(|p| wanted.contains(p));
+        if any(&[FeaturePolicy::Disable, FeaturePolicy::Forbid]) {
+            return VirtCapability::Unable;
         }
-        if asked {
-            return Some(NestedReason::FeatureRequested);
+        if any(&[FeaturePolicy::Force, FeaturePolicy::Require]) {
+            return VirtCapability::Required;
         }
+        let possible = any(&[FeaturePolicy::Optional]);
         let inherits = matches!(
             self.cpu.mode,
             Some(CpuMode::HostPassthrough | CpuMode::HostModel | CpuMode::Maximum)
         );
-        (inherits && host_has_extensions).then_some(NestedReason::InheritedFromHost)
+        if possible || (inherits && host_has_extensions) {
+            VirtCapability::Possible
+        } else {
+            VirtCapability::Unable
+        }
     }
 
     /// Guest SMT width (threads per core), 1 when no topology is declared.

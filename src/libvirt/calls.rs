@@ -16,6 +16,7 @@ use virt::error::Error;
 use virt::sys;
 
 use crate::idset::{CpuSet, NodeSet};
+use crate::nested::{VcpuStats, vcpu_counters};
 
 use super::connection::Libvirt;
 use crate::host_error::{ErrorKind, HostError};
@@ -301,6 +302,12 @@ impl Libvirt {
         )
     }
 
+    /// Every running domain's vCPU run-queue wait and nested-guest entries
+    /// (libvirt's vCPU stats), by UUID.
+    pub fn vcpu_stats(&self) -> Result<BTreeMap<String, VcpuStats>, HostError> {
+        self.call("domain vCPU stats", all_vcpu_stats)
+    }
+
     /// Changes the memory nodeset of a running domain. libvirt accepts it
     /// live only for `restrictive` bindings.
     pub fn set_memory_nodeset(
@@ -318,6 +325,66 @@ impl Libvirt {
             lookup(c, &uuid)?.set_numa_parameters(params, scope.flags())
         })
     }
+}
+
+/// Frees the record list `virConnectGetAllDomainStats` returned.
+struct StatsRecords(*mut sys::virDomainStatsRecordPtr);
+
+impl Drop for StatsRecords {
+    fn drop(&mut self) {
+        // SAFETY: the list came from virConnectGetAllDomainStats and is
+        // freed once, here.
+        unsafe { sys::virDomainStatsRecordListFree(self.0) }
+    }
+}
+
+/// Every running domain's vCPU counters, by UUID, in one call.
+fn all_vcpu_stats(conn: &Connect) -> Result<BTreeMap<String, VcpuStats>, Error> {
+    let mut records: *mut sys::virDomainStatsRecordPtr = ptr::null_mut();
+    // SAFETY: libvirt fills `records` with a NULL-terminated list of `n`
+    // records, owned by the guard below.
+    let n = check(unsafe {
+        sys::virConnectGetAllDomainStats(
+            conn.as_ptr(),
+            sys::VIR_DOMAIN_STATS_VCPU as c_uint,
+            &mut records,
+            sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE as c_uint,
+        )
+    })?;
+    let _guard = StatsRecords(records);
+    let mut out = BTreeMap::new();
+    for i in 0..n as usize {
+        // SAFETY: `i` < `n` records, each valid until the guard drops.
+        let record = unsafe { &**records.add(i) };
+        let mut uuid = [0 as std::os::raw::c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+        // SAFETY: the buffer has the length libvirt documents for it.
+        if unsafe { sys::virDomainGetUUIDString(record.dom, uuid.as_mut_ptr()) } < 0 {
+            continue;
+        }
+        // SAFETY: libvirt wrote a NUL-terminated string.
+        let uuid = unsafe { std::ffi::CStr::from_ptr(uuid.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let params: &[sys::virTypedParameter] = if record.params.is_null() || record.nparams <= 0 {
+            &[]
+        } else {
+            // SAFETY: `params` holds `nparams` entries.
+            unsafe { std::slice::from_raw_parts(record.params, record.nparams as usize) }
+        };
+        let fields = params.iter().filter_map(|p| {
+            if p.type_ != sys::VIR_TYPED_PARAM_ULLONG as c_int {
+                return None;
+            }
+            // SAFETY: `field` is a NUL-terminated array; the type says
+            // which union member is set.
+            let name = unsafe { std::ffi::CStr::from_ptr(p.field.as_ptr()) }
+                .to_str()
+                .ok()?;
+            Some((name, unsafe { p.value.ul }))
+        });
+        out.insert(uuid, vcpu_counters(fields));
+    }
+    Ok(out)
 }
 
 /// Bytes needed to hold every id of `cpus`, so a CPU beyond the host is

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::PlannerConfig;
 use crate::guest::domain_xml;
 use crate::host_error::HostError;
 use crate::libvirt::{Activity, DomainRef, Libvirt};
+use crate::nested::{NestedTracker, VcpuStats, window};
 use crate::observations::{DomainObservation, NodeObservation, Observations};
 use crate::observe::node_stats::{self, NodeNumaStat};
 use crate::observe::pid_file;
@@ -75,6 +77,9 @@ pub enum LiveError {
     },
 }
 
+/// Highest vCPU id taken from libvirt's stats (QEMU's own limit is lower).
+const MAX_VCPU_ID: u32 = 65_535;
+
 /// One reading of the rates.
 struct Reading {
     at: Instant,
@@ -82,6 +87,9 @@ struct Reading {
     /// By domain UUID and run id, so a restarted domain is not compared
     /// with its previous run.
     tasks: BTreeMap<(String, u32), Vec<Task>>,
+    /// libvirt's vCPU counters (run-queue wait, nested entries), keyed
+    /// the same way.
+    vcpu_stats: BTreeMap<(String, u32), VcpuStats>,
 }
 
 /// Reads live states; keeps the last reading so the next one can compute
@@ -94,6 +102,10 @@ pub struct Sampler {
     /// Domain runs (UUID, id) whose cells' RAM blocks were not found,
     /// already said once in the log.
     no_cell_blocks: std::collections::BTreeSet<(String, u32)>,
+    /// Which guests run VMs of their own, judged over readings.
+    nested: NestedTracker,
+    /// The tracker's clock.
+    started: Instant,
 }
 
 impl Sampler {
@@ -104,7 +116,21 @@ impl Sampler {
             default_vcpu_load,
             last: None,
             no_cell_blocks: Default::default(),
+            nested: NestedTracker::new(1, PlannerConfig::default().nested_quiet_secs),
+            started: Instant::now(),
         }
+    }
+
+    /// How guests are judged to run VMs: after `confirm_windows` sampling
+    /// windows in a row with nested entries (the daemon asks for 2; a
+    /// one-shot command has one window), until `quiet_secs` without any.
+    pub fn with_nested(mut self, confirm_windows: u32, quiet_secs: u64) -> Self {
+        self.nested = NestedTracker::new(confirm_windows, quiet_secs);
+        self
+    }
+
+    pub fn set_nested_quiet_secs(&mut self, quiet_secs: u64) {
+        self.nested.set_quiet_secs(quiet_secs);
     }
 
     pub fn set_default_vcpu_load(&mut self, load: f64) {
@@ -201,10 +227,22 @@ impl Sampler {
                 Some(((d.r.uuid.clone(), d.r.id), tasks))
             })
             .collect();
+        let mut stats = self.libvirt.vcpu_stats().unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "no vCPU stats from libvirt");
+            BTreeMap::new()
+        });
+        let vcpu_stats = domains
+            .iter()
+            .filter_map(|d| {
+                let s = stats.remove(&d.r.uuid)?;
+                Some(((d.r.uuid.clone(), d.r.id), s))
+            })
+            .collect();
         Reading {
             at: Instant::now(),
             cpus,
             tasks,
+            vcpu_stats,
         }
     }
 
@@ -270,9 +308,54 @@ impl Sampler {
                     .map(|l| l.unwrap_or(self.default_vcpu_load))
                     .collect();
             }
+            self.observe_vcpu_stats(d, &key, now, &mut o);
             obs.domains.insert(d.r.name.clone(), o);
         }
+        let running = domains.iter().map(|d| d.r.uuid.clone()).collect();
+        self.nested.retain(&running);
         Ok(obs)
+    }
+
+    /// Run-queue wait per vCPU and the nested-guest judgement, from
+    /// libvirt's vCPU counters over the window since the last reading.
+    fn observe_vcpu_stats(
+        &mut self,
+        d: &LiveDomain,
+        key: &(String, u32),
+        now: &Reading,
+        o: &mut DomainObservation,
+    ) {
+        let Some((before, at)) = self
+            .last
+            .as_ref()
+            .and_then(|l| l.vcpu_stats.get(key).map(|s| (s, l.at)))
+        else {
+            return;
+        };
+        let Some(after) = now.vcpu_stats.get(key) else {
+            return;
+        };
+        let w = window(before, after, (now.at - at).as_secs_f64());
+        // By vCPU index, as the loads are.
+        if let Some(&last) = w.wait.keys().next_back().filter(|l| **l <= MAX_VCPU_ID) {
+            o.vcpu_wait = (0..=last)
+                .map(|v| w.wait.get(&v).copied().unwrap_or(0.0))
+                .collect();
+        }
+        let Some(entries) = w.nested_entries else {
+            return;
+        };
+        let clock = (now.at - self.started).as_secs_f64();
+        let (activity, change) = self.nested.observe(&d.r.uuid, entries, clock);
+        if let Some(change) = change {
+            let (from, to) = if change.running {
+                ("ordinary guest", "hypervisor")
+            } else {
+                ("hypervisor", "ordinary guest")
+            };
+            tracing::info!(domain = %d.r.name, action = "judge", from, to, reason = %change.reason, "nested guests");
+        }
+        o.nested = Some(activity);
     }
 
     pub fn root(&self) -> &Path {

@@ -177,6 +177,9 @@ fn domain(name: &str, locality: Option<f64>) -> DomainGauge {
         nodes_spanned: 1,
         memory_mib: 4096,
         changed_by_operator: false,
+        nested_hypervisor: false,
+        vcpu_wait: Some(0.05),
+        on_dedicated_cpus: false,
     }
 }
 
@@ -200,6 +203,9 @@ fn busy_metrics() -> Metrics {
             nodes_spanned: 2,
             memory_mib: 65536,
             changed_by_operator: true,
+            nested_hypervisor: true,
+            vcpu_wait: None,
+            on_dedicated_cpus: true,
         },
     ]);
     m.set_nodes(&[
@@ -208,18 +214,22 @@ fn busy_metrics() -> Metrics {
             free_mib: Some(1024),
             vcpu_demand: 3.5,
             cpus: 16,
+            dedicated_cpus: 4,
+            vcpu_wait: Some(0.5),
         },
         NodeGauge {
             id: 1,
             free_mib: Some(2048),
             vcpu_demand: 0.25,
             cpus: 16,
+            dedicated_cpus: 0,
+            vcpu_wait: None,
         },
     ]);
     m
 }
 
-const NAMES: [(&str, &str); 19] = [
+const NAMES: [(&str, &str); 24] = [
     ("numapin_build_info", "gauge"),
     ("numapin_cycles_total", "counter"),
     ("numapin_cycle_duration_seconds", "histogram"),
@@ -236,9 +246,14 @@ const NAMES: [(&str, &str); 19] = [
     ("numapin_domain_nodes_spanned", "gauge"),
     ("numapin_domain_changed_by_operator", "gauge"),
     ("numapin_domain_memory_mib", "gauge"),
+    ("numapin_domain_nested_hypervisor", "gauge"),
+    ("numapin_domain_vcpu_wait_ratio", "gauge"),
+    ("numapin_domain_on_dedicated_cpus", "gauge"),
     ("numapin_node_free_memory_mib", "gauge"),
     ("numapin_node_vcpu_demand", "gauge"),
     ("numapin_node_cpus", "gauge"),
+    ("numapin_node_dedicated_cpus", "gauge"),
+    ("numapin_node_vcpu_wait", "gauge"),
 ];
 
 /// The samples of a family; none when the family is absent (a family with
@@ -522,6 +537,8 @@ fn set_nodes_replaces_and_leaves_out_what_was_not_measured() {
         free_mib,
         vcpu_demand,
         cpus: 8,
+        dedicated_cpus: 0,
+        vcpu_wait: None,
     };
     m.set_nodes(&[
         node(0, Some(1), 1.0),

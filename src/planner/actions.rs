@@ -74,6 +74,14 @@ pub fn actions_for(
     nodeset: &NodeSet,
     cells: &BTreeMap<u32, u32>,
 ) -> Vec<Action> {
+    let mut out = pin_actions(info, pins);
+    out.extend(memory_actions(info, nodeset, cells));
+    out
+}
+
+/// The pin steps alone: emulator, iothreads, then vCPUs, each only where
+/// it differs from what is in place.
+pub fn pin_actions(info: &DomainInfo, pins: &Pins) -> Vec<Action> {
     let cur = &info.current;
     let mut out = Vec::new();
     if cur.emulator_affinity != pins.emulatorpin {
@@ -97,6 +105,14 @@ pub fn actions_for(
             });
         }
     }
+    out
+}
+
+/// The memory steps that bring the memory into `nodeset`, guest cells to
+/// the nodes `cells` gives, as the domain's binding allows.
+fn memory_actions(info: &DomainInfo, nodeset: &NodeSet, cells: &BTreeMap<u32, u32>) -> Vec<Action> {
+    let cur = &info.current;
+    let mut out = Vec::new();
     match info.memory {
         MemoryHandling::Restrictive => {
             let now = info

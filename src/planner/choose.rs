@@ -708,17 +708,7 @@ impl Chooser<'_> {
         let vcpus = piece.vcpus.len() as i64;
         match pol {
             CpuPolicy::Dedicated => {
-                let room: i64 = candidates
-                    .iter()
-                    .map(|&i| {
-                        let needed = if l.shared_load[i] > 0.0 {
-                            ((l.shared_load[i] / l.overcommit).ceil() as i64).max(1)
-                        } else {
-                            0
-                        };
-                        (l.usable[i].len() as i64 - l.dedicated[i] as i64 - needed).max(0)
-                    })
-                    .sum();
+                let room: i64 = candidates.iter().map(|&i| l.dedicated_room(i).max(0)).sum();
                 vcpus > room
             }
             CpuPolicy::Shared => {

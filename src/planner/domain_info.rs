@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
-use crate::guest::{Domain, DomainPolicy, MemoryMode};
+use crate::guest::{Domain, DomainPolicy, MemoryMode, VirtCapability};
 use crate::idset::{CpuSet, NodeSet};
 use crate::observations::Observations;
 use crate::topology::HostTopology;
@@ -45,6 +45,48 @@ impl CpuPolicy {
         match self {
             CpuPolicy::Dedicated => "dedicated",
             CpuPolicy::Shared => "shared",
+        }
+    }
+}
+
+/// Whether a guest is a hypervisor of its own, and on what evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hypervisor {
+    /// Its definition (the persistent one where there is one) requires or
+    /// forces vmx/svm.
+    Declared,
+    /// KVM saw it entering nested guests.
+    Observed { last_seen_secs: Option<u64> },
+    /// It could run VMs but is not seen doing so; `measured`: whether
+    /// KVM's counters were read at all.
+    Capable { measured: bool },
+    /// Its CPU cannot run VMs.
+    Unable,
+}
+
+impl Hypervisor {
+    pub fn is_hypervisor(self) -> bool {
+        matches!(self, Hypervisor::Declared | Hypervisor::Observed { .. })
+    }
+}
+
+impl std::fmt::Display for Hypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hypervisor::Declared => f.write_str("requires vmx/svm in its definition"),
+            Hypervisor::Observed {
+                last_seen_secs: Some(s),
+            } => write!(f, "ran nested guests in the last {} s", (*s).max(1)),
+            Hypervisor::Observed {
+                last_seen_secs: None,
+            } => f.write_str("runs nested guests"),
+            Hypervisor::Capable { measured: true } => {
+                f.write_str("can run nested guests; none seen")
+            }
+            Hypervisor::Capable { measured: false } => {
+                f.write_str("can run nested guests; not measured (no KVM nested counters)")
+            }
+            Hypervisor::Unable => f.write_str("cannot run nested guests"),
         }
     }
 }
@@ -116,6 +158,13 @@ pub enum LeftAlone {
         persistent: bool,
     },
     NoVcpus,
+    /// Not a KVM/QEMU domain.
+    NotKvm(String),
+    /// A guest of another architecture, emulated.
+    ForeignArch {
+        guest: String,
+        host: String,
+    },
     /// Not running, or a libvirt job is in progress; why.
     Held(String),
     /// Someone changed its pins or nodeset after numapin placed it.
@@ -141,6 +190,14 @@ impl std::fmt::Display for LeftAlone {
                 "its live pins were set by hand, not by numapin (set planner.manage_pinned = true to manage it)",
             ),
             LeftAlone::NoVcpus => f.write_str("it has no online vCPU"),
+            LeftAlone::NotKvm(kind) => write!(
+                f,
+                "domain type {kind:?} is not KVM or QEMU: numapin places only QEMU guests"
+            ),
+            LeftAlone::ForeignArch { guest, host } => write!(
+                f,
+                "a {guest} guest on a {host} host is emulated instruction by instruction; NUMA placement gains it little"
+            ),
             LeftAlone::Held(why) => f.write_str(why),
             LeftAlone::ChangedByOperator { domain, what } => write!(
                 f,
@@ -155,7 +212,7 @@ pub struct DomainInfo<'a> {
     pub domain: &'a Domain,
     /// `Err` when the domain is left alone.
     pub managed: Result<CpuPolicy, LeftAlone>,
-    pub nested: bool,
+    pub hypervisor: Hypervisor,
     pub memory: MemoryHandling,
     pub pieces: Vec<Piece>,
     pub mem_mib: u64,
@@ -169,6 +226,9 @@ pub struct DomainInfo<'a> {
     pub settled_share: f64,
     /// Nodes the memory is bound to and cannot leave while running.
     fixed: Option<NodeSet>,
+    /// Why a guest whose policy is dedicated is placed with shared CPUs:
+    /// no node had room for its vCPUs on CPUs of their own.
+    pub shared_instead: Option<String>,
 }
 
 impl DomainInfo<'_> {
@@ -182,6 +242,10 @@ impl DomainInfo<'_> {
 
     pub fn is_managed(&self) -> bool {
         self.managed.is_ok()
+    }
+
+    pub fn is_nested_hypervisor(&self) -> bool {
+        self.hypervisor.is_hypervisor()
     }
 
     pub fn is_dedicated(&self) -> bool {
@@ -283,9 +347,7 @@ impl<'a> Analyzer<'a> {
 
     pub fn analyze(&self, input: &'a DomainInput) -> DomainInfo<'a> {
         let d = &input.live;
-        let nested = d
-            .nested_hypervisor(self.topo.virtualization_extensions)
-            .is_some();
+        let hypervisor = self.hypervisor(input);
         let online_vcpus: Vec<u32> = d.online_vcpus.iter().collect();
         let loads = self.vcpu_loads(d, &online_vcpus);
         let hugepage_kib = d.hugepage_size_for_cell(None, self.default_hugepage_kib);
@@ -307,8 +369,8 @@ impl<'a> Analyzer<'a> {
         };
         let mut info = DomainInfo {
             domain: d,
-            managed: self.management(input, nested, &online_vcpus),
-            nested,
+            managed: self.management(input, hypervisor.is_hypervisor(), &online_vcpus),
+            hypervisor,
             memory,
             pieces,
             mem_mib,
@@ -318,9 +380,34 @@ impl<'a> Analyzer<'a> {
             current: Current::default(),
             settled_share: self.config.apply.memory_on_target_share,
             fixed,
+            shared_instead: None,
         };
         info.current = self.current(&info);
         info
+    }
+
+    /// Intent from the definition the operator wrote (the persistent one;
+    /// the live one of a transient guest), behaviour from KVM's counters.
+    fn hypervisor(&self, input: &DomainInput) -> Hypervisor {
+        let definition = input.persistent.as_ref().unwrap_or(&input.live);
+        let seen = self
+            .obs
+            .domains
+            .get(&input.live.name)
+            .and_then(|o| o.nested);
+        match (
+            definition.virt_capability(self.topo.virtualization_extensions),
+            seen,
+        ) {
+            (VirtCapability::Required, _) => Hypervisor::Declared,
+            (_, Some(a)) if a.running => Hypervisor::Observed {
+                last_seen_secs: a.last_seen_secs,
+            },
+            (VirtCapability::Possible, seen) => Hypervisor::Capable {
+                measured: seen.is_some(),
+            },
+            (VirtCapability::Unable, _) => Hypervisor::Unable,
+        }
     }
 
     fn management(
@@ -339,6 +426,17 @@ impl<'a> Analyzer<'a> {
             (DomainPolicy::Exclude, Some(rule)) => return Err(LeftAlone::ExcludedByConfig(rule)),
             (DomainPolicy::Exclude, None) => return Err(LeftAlone::ExcludedByMetadata),
             _ => {}
+        }
+        if !matches!(d.virt_type.as_str(), "kvm" | "qemu") {
+            return Err(LeftAlone::NotKvm(d.virt_type.clone()));
+        }
+        if let (Some(guest), Some(host)) = (&d.arch, &self.topo.arch)
+            && arch_family(guest) != arch_family(host)
+        {
+            return Err(LeftAlone::ForeignArch {
+                guest: guest.clone(),
+                host: host.clone(),
+            });
         }
         if let Some(hold) = &input.hold {
             return Err(LeftAlone::Held(hold.clone()));
@@ -375,15 +473,22 @@ impl<'a> Analyzer<'a> {
         })
     }
 
-    /// Load per online vCPU, in the order of `online`.
+    /// Demand per online vCPU, in the order of `online`: the share of
+    /// time it ran plus the share it waited in the run queue (what it
+    /// would have run on an idle host), at most one CPU.
     fn vcpu_loads(&self, d: &Domain, online: &[u32]) -> Vec<f64> {
-        let observed = self.obs.domains.get(&d.name).map(|o| &o.vcpu_load);
+        let observed = self.obs.domains.get(&d.name);
         online
             .iter()
             .map(|&v| {
-                observed
-                    .and_then(|l| l.get(v as usize).copied())
-                    .unwrap_or(self.config.planner.default_vcpu_load)
+                let ran = observed.and_then(|o| o.vcpu_load.get(v as usize).copied());
+                let waited = observed
+                    .and_then(|o| o.vcpu_wait.get(v as usize).copied())
+                    .unwrap_or(0.0);
+                match ran {
+                    Some(ran) => (ran + waited).min(1.0),
+                    None => self.config.planner.default_vcpu_load,
+                }
             })
             .collect()
     }
@@ -549,6 +654,14 @@ impl<'a> Analyzer<'a> {
             .filter_map(|n| self.topo.node(n).map(|node| (n, node.memory_mib.max(1))))
             .collect();
         distribute(info.mem_mib, &weights)
+    }
+}
+
+/// i686 guests run natively on x86_64 hosts.
+fn arch_family(arch: &str) -> &str {
+    match arch {
+        "i686" | "x86_64" => "x86",
+        other => other,
     }
 }
 

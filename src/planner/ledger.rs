@@ -60,6 +60,9 @@ pub struct Ledger {
     pub shared_load: Vec<f64>,
     /// vCPUs promised a CPU of their own.
     pub dedicated: Vec<u32>,
+    /// Most vCPUs the node may dedicate (`planner.max_dedicated_share` of
+    /// its usable CPUs), so shared guests always keep CPUs.
+    pub max_dedicated: Vec<u32>,
     pub overcommit: f64,
 }
 
@@ -100,9 +103,16 @@ impl Ledger {
             pages_free: Vec::new(),
             shared_load: vec![0.0; ids.len()],
             dedicated: vec![0; ids.len()],
+            max_dedicated: Vec::new(),
             overcommit: config.planner.cpu_overcommit,
             ids,
         };
+        let share = config.planner.max_dedicated_share;
+        ledger.max_dedicated = ledger
+            .usable
+            .iter()
+            .map(|cpus| (cpus.len() as f64 * share + 1e-9).floor() as u32)
+            .collect();
         ledger.cpu_capacity = ledger
             .usable
             .iter()
@@ -227,22 +237,26 @@ impl Ledger {
     fn cpu_fits(&self, i: usize, part: &Demand, policy: CpuPolicy) -> bool {
         let n = part.vcpus;
         match policy {
-            CpuPolicy::Dedicated => {
-                let left = self.usable[i].len() as i64 - self.dedicated[i] as i64 - n as i64;
-                // Shared vCPUs already there must keep enough CPUs.
-                let needed = (self.shared_load[i] / self.overcommit).ceil() as i64;
-                let needed = if self.shared_load[i] > 0.0 {
-                    needed.max(1)
-                } else {
-                    0
-                };
-                left >= needed
-            }
+            CpuPolicy::Dedicated => self.dedicated_room(i) >= n as i64,
             CpuPolicy::Shared => {
                 n <= self.shared_cpus(i)
                     && self.shared_load[i] + part.load <= self.shared_capacity(i) + 1e-9
             }
         }
+    }
+
+    /// Dedicated vCPUs the node can still take: within its share for
+    /// dedicated CPUs, and leaving the shared vCPUs already there enough
+    /// CPUs at the overcommit.
+    pub fn dedicated_room(&self, i: usize) -> i64 {
+        let needed = if self.shared_load[i] > 0.0 {
+            ((self.shared_load[i] / self.overcommit).ceil() as i64).max(1)
+        } else {
+            0
+        };
+        let by_share = self.max_dedicated[i] as i64 - self.dedicated[i] as i64;
+        let by_shared = self.usable[i].len() as i64 - self.dedicated[i] as i64 - needed;
+        by_share.min(by_shared)
     }
 
     pub fn reserve(&mut self, i: usize, part: &Demand, policy: CpuPolicy) {

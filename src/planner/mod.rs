@@ -14,6 +14,7 @@ pub mod choose;
 pub mod cpus;
 pub mod domain_info;
 pub mod ledger;
+mod outcome;
 pub mod score;
 
 use std::collections::BTreeMap;
@@ -27,14 +28,14 @@ use crate::observations::Observations;
 use crate::topology::HostTopology;
 
 pub use actions::Action;
-pub use domain_info::{CpuPolicy, MemoryHandling};
+pub use domain_info::{CpuPolicy, Hypervisor, MemoryHandling};
 pub use score::Score;
 
-use choose::{Budget, Chooser, Decision, nodes_of};
+use choose::{Budget, Chooser, Decision};
 use cpus::{CpuAssigner, Pins};
 use domain_info::{Analyzer, DomainInfo};
-use ledger::{Demand, Ledger, Part};
-use score::{Distances, locality, round3, vcpu_node_weights};
+use ledger::{Demand, Ledger};
+use score::{Distances, round3};
 
 /// One domain as the planner gets it.
 #[derive(Debug, Clone)]
@@ -165,6 +166,9 @@ pub struct DomainPlan {
     pub reason: String,
     pub policy: Option<CpuPolicy>,
     pub nested_hypervisor: bool,
+    /// Why it is or is not taken for a hypervisor of its own.
+    #[serde(serialize_with = "displayed")]
+    pub hypervisor: Hypervisor,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub current: CurrentView,
@@ -187,6 +191,10 @@ pub struct DomainPlan {
     /// that is why it is left alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changed_by_operator: Option<String>,
+    /// For a domain numapin leaves alone: the CPUs dedicated to other
+    /// guests that its threads may run on (numapin never changes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_dedicated_cpus: Option<CpuSet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -205,6 +213,10 @@ pub struct Plan {
     pub domains: Vec<DomainPlan>,
     pub nodes: Vec<NodePlan>,
     pub score: Score,
+}
+
+fn displayed<S: Serializer, T: std::fmt::Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
 
 fn ids<S: Serializer>(set: &NodeSet, s: S) -> Result<S::Ok, S::Error> {
@@ -235,13 +247,87 @@ pub fn plan(input: &PlanInput) -> Plan {
     // Output and service order never depend on input order.
     infos.sort_by(|a, b| (&a.domain.name, &a.domain.uuid).cmp(&(&b.domain.name, &b.domain.uuid)));
 
-    let base = Ledger::new(topo, input.observations, input.config, &infos);
-    let before = ledger_as_is(base.clone(), &infos);
-    let order = service_order(&infos);
+    let mut round = choose_and_pin(input, &analyzer.distances, &infos);
+    // A dedicated guest that finds no exclusive CPUs is placed as a shared
+    // guest rather than left floating over everyone's CPUs: once more,
+    // with those guests shared.
+    let short: Vec<usize> = (0..infos.len())
+        .filter(|&i| infos[i].is_dedicated())
+        .filter(|&i| matches!(round.decisions[i], Some(Decision::NoFit(_))))
+        .collect();
+    if !short.is_empty() {
+        for &i in &short {
+            let Some(Decision::NoFit(why)) = &round.decisions[i] else {
+                continue;
+            };
+            infos[i].managed = Ok(CpuPolicy::Shared);
+            infos[i].shared_instead = Some(why.clone());
+        }
+        round = choose_and_pin(input, &analyzer.distances, &infos);
+    }
+
+    let Round {
+        before,
+        after,
+        decisions,
+        pins,
+        dedicated,
+    } = round;
+    let domains: Vec<DomainPlan> = infos
+        .iter()
+        .zip(&decisions)
+        .zip(pins)
+        .map(|((info, decision), pins)| {
+            let at = outcome::Context {
+                topo,
+                distances: &analyzer.distances,
+                dedicated: &dedicated,
+            };
+            at.domain_plan(info, decision.as_ref(), pins)
+        })
+        .collect();
+    let nodes = topo
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodePlan {
+            id: n.id,
+            cpus: n.cpus.clone(),
+            dedicated_cpus: n.cpus.intersection(&dedicated),
+            pressure_before: round3(before.pressure(i)),
+            pressure_after: round3(after.pressure(i)),
+            free_mib_after: after.mem_free[i],
+        })
+        .collect();
+    let score = outcome::score_of(&infos, &domains, &before, &after);
+    Plan {
+        domains,
+        nodes,
+        score,
+    }
+}
+
+/// One pass of choosing nodes and CPUs for every managed domain.
+struct Round {
+    /// Node pressures with managed domains where they are now.
+    before: Ledger,
+    /// And once the plan is applied.
+    after: Ledger,
+    decisions: Vec<Option<Decision>>,
+    pins: Vec<Option<Pins>>,
+    /// Host CPUs dedicated vCPUs hold after the plan.
+    dedicated: CpuSet,
+}
+
+fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]) -> Round {
+    let topo = input.topology;
+    let base = Ledger::new(topo, input.observations, input.config, infos);
+    let before = ledger_as_is(base.clone(), infos);
+    let order = service_order(infos);
     let p = &input.config.planner;
     let mut chooser = Chooser {
         topo,
-        distances: &analyzer.distances,
+        distances,
         strategy: p.strategy,
         min_gain: if input.rebalance_all {
             0.01
@@ -256,7 +342,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             spent_any: false,
         },
     };
-    let mut decisions = chooser.decide(&infos, &order);
+    let mut decisions = chooser.decide(infos, &order);
     let mut assigner = CpuAssigner {
         topo,
         usable: chooser
@@ -268,7 +354,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             .collect(),
         claimed: CpuSet::new(),
     };
-    let mut pins = assigner.assign(&infos, &order, &decisions);
+    let mut pins = assigner.assign(infos, &order, &decisions);
     // The ledger guarantees enough CPUs; should a dedicated domain still
     // come up short, it is not half-pinned but left as it is.
     for i in 0..infos.len() {
@@ -281,34 +367,12 @@ pub fn plan(input: &PlanInput) -> Plan {
             pins[i] = None;
         }
     }
-
-    let domains: Vec<DomainPlan> = infos
-        .iter()
-        .zip(&decisions)
-        .zip(pins)
-        .map(|((info, decision), pins)| {
-            domain_plan(topo, &analyzer.distances, info, decision.as_ref(), pins)
-        })
-        .collect();
-    let after = &chooser.ledger;
-    let nodes = topo
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| NodePlan {
-            id: n.id,
-            cpus: n.cpus.clone(),
-            dedicated_cpus: n.cpus.intersection(&assigner.claimed),
-            pressure_before: round3(before.pressure(i)),
-            pressure_after: round3(after.pressure(i)),
-            free_mib_after: after.mem_free[i],
-        })
-        .collect();
-    let score = score_of(&infos, &domains, &before, after);
-    Plan {
-        domains,
-        nodes,
-        score,
+    Round {
+        before,
+        after: chooser.ledger,
+        decisions,
+        pins,
+        dedicated: assigner.claimed,
     }
 }
 
@@ -355,212 +419,4 @@ fn ledger_as_is(mut ledger: Ledger, infos: &[DomainInfo]) -> Ledger {
         }
     }
     ledger
-}
-
-fn domain_plan(
-    topo: &HostTopology,
-    distances: &Distances,
-    info: &DomainInfo,
-    decision: Option<&Decision>,
-    pins: Option<Pins>,
-) -> DomainPlan {
-    let d = info.domain;
-    let cur = &info.current;
-    let locality_now = cur.locality;
-    let current = CurrentView {
-        nodes: cur.nodes.clone(),
-        memory_mib: cur.memory_mib.clone(),
-        locality: round3(locality_now),
-    };
-    let mut plan = DomainPlan {
-        name: d.name.clone(),
-        uuid: d.uuid.clone(),
-        managed: info.is_managed(),
-        status: Status::LeftAlone,
-        reason: String::new(),
-        policy: info.managed.clone().ok(),
-        nested_hypervisor: info.nested,
-        vcpus: info.vcpu_count() as u32,
-        memory_mib: info.mem_mib,
-        current,
-        // Filled below: the target's, or as they are now.
-        nodes: NodeSet::new(),
-        vcpupin: BTreeMap::new(),
-        emulatorpin: CpuSet::new(),
-        iothreadpin: BTreeMap::new(),
-        nodeset: d
-            .numatune
-            .as_ref()
-            .and_then(|n| n.nodeset.clone())
-            .unwrap_or_default(),
-        memory: info.is_managed().then_some(info.memory),
-        cells: BTreeMap::new(),
-        actions: Vec::new(),
-        migrate_mib: 0,
-        locality_after: round3(locality_now),
-        advice: Vec::new(),
-        changed_by_operator: None,
-    };
-    let parts = decision.and_then(|x| x.parts());
-    plan.advice = advice::advice_for(info, topo, parts, pins.as_ref());
-    if let (Some(decision), Ok(_), Some(parts), Some(pins)) = (decision, &info.managed, parts, pins)
-    {
-        fill_target(topo, distances, info, decision, parts, pins, &mut plan);
-        return plan;
-    }
-    plan.nodes = cur.nodes.clone();
-    plan.vcpupin = cur.vcpu_affinity.clone();
-    plan.emulatorpin = cur.emulator_affinity.clone();
-    plan.iothreadpin = cur.iothread_affinity.clone();
-    match (decision, &info.managed) {
-        (_, Err(why)) => {
-            plan.reason = why.to_string();
-            if let domain_info::LeftAlone::ChangedByOperator { what, .. } = why {
-                plan.changed_by_operator = Some(what.clone());
-            }
-        }
-        (None, Ok(_)) => plan.reason = "not planned".into(),
-        (Some(Decision::Deferred(why)), _) => {
-            plan.status = Status::Deferred;
-            plan.reason = why.clone();
-        }
-        (Some(Decision::NoFit(why)), _) => {
-            plan.status = Status::NoFit;
-            plan.reason = why.clone();
-        }
-        (Some(_), Ok(_)) => unreachable!("placed decisions have parts and pins"),
-    }
-    plan
-}
-
-fn fill_target(
-    topo: &HostTopology,
-    distances: &Distances,
-    info: &DomainInfo,
-    decision: &Decision,
-    parts: &[Part],
-    pins: Pins,
-    plan: &mut DomainPlan,
-) {
-    let nodes = nodes_of(parts);
-    plan.nodeset = match info.fixed_nodes() {
-        Some(fixed) => fixed.clone(),
-        None => nodes.clone(),
-    };
-    plan.cells = parts
-        .iter()
-        .filter_map(|p| p.cell.map(|c| (c, p.node)))
-        .collect();
-    plan.actions = actions::actions_for(info, &pins, &plan.nodeset, &plan.cells);
-    plan.migrate_mib = cell_memory::migrate_mib(info, &plan.cells, &plan.nodeset);
-    plan.locality_after = round3(planned_locality(topo, distances, info, parts, &pins));
-    plan.vcpupin = pins.vcpupin;
-    plan.emulatorpin = pins.emulatorpin;
-    plan.iothreadpin = pins.iothreadpin;
-    let moved = choose::is_move(info, &nodes);
-    let (status, reason) = match decision {
-        Decision::Kept(_) if plan.actions.is_empty() => (
-            Status::Kept,
-            format!("stays on node(s) {nodes}: already placed"),
-        ),
-        Decision::Kept(_) => (
-            Status::Kept,
-            format!("stays on node(s) {nodes}; pins refreshed"),
-        ),
-        Decision::Placed { why, .. } if moved => (
-            Status::Moved,
-            format!("{} -> {nodes}: {why}", info.current.nodes),
-        ),
-        Decision::Placed { why, .. } if plan.actions.is_empty() => (Status::Kept, why.clone()),
-        Decision::Placed { why, .. } => (Status::Placed, why.clone()),
-        _ => unreachable!("only placed decisions reach here"),
-    };
-    plan.status = status;
-    plan.reason = reason;
-    plan.nodes = nodes;
-}
-
-/// Locality once the plan is applied: per part, its vCPUs' pins against its
-/// memory (which stays put when the binding cannot change live).
-fn planned_locality(
-    topo: &HostTopology,
-    distances: &Distances,
-    info: &DomainInfo,
-    parts: &[Part],
-    pins: &Pins,
-) -> f64 {
-    if matches!(
-        info.memory,
-        MemoryHandling::Fixed(_) | MemoryHandling::FirstTouch
-    ) {
-        let w = vcpu_node_weights(topo, pins.vcpupin.values());
-        return locality(distances, &w, &info.current.memory_mib).0;
-    }
-    let (mut sum, mut total) = (0.0, 0u64);
-    for part in parts {
-        let w = vcpu_node_weights(topo, part.vcpus.iter().filter_map(|v| pins.vcpupin.get(v)));
-        let w = if w.is_empty() {
-            vcpu_node_weights(topo, pins.vcpupin.values())
-        } else {
-            w
-        };
-        let (l, mib) = locality(distances, &w, &BTreeMap::from([(part.node, part.mem_mib)]));
-        sum += l * mib as f64;
-        total += mib;
-    }
-    if total == 0 { 1.0 } else { sum / total as f64 }
-}
-
-fn score_of(infos: &[DomainInfo], plans: &[DomainPlan], before: &Ledger, after: &Ledger) -> Score {
-    let fits_one = |info: &DomainInfo| {
-        (0..after.ids.len()).any(|i| {
-            after.usable[i].len() >= info.vcpu_count() && after.mem_capacity[i] >= info.mem_mib
-        })
-    };
-    let mut score = Score::default();
-    let (mut lb, mut la, mut weight) = (0.0, 0.0, 0.0);
-    for (info, plan) in infos.iter().zip(plans) {
-        let mib = info.mem_mib as f64;
-        lb += plan.current.locality * mib;
-        la += plan.locality_after * mib;
-        weight += mib;
-        let mem_nodes: NodeSet = info
-            .current
-            .memory_mib
-            .iter()
-            .filter(|(_, m)| **m * 20 > info.mem_mib)
-            .map(|(n, _)| *n)
-            .collect();
-        if fits_one(info) {
-            if info.current.nodes.union(&mem_nodes).len() > 1 {
-                score.spanning_before += 1;
-            }
-            let after_nodes = if plan.status == Status::LeftAlone
-                || plan.status == Status::Deferred
-                || plan.status == Status::NoFit
-            {
-                info.current.nodes.union(&mem_nodes)
-            } else {
-                plan.nodes.union(&plan.nodeset)
-            };
-            if after_nodes.len() > 1 {
-                score.spanning_after += 1;
-            }
-        }
-        if plan.status == Status::Moved {
-            score.moves += 1;
-        }
-        score.migrate_mib += plan.migrate_mib;
-        score.actions += plan.actions.len() as u32;
-    }
-    if weight > 0.0 {
-        score.locality_before = round3(lb / weight);
-        score.locality_after = round3(la / weight);
-    } else {
-        score.locality_before = 1.0;
-        score.locality_after = 1.0;
-    }
-    score.imbalance_before = round3(before.imbalance());
-    score.imbalance_after = round3(after.imbalance());
-    score
 }

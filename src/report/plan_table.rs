@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::idset::CpuSet;
-use crate::planner::{Action, DomainPlan, Plan, Status};
+use crate::planner::{Action, DomainPlan, Hypervisor, Plan, Status};
 use crate::topology::HostTopology;
 
 use super::{mib, percent};
@@ -104,11 +104,33 @@ pub fn render(plan: &Plan, topo: &HostTopology, source: &str) -> String {
         s,
         "\nNOW/PLAN: host nodes the vCPUs may run on; LOCAL: distance-weighted memory locality; * nested hypervisor"
     );
+    render_hypervisors(&mut s, &plan.domains);
     render_cells(&mut s, &plan.domains);
     render_advice(&mut s, &plan.domains);
     render_actions(&mut s, &plan.domains);
     render_score(&mut s, plan);
     s
+}
+
+/// Guests that can run VMs: which are taken for hypervisors and why, so a
+/// host-model guest given shared CPUs is explained, not a surprise.
+fn render_hypervisors(s: &mut String, domains: &[DomainPlan]) {
+    let capable: Vec<&DomainPlan> = domains
+        .iter()
+        .filter(|d| d.hypervisor != Hypervisor::Unable)
+        .collect();
+    if capable.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\nNested virtualisation:");
+    for d in capable {
+        let verdict = if d.nested_hypervisor {
+            "hypervisor"
+        } else {
+            "ordinary guest"
+        };
+        let _ = writeln!(s, "  {}: {verdict}: {}", d.name, d.hypervisor);
+    }
 }
 
 fn render_cells(s: &mut String, domains: &[DomainPlan]) {

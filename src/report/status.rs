@@ -14,7 +14,7 @@ use crate::live::state::Unreadable;
 use crate::observe::node_stats::NodeNumaStat;
 use crate::planner::domain_info::Analyzer;
 use crate::planner::score::{Distances, locality, vcpu_node_weights};
-use crate::planner::{Plan, Status as PlanStatus};
+use crate::planner::{Hypervisor, Plan, Status as PlanStatus};
 
 use super::{mib, percent};
 
@@ -38,6 +38,12 @@ pub struct NodeStatus {
     pub vcpu_demand: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub numastat: Option<NodeNumaStat>,
+    /// CPUs held by dedicated vCPUs once the plan is applied.
+    pub dedicated_cpus: CpuSet,
+    /// vCPUs waiting in the run queue on the node's CPUs, in CPUs (the sum
+    /// of their measured wait shares, each shared out like the demand);
+    /// `None` when no wait was measured.
+    pub vcpu_wait: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +65,17 @@ pub struct DomainStatus {
     /// numapin stopped managing it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changed_by_operator: Option<String>,
+    /// Whether it is taken for a hypervisor of its own.
+    pub nested_hypervisor: bool,
+    /// Why, or why not.
+    pub hypervisor: String,
+    /// Mean share of time its vCPUs waited for a host CPU over the last
+    /// window (libvirt's `vcpu.N.delay`); `None` when not measured.
+    pub vcpu_wait: Option<f64>,
+    /// CPUs dedicated to other guests that its threads may run on, for a
+    /// domain numapin leaves alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_dedicated_cpus: Option<CpuSet>,
 }
 
 pub fn build(
@@ -71,6 +88,7 @@ pub fn build(
     let analyzer = Analyzer::new(topo, &state.observations, config);
     let distances = Distances::new(topo);
     let mut demand: BTreeMap<u32, f64> = BTreeMap::new();
+    let mut waiting: BTreeMap<u32, f64> = BTreeMap::new();
     let mut domains = Vec::new();
     for live in &state.domains {
         let info = analyzer.analyze(&live.input);
@@ -79,12 +97,28 @@ pub fn build(
         for (node, w) in &weights {
             *demand.entry(*node).or_default() += info.load * w;
         }
-        let memory_mib = state
-            .observations
-            .domains
-            .get(&live.r.name)
-            .map(|o| o.memory_mib.clone())
-            .unwrap_or_default();
+        let observed = state.observations.domains.get(&live.r.name);
+        let memory_mib = observed.map(|o| o.memory_mib.clone()).unwrap_or_default();
+        let wait = observed.map(|o| &o.vcpu_wait).filter(|w| !w.is_empty());
+        if let Some(wait) = wait {
+            let total: f64 = info
+                .online_vcpus
+                .iter()
+                .filter_map(|v| wait.get(*v as usize))
+                .sum();
+            for (node, w) in &weights {
+                *waiting.entry(*node).or_default() += total * w;
+            }
+        }
+        let vcpu_wait = wait.map(|w| {
+            let n = info.vcpu_count().max(1) as f64;
+            let total: f64 = info
+                .online_vcpus
+                .iter()
+                .filter_map(|v| w.get(*v as usize))
+                .sum();
+            round2(total / n)
+        });
         let locality =
             (!memory_mib.is_empty()).then(|| locality(&distances, &weights, &memory_mib).0);
         let planned = plan.domains.iter().find(|p| p.uuid == live.r.uuid);
@@ -105,8 +139,16 @@ pub fn build(
             managed: planned.map_or(info.is_managed(), |p| p.managed),
             reason,
             changed_by_operator: planned.and_then(|p| p.changed_by_operator.clone()),
+            nested_hypervisor: info.is_nested_hypervisor(),
+            hypervisor: info.hypervisor.to_string(),
+            vcpu_wait,
+            on_dedicated_cpus: planned.and_then(|p| p.on_dedicated_cpus.clone()),
         });
     }
+    let dedicated: CpuSet = plan
+        .nodes
+        .iter()
+        .fold(CpuSet::new(), |all, n| all.union(&n.dedicated_cpus));
     let nodes = topo
         .nodes
         .iter()
@@ -115,8 +157,10 @@ pub fn build(
             cpus: n.cpus.clone(),
             total_mib: n.memory_mib,
             free_mib: state.observations.nodes.get(&n.id).and_then(|o| o.free_mib),
-            vcpu_demand: (demand.get(&n.id).copied().unwrap_or(0.0) * 100.0).round() / 100.0,
+            vcpu_demand: round2(demand.get(&n.id).copied().unwrap_or(0.0)),
             numastat: state.node_stats.get(&n.id).cloned(),
+            dedicated_cpus: n.cpus.intersection(&dedicated),
+            vcpu_wait: waiting.get(&n.id).map(|w| round2(*w)),
         })
         .collect();
     StatusReport {
@@ -127,25 +171,38 @@ pub fn build(
     }
 }
 
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
 pub fn render(r: &StatusReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "NODE  CPUS          MEMORY     FREE       vCPU DEMAND");
+    let _ = writeln!(
+        s,
+        "NODE  CPUS          MEMORY     FREE       vCPU DEMAND                      WAITING  DEDICATED"
+    );
     for n in &r.nodes {
+        let demand = format!("{:.2} busy vCPUs on {} CPUs", n.vcpu_demand, n.cpus.len());
         let _ = writeln!(
             s,
-            "{:<5} {:<13} {:<10} {:<10} {:.2} busy vCPUs on {} CPUs",
+            "{:<5} {:<13} {:<10} {:<10} {:<32} {:<8} {}",
             n.id,
             n.cpus.to_string(),
             mib(n.total_mib),
             n.free_mib.map_or("-".into(), mib),
-            n.vcpu_demand,
-            n.cpus.len()
+            demand,
+            n.vcpu_wait.map_or("-".into(), |w| format!("{w:.2}")),
+            if n.dedicated_cpus.is_empty() {
+                "-".to_string()
+            } else {
+                n.dedicated_cpus.to_string()
+            },
         );
     }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "DOMAIN               STATE    vCPUS  vCPU NODES  MEMORY BY NODE          LOCALITY  MANAGED"
+        "DOMAIN               STATE    vCPUS  vCPU NODES  MEMORY BY NODE          LOCALITY  WAIT   MANAGED"
     );
     for d in &r.domains {
         let memory = if d.memory_mib.is_empty() {
@@ -164,17 +221,32 @@ pub fn render(r: &StatusReport) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<20} {:<8} {:<6} {:<11} {:<23} {:<9} {}",
+            "{:<20} {:<8} {:<6} {:<11} {:<23} {:<9} {:<6} {}",
             d.name,
             d.state,
             d.vcpus,
             vcpu_nodes,
             memory,
             d.locality.map_or("-".into(), percent),
+            d.vcpu_wait.map_or("-".into(), percent),
             if d.managed { "yes" } else { "no" },
         );
         if !d.reason.is_empty() {
             let _ = writeln!(s, "    {}", d.reason);
+        }
+        if d.hypervisor != Hypervisor::Unable.to_string() {
+            let verdict = if d.nested_hypervisor {
+                "hypervisor"
+            } else {
+                "ordinary guest"
+            };
+            let _ = writeln!(s, "    {verdict}: {}", d.hypervisor);
+        }
+        if let Some(cpus) = &d.on_dedicated_cpus {
+            let _ = writeln!(
+                s,
+                "    may run on CPUs {cpus}, dedicated to other guests (left alone: numapin does not change it)"
+            );
         }
     }
     for u in &r.unreadable {

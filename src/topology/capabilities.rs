@@ -115,6 +115,7 @@ pub fn parse(xml: &str) -> Result<HostTopology, CapabilitiesError> {
     let mut raw = RawTopology {
         kind: cpu.host_kind(),
         virtualization_extensions: cpu.virtualization_extensions(),
+        arch: cpu.arch.clone(),
         ..Default::default()
     };
     let offline_marked_bare = cells

@@ -35,6 +35,10 @@ pub struct HostTopology {
     /// Whether the host CPU offers hardware virtualisation (vmx/svm), which
     /// host-passthrough and host-model guests inherit.
     pub virtualization_extensions: bool,
+    /// The host CPU's architecture (`x86_64`), when the source gives it:
+    /// a guest of another architecture is emulated and left alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -77,6 +81,7 @@ pub struct RawTopology {
     pub offline_cpus: CpuSet,
     pub kind: HostKind,
     pub virtualization_extensions: bool,
+    pub arch: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -114,6 +119,7 @@ impl HostTopology {
             offline_cpus,
             kind,
             virtualization_extensions,
+            arch,
         } = raw;
         if raw_nodes.is_empty() {
             return Err(TopologyError::NoNodes);
@@ -183,6 +189,7 @@ impl HostTopology {
             offline_cpus: offline_cpus.difference(&online),
             kind,
             virtualization_extensions,
+            arch,
         })
     }
 
