@@ -699,6 +699,8 @@ fn kept_dedicated_domains_reclaim_their_cpus_before_anyone_allocates() {
     };
     let mut config = Config::default();
     config.planner.manage_pinned = true;
+    // Six dedicated vCPUs on eight CPUs: past the default share.
+    config.planner.max_dedicated_share = 1.0;
     let p = run(
         &topo,
         vec![

@@ -13,9 +13,11 @@ pub mod cell_memory;
 pub mod choose;
 pub mod cpus;
 pub mod domain_info;
+mod improve;
 pub mod ledger;
 mod outcome;
 pub mod score;
+mod split;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,380 @@
+//! Splitting a domain no single node can take over the fewest, closest
+//! nodes, and keeping such a split once it is in place.
+
+use crate::config::Strategy;
+
+use super::choose::{Chooser, nodes_of, policy};
+use super::domain_info::{CpuPolicy, DomainInfo, Piece, distribute_shares};
+use super::ledger::{Demand, Part};
+
+/// Scratch space for trying splits: weights and the shares they give.
+#[derive(Default)]
+struct SplitShares {
+    weights: Vec<u64>,
+    vcpus: Vec<u64>,
+    mem: Vec<u64>,
+}
+
+impl Chooser<'_> {
+    /// A guest without cells split over nodes, as numapin left it: one
+    /// affinity within the usable CPUs of its nodes, at least 90% of the
+    /// memory there, and too large for any node (one that could fit a
+    /// node is placed again, to go back to one node once there is room).
+    /// Its parts hold the memory where it is and vCPUs in proportion to
+    /// the nodes' CPUs.
+    pub(super) fn settled_split(&self, info: &DomainInfo) -> Option<Vec<Part>> {
+        let [piece] = info.pieces.as_slice() else {
+            return None;
+        };
+        if piece.cell.is_some() || self.fits_an_empty_node(info, piece) {
+            return None;
+        }
+        let nodes = &info.current.nodes;
+        let at: Vec<usize> = nodes
+            .iter()
+            .map(|n| self.ledger.index(n))
+            .collect::<Option<_>>()?;
+        let affinity = info.current.vcpu_affinity.values().next()?;
+        let usable = at.iter().fold(crate::idset::CpuSet::new(), |all, &i| {
+            all.union(&self.ledger.usable[i])
+        });
+        if !affinity.is_subset(&usable)
+            || at.iter().any(|&i| !self.is_candidate(info, i))
+            || at.len() > self.fewest_nodes_for(info, piece)
+        {
+            return None;
+        }
+        if info.current.memory_observed && info.memory_share_on(nodes) < 0.9 {
+            return None;
+        }
+        let mut shares = SplitShares::default();
+        shares
+            .weights
+            .extend(at.iter().map(|&i| self.ledger.usable[i].len() as u64));
+        distribute_shares(piece.vcpus.len() as u64, &shares.weights, &mut shares.vcpus);
+        shares.weights.clear();
+        shares.weights.extend(
+            nodes
+                .iter()
+                .map(|n| info.current.memory_mib.get(&n).copied().unwrap_or(0)),
+        );
+        if shares.weights.iter().all(|&w| w == 0) {
+            shares.weights.clear();
+            shares
+                .weights
+                .extend(at.iter().map(|&i| self.ledger.usable[i].len() as u64));
+        }
+        distribute_shares(piece.mem_mib, &shares.weights, &mut shares.mem);
+        Some(self.split_parts(piece, &at, &shares))
+    }
+
+    /// The fewest candidate nodes whose capacity (CPUs and memory, empty)
+    /// could hold the piece: a split over more is placed again, to gather
+    /// onto fewer nodes once they have room.
+    pub(super) fn fewest_nodes_for(&self, info: &DomainInfo, piece: &Piece) -> usize {
+        let candidates = self.candidates(info);
+        let fewest = |mut sizes: Vec<u64>, need: u64| {
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            let mut sum = 0;
+            sizes
+                .iter()
+                .position(|&s| {
+                    sum += s;
+                    sum >= need
+                })
+                .map_or(usize::MAX, |k| k + 1)
+        };
+        let mem = fewest(
+            candidates
+                .iter()
+                .map(|&i| self.ledger.mem_capacity[i])
+                .collect(),
+            piece.mem_mib,
+        );
+        let cpus = fewest(
+            candidates
+                .iter()
+                .map(|&i| self.ledger.usable[i].len() as u64)
+                .collect(),
+            piece.vcpus.len() as u64,
+        );
+        mem.max(cpus)
+    }
+
+    /// A guest whose cells no node can take one by one is split as a whole
+    /// over the fewest, closest nodes, as a guest without cells would be,
+    /// rather than left floating over every node. Its cells are then not
+    /// mapped (the advice says so); as soon as nodes have room for its
+    /// cells, it is placed cell by cell again. A split over every node it
+    /// may use gains nothing over floating and is not made.
+    pub(super) fn place_cells_split(
+        &mut self,
+        info: &DomainInfo,
+        reason: String,
+    ) -> Result<(Vec<Part>, String), String> {
+        let hugepage_kib = info.pieces[0].hugepage_kib;
+        if info.pieces.iter().any(|p| p.hugepage_kib != hugepage_kib) {
+            return Err(reason);
+        }
+        let whole = Piece {
+            cell: None,
+            vcpus: info.pieces.iter().flat_map(|p| p.vcpus.clone()).collect(),
+            mem_mib: info.pieces.iter().map(|p| p.mem_mib).sum(),
+            hugepage_kib,
+            load: info.pieces.iter().map(|p| p.load).sum(),
+        };
+        let (parts, _) = self.place_split(info, &whole).map_err(|_| reason.clone())?;
+        let nodes = nodes_of(&parts);
+        // Over every node it may use, the split is what floating already is.
+        if nodes.len() >= self.candidates(info).len() {
+            return Err(reason);
+        }
+        Ok((
+            parts,
+            format!("{reason}: split as a whole over nodes {nodes}, cells not mapped"),
+        ))
+    }
+
+    /// Splits a domain no single node can take over the fewest, closest
+    /// nodes: grow a set from each seed by nearest node until it has room,
+    /// keep the smallest set, then the one with the least total distance,
+    /// then the one the strategy prefers (as for one node, staying where
+    /// the memory is counts for the threshold).
+    pub(super) fn place_split(
+        &mut self,
+        info: &DomainInfo,
+        piece: &Piece,
+    ) -> Result<(Vec<Part>, String), String> {
+        let candidates = self.candidates(info);
+        let pol = policy(info);
+        if self.cpus_too_few(piece, &candidates, pol) {
+            return Err(self.no_split_reason(piece));
+        }
+        let free: u128 = candidates
+            .iter()
+            .map(|&i| self.split_free_mib(piece, i) as u128)
+            .sum();
+        // More memory than all candidates have free: no split can hold it.
+        if piece.mem_mib as u128 > free {
+            return Err(self.no_split_reason(piece));
+        }
+        let ids: Vec<u32> = candidates.iter().map(|&i| self.ledger.ids[i]).collect();
+        let pressure: Vec<f64> = candidates
+            .iter()
+            .map(|&i| self.ledger.pressure(i))
+            .collect();
+        let mut shares = SplitShares::default();
+        let mut best: Option<(usize, u32, f64, Vec<Part>)> = None;
+        // Per candidate (by position): whether it is in the set, and its
+        // largest distance from the set's members.
+        let mut in_set = vec![false; candidates.len()];
+        let mut far = vec![0u32; candidates.len()];
+        for (k, &seed) in candidates.iter().enumerate() {
+            let mut set = vec![seed];
+            in_set.fill(false);
+            in_set[k] = true;
+            for (c, f) in far.iter_mut().enumerate() {
+                *f = self.distances.get(ids[k], ids[c]);
+            }
+            loop {
+                // A larger set than the best so far cannot win.
+                if best.as_ref().is_some_and(|(n, _, _, _)| set.len() > *n) {
+                    break;
+                }
+                if self.split_fits(piece, &set, pol, &mut shares) {
+                    let spread: u32 = set
+                        .iter()
+                        .flat_map(|&a| set.iter().map(move |&b| (a, b)))
+                        .map(|(a, b)| self.distances.get(self.ledger.ids[a], self.ledger.ids[b]))
+                        .sum();
+                    let closer = |n: usize, d: u32| (set.len(), spread).cmp(&(n, d));
+                    if best
+                        .as_ref()
+                        .is_none_or(|(n, d, _, _)| closer(*n, *d).is_le())
+                    {
+                        let parts = self.split_parts(piece, &set, &shares);
+                        let cost = self.split_cost(info, &parts, pol);
+                        // The same nodes in another order are no other choice.
+                        if best.as_ref().is_none_or(|(n, d, c, p)| {
+                            closer(*n, *d).is_lt()
+                                || (cost < c - 1e-12 && nodes_of(p) != nodes_of(&parts))
+                        }) {
+                            best = Some((set.len(), spread, cost, parts));
+                        }
+                    }
+                    break;
+                }
+                // The nearest node; among equally near ones the least
+                // pressed, then the lowest id.
+                let next = (0..candidates.len())
+                    .filter(|&c| !in_set[c])
+                    .min_by(|&a, &b| {
+                        far[a]
+                            .cmp(&far[b])
+                            .then(pressure[a].total_cmp(&pressure[b]))
+                            .then(ids[a].cmp(&ids[b]))
+                    });
+                let Some(next) = next else {
+                    break;
+                };
+                set.push(candidates[next]);
+                in_set[next] = true;
+                for (c, f) in far.iter_mut().enumerate() {
+                    *f = (*f).max(self.distances.get(ids[next], ids[c]));
+                }
+            }
+        }
+        match best {
+            Some((_, _, _, parts)) => {
+                let nodes = nodes_of(&parts);
+                let why = if self.fits_an_empty_node(info, piece) {
+                    format!("fits one node but none has room now: split over nodes {nodes}")
+                } else {
+                    format!(
+                        "larger than any node ({} vCPUs, {} MiB): split over the {} closest nodes {nodes}",
+                        piece.vcpus.len(),
+                        piece.mem_mib,
+                        nodes.len()
+                    )
+                };
+                Ok((parts, why))
+            }
+            None => Err(self.no_split_reason(piece)),
+        }
+    }
+
+    /// Lower is better: the busiest of the split's nodes once it is there,
+    /// by strategy, plus the threshold for the share of memory elsewhere.
+    pub(super) fn split_cost(&mut self, info: &DomainInfo, parts: &[Part], pol: CpuPolicy) -> f64 {
+        let at: Vec<usize> = parts
+            .iter()
+            .filter_map(|p| self.ledger.index(p.node))
+            .collect();
+        for (&i, p) in at.iter().zip(parts) {
+            self.ledger.reserve(i, &p.demand(), pol);
+        }
+        let peak = at
+            .iter()
+            .map(|&i| self.ledger.pressure(i))
+            .fold(0.0, f64::max);
+        for (&i, p) in at.iter().zip(parts) {
+            self.ledger.release(i, &p.demand(), pol);
+        }
+        let by_strategy = match self.strategy {
+            Strategy::Spread => peak,
+            Strategy::Pack => 1.0 - peak,
+        };
+        by_strategy + self.min_gain * (1.0 - info.memory_share_on(&nodes_of(parts)))
+    }
+
+    pub(super) fn no_split_reason(&self, piece: &Piece) -> String {
+        format!(
+            "does not fit: needs {} vCPUs and {} MiB{}, more than the free capacity of all its candidate nodes",
+            piece.vcpus.len(),
+            piece.mem_mib,
+            piece
+                .hugepage_kib
+                .map(|k| format!(" of {k} KiB pages"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// Whether the candidates together lack the CPUs for the piece, so that
+    /// no split over any of them can fit (see `split_fits`: every node's
+    /// vCPU share and load must fit it, and the shares add up to the piece).
+    pub(super) fn cpus_too_few(&self, piece: &Piece, candidates: &[usize], pol: CpuPolicy) -> bool {
+        let l = &self.ledger;
+        let vcpus = piece.vcpus.len() as i64;
+        match pol {
+            CpuPolicy::Dedicated => {
+                let room: i64 = candidates.iter().map(|&i| l.dedicated_room(i).max(0)).sum();
+                vcpus > room
+            }
+            CpuPolicy::Shared => {
+                let pool: i64 = candidates.iter().map(|&i| l.shared_cpus(i) as i64).sum();
+                let room: f64 = candidates
+                    .iter()
+                    .map(|&i| (l.shared_capacity(i) + 1e-9 - l.shared_load[i]).max(0.0))
+                    .sum();
+                // The margin covers rounding in the per-node loads.
+                vcpus > pool || piece.load > room + 1e-6
+            }
+        }
+    }
+
+    /// Free memory (MiB) of the piece's kind on node index `i`, as a split
+    /// weighs it.
+    pub(super) fn split_free_mib(&self, piece: &Piece, i: usize) -> u64 {
+        let free = match piece.hugepage_kib {
+            Some(size) => {
+                self.ledger.pages_free[i].get(&size).copied().unwrap_or(0) * size as i64 / 1024
+            }
+            None => self.ledger.mem_free[i],
+        };
+        free.max(0) as u64
+    }
+
+    pub(super) fn fits_an_empty_node(&self, info: &DomainInfo, piece: &Piece) -> bool {
+        self.candidates(info).into_iter().any(|i| {
+            self.ledger.usable[i].len() >= piece.vcpus.len()
+                && self.ledger.mem_capacity[i] >= piece.mem_mib
+        })
+    }
+
+    /// Whether the piece divided over the node set fits: vCPUs in proportion
+    /// to CPUs, memory in proportion to free memory. Leaves the shares in
+    /// `shares` for [`Self::split_parts`].
+    fn split_fits(
+        &self,
+        piece: &Piece,
+        set: &[usize],
+        pol: CpuPolicy,
+        shares: &mut SplitShares,
+    ) -> bool {
+        shares.weights.clear();
+        shares
+            .weights
+            .extend(set.iter().map(|&i| self.ledger.usable[i].len() as u64));
+        distribute_shares(piece.vcpus.len() as u64, &shares.weights, &mut shares.vcpus);
+        shares.weights.clear();
+        shares
+            .weights
+            .extend(set.iter().map(|&i| self.split_free_mib(piece, i)));
+        distribute_shares(piece.mem_mib, &shares.weights, &mut shares.mem);
+        // Nodes with no memory free take none: the set must hold it all.
+        if shares.mem.iter().sum::<u64>() < piece.mem_mib {
+            return false;
+        }
+        set.iter().enumerate().all(|(k, &i)| {
+            let n = shares.vcpus[k] as usize;
+            let demand = Demand {
+                vcpus: n,
+                mem_mib: shares.mem[k],
+                hugepage_kib: piece.hugepage_kib,
+                load: piece.load * n as f64 / piece.vcpus.len().max(1) as f64,
+            };
+            self.ledger.fits(i, &demand, pol)
+        })
+    }
+
+    /// The parts of a split that [`Self::split_fits`] accepted, by node:
+    /// vCPUs in contiguous blocks in the order of the set.
+    fn split_parts(&self, piece: &Piece, set: &[usize], shares: &SplitShares) -> Vec<Part> {
+        let mut parts = Vec::with_capacity(set.len());
+        let mut next_vcpu = 0usize;
+        for (k, &i) in set.iter().enumerate() {
+            let n = shares.vcpus[k] as usize;
+            parts.push(Part {
+                node: self.ledger.ids[i],
+                cell: None,
+                load: piece.load * n as f64 / piece.vcpus.len().max(1) as f64,
+                vcpus: piece.vcpus[next_vcpu..next_vcpu + n].to_vec(),
+                mem_mib: shares.mem[k],
+                hugepage_kib: piece.hugepage_kib,
+            });
+            next_vcpu += n;
+        }
+        parts.sort_by_key(|p| p.node);
+        parts
+    }
+}
