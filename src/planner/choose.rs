@@ -97,6 +97,20 @@ pub fn is_move(info: &DomainInfo, target: &NodeSet) -> bool {
     (info.current.pinned || info.current.pinned_over_nodes) && *target != info.current.nodes
 }
 
+/// Why a guest's cells go where they go, as a first placement says it.
+pub(super) fn cells_why(info: &DomainInfo, parts: &[Part]) -> String {
+    let map: Vec<String> = parts
+        .iter()
+        .map(|p| format!("{}->{}", p.cell.unwrap_or(0), p.node))
+        .collect();
+    let bound = if info.pieces.iter().any(|p| p.bound.is_some()) {
+        " (cells bound by <memnode> stay with their memory)"
+    } else {
+        ""
+    };
+    format!("guest cells on host nodes {}{bound}", map.join(", "))
+}
+
 pub(super) fn part_of(piece: &Piece, node: u32) -> Part {
     Part {
         node,
@@ -225,7 +239,11 @@ impl Chooser<'_> {
                 }
                 previous = Some(affinity);
             }
-            parts.push(part_of(piece, node?));
+            let node = node?;
+            if !piece.allows(node) {
+                return None;
+            }
+            parts.push(part_of(piece, node));
         }
         let nodes = nodes_of(&parts);
         if info.current.memory_observed && info.memory_share_on(&nodes) < 0.9 {
@@ -371,18 +389,22 @@ impl Chooser<'_> {
         let pol = policy(info);
         let mut parts: Vec<Part> = Vec::new();
         for piece in &info.pieces {
-            let used = nodes_of(&parts);
             let demand = piece.demand();
             let mut best: Option<(f64, usize)> = None;
             for i in 0..self.ledger.ids.len() {
                 let node = self.ledger.ids[i];
-                if !self.is_candidate(info, i) || !self.ledger.fits(i, &demand, pol) {
+                if !self.is_candidate(info, i)
+                    || !piece.allows(node)
+                    || !self.ledger.fits(i, &demand, pol)
+                {
                     continue;
                 }
                 let mut cost = self.cost(info, i, &demand, piece.cell);
-                if used.contains(node) {
-                    cost += 10.0;
-                }
+                // Cells spread evenly: each cell of the guest already on a
+                // node weighs against it, so k cells on n nodes take
+                // ceil(k/n) a node unless capacity forces more.
+                let here = parts.iter().filter(|p| p.node == node).count();
+                cost += 10.0 * here as f64;
                 let far: u32 = parts.iter().map(|p| self.distances.get(p.node, node)).sum();
                 cost += far as f64 / 100.0;
                 if best.is_none_or(|(c, _)| cost < c - 1e-12) {
@@ -391,12 +413,16 @@ impl Chooser<'_> {
             }
             let Some((_, i)) = best else {
                 self.release_all(&parts, pol);
-                return Err(format!(
-                    "guest cell {} ({} vCPUs, {} MiB) fits no host node",
-                    piece.cell.unwrap_or(0),
-                    piece.vcpus.len(),
-                    piece.mem_mib
-                ));
+                let cell = piece.cell.unwrap_or(0);
+                let (vcpus, mib) = (piece.vcpus.len(), piece.mem_mib);
+                return Err(match &piece.bound {
+                    Some(bound) => format!(
+                        "guest cell {cell} ({vcpus} vCPUs, {mib} MiB) is bound to host node(s) {bound} by <memnode>, and none of them has room for it"
+                    ),
+                    None => {
+                        format!("guest cell {cell} ({vcpus} vCPUs, {mib} MiB) fits no host node")
+                    }
+                });
             };
             let part = part_of(piece, self.ledger.ids[i]);
             self.ledger.reserve(i, &demand, pol);
@@ -404,13 +430,7 @@ impl Chooser<'_> {
         }
         // Reserved again by the caller once the budget allows.
         self.release_all(&parts, pol);
-        let map: Vec<String> = parts
-            .iter()
-            .map(|p| format!("{}->{}", p.cell.unwrap_or(0), p.node))
-            .collect();
-        Ok((
-            parts,
-            format!("guest cells on host nodes {}", map.join(", ")),
-        ))
+        let why = cells_why(info, &parts);
+        Ok((parts, why))
     }
 }

@@ -103,9 +103,17 @@ pub struct Piece {
     pub hugepage_kib: Option<u64>,
     /// Expected CPU demand, in CPUs.
     pub load: f64,
+    /// Host nodes a `<memnode>` binds this cell's memory to: libvirt cannot
+    /// change it on a running domain, so the cell's vCPUs go there.
+    pub bound: Option<NodeSet>,
 }
 
 impl Piece {
+    /// Whether the piece may go to `node` as its binding allows.
+    pub fn allows(&self, node: u32) -> bool {
+        self.bound.as_ref().is_none_or(|b| b.contains(node))
+    }
+
     pub fn demand(&self) -> Demand {
         Demand {
             vcpus: self.vcpus.len(),
@@ -501,6 +509,7 @@ impl<'a> Analyzer<'a> {
                 mem_mib,
                 hugepage_kib: d.hugepage_size_for_cell(None, self.default_hugepage_kib),
                 load: loads.iter().sum(),
+                bound: None,
             }];
         }
         d.cpu
@@ -519,6 +528,13 @@ impl<'a> Analyzer<'a> {
                     mem_mib: cell.memory_kib.div_ceil(1024),
                     hugepage_kib: d
                         .hugepage_size_for_cell(Some(cell.id), self.default_hugepage_kib),
+                    bound: d.numatune.as_ref().and_then(|n| {
+                        n.memnodes
+                            .iter()
+                            .find(|m| m.cellid == cell.id)
+                            .map(|m| m.nodeset.clone())
+                            .filter(|s| !s.is_empty())
+                    }),
                 }
             })
             .collect()
@@ -637,6 +653,17 @@ impl<'a> Analyzer<'a> {
     /// nodes; else where the vCPUs run (first touch follows them); else
     /// spread in proportion to node size.
     fn estimate_memory(&self, info: &DomainInfo, vcpu_nodes: &NodeSet) -> BTreeMap<u32, u64> {
+        // Cells bound by `<memnode>` are on their bound nodes.
+        if info.pieces.iter().any(|p| p.bound.is_some()) {
+            let mut out = BTreeMap::new();
+            for piece in &info.pieces {
+                let nodes = piece.bound.as_ref().unwrap_or(vcpu_nodes);
+                for (n, mib) in self.by_node_size(piece.mem_mib, nodes) {
+                    *out.entry(n).or_default() += mib;
+                }
+            }
+            return out;
+        }
         let bound = info
             .domain
             .numatune
@@ -644,8 +671,16 @@ impl<'a> Analyzer<'a> {
             .and_then(|n| n.nodeset.clone())
             .filter(|s| !s.is_empty());
         let nodes = bound.unwrap_or_else(|| vcpu_nodes.clone());
+        self.by_node_size(info.mem_mib, &nodes)
+    }
+
+    /// `mib` spread over `nodes` (every node when empty) in proportion to
+    /// their size.
+    fn by_node_size(&self, mib: u64, nodes: &NodeSet) -> BTreeMap<u32, u64> {
+        let all;
         let nodes = if nodes.is_empty() {
-            self.topo.node_ids()
+            all = self.topo.node_ids();
+            &all
         } else {
             nodes
         };
@@ -653,7 +688,7 @@ impl<'a> Analyzer<'a> {
             .iter()
             .filter_map(|n| self.topo.node(n).map(|node| (n, node.memory_mib.max(1))))
             .collect();
-        distribute(info.mem_mib, &weights)
+        distribute(mib, &weights)
     }
 }
 

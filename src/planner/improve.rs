@@ -5,7 +5,7 @@
 use crate::idset::NodeSet;
 
 use super::cell_memory::{cells_of, memory_moves, migrate_mib};
-use super::choose::{Chooser, Decision, is_move, policy};
+use super::choose::{Chooser, Decision, cells_why, is_move, policy};
 use super::domain_info::DomainInfo;
 use super::ledger::Part;
 
@@ -61,10 +61,16 @@ impl Chooser<'_> {
     ) -> Option<Candidate> {
         let from = &parts[k];
         let to_node = self.ledger.ids[cold];
-        if info
-            .fixed_nodes()
-            .is_some_and(|fixed| !fixed.contains(to_node))
+        let bound_elsewhere = info
+            .pieces
+            .iter()
+            .any(|p| p.cell == from.cell && !p.allows(to_node));
+        if bound_elsewhere
+            || info
+                .fixed_nodes()
+                .is_some_and(|fixed| !fixed.contains(to_node))
             || (parts.iter().any(|p| p.node == to_node) && self.has_cell_free_node(info, parts))
+            || (self.crowds_cells(info, parts, to_node) && self.ledger.pressure(hot) <= 1.0)
         {
             return None;
         }
@@ -113,6 +119,20 @@ impl Chooser<'_> {
             mib,
             is_move,
         })
+    }
+
+    /// Whether one more of the guest's cells on `node` would put more than
+    /// its even share there: ceil(cells / nodes it may use). Only a node
+    /// past its capacity (demand beyond its CPUs) lets a cell go there
+    /// all the same: capacity, not mere imbalance, forces it.
+    fn crowds_cells(&self, info: &DomainInfo, parts: &[Part], node: u32) -> bool {
+        let cells = parts.iter().filter(|p| p.cell.is_some()).count();
+        if cells < 2 {
+            return false;
+        }
+        let nodes = self.candidates(info).len().max(1);
+        let here = parts.iter().filter(|p| p.node == node).count();
+        here + 1 > cells.div_ceil(nodes)
     }
 
     /// Whether a node the guest may use holds none of its cells. Cells go
@@ -223,17 +243,27 @@ impl Chooser<'_> {
                 .expect("candidates have parts")
                 .to_vec();
             parts[k] = to.clone();
-            decisions[d] = Some(Decision::Placed {
-                why: format!(
+            // A guest placed for the first time this cycle is placed, not
+            // moved: its reason says where it goes, evened out.
+            let why = if !is_move && matches!(decisions[d], Some(Decision::Placed { .. })) {
+                let info = &infos[d];
+                let placed = if parts.iter().any(|p| p.cell.is_some()) {
+                    cells_why(info, &parts)
+                } else {
+                    format!("fits one node: node {}", to.node)
+                };
+                format!("{placed}, evening out node loads")
+            } else {
+                format!(
                     "rebalance: {what}node {} was {:.0}% loaded and node {} {:.0}%; the move narrows the gap by {:.0} points",
                     from.node,
                     hot_before * 100.0,
                     to.node,
                     cold_before * 100.0,
                     gain * 100.0
-                ),
-                parts,
-            });
+                )
+            };
+            decisions[d] = Some(Decision::Placed { why, parts });
         }
     }
 }

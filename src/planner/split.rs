@@ -113,7 +113,12 @@ impl Chooser<'_> {
         reason: String,
     ) -> Result<(Vec<Part>, String), String> {
         let hugepage_kib = info.pieces[0].hugepage_kib;
-        if info.pieces.iter().any(|p| p.hugepage_kib != hugepage_kib) {
+        // Cells bound to nodes cannot be pooled: each goes where it is bound.
+        if info
+            .pieces
+            .iter()
+            .any(|p| p.hugepage_kib != hugepage_kib || p.bound.is_some())
+        {
             return Err(reason);
         }
         let whole = Piece {
@@ -122,6 +127,7 @@ impl Chooser<'_> {
             mem_mib: info.pieces.iter().map(|p| p.mem_mib).sum(),
             hugepage_kib,
             load: info.pieces.iter().map(|p| p.load).sum(),
+            bound: None,
         };
         let (parts, _) = self.place_split(info, &whole).map_err(|_| reason.clone())?;
         let nodes = nodes_of(&parts);
