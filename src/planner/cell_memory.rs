@@ -64,7 +64,9 @@ pub fn memory_moves(
         return None;
     }
     let nodes: NodeSet = cells.values().copied().collect();
-    if nodes.len() != cells.len() {
+    // Distinct nodes, and no memory beyond them (a memory-only node that
+    // takes what a cell's node cannot hold): each cell fits its node.
+    if nodes.len() != cells.len() || !nodeset.is_subset(&nodes) {
         return None;
     }
     let mut out = MemoryMoves::default();

@@ -7,7 +7,7 @@
 //! 3. improve: while nodes are unbalanced by more than the threshold, move
 //!    the domain whose move helps most, within the per-cycle budget.
 
-use crate::config::Strategy;
+use crate::config::{MemoryTier, Strategy};
 use crate::idset::NodeSet;
 use crate::topology::HostTopology;
 
@@ -36,6 +36,16 @@ impl Decision {
             _ => None,
         }
     }
+}
+
+/// The nodes the parts' memory goes to: their own, and the memory-only
+/// nodes that take what does not fit them.
+pub fn memory_nodes_of(parts: &[Part]) -> NodeSet {
+    let mut nodes = nodes_of(parts);
+    for (node, _) in parts.iter().filter_map(|p| p.spill) {
+        nodes.insert(node);
+    }
+    nodes
 }
 
 pub fn nodes_of(parts: &[Part]) -> NodeSet {
@@ -71,6 +81,8 @@ impl Budget {
 
 pub struct Chooser<'a> {
     pub topo: &'a HostTopology,
+    /// What memory-only nodes take.
+    pub tier: MemoryTier,
     pub distances: &'a Distances,
     pub strategy: Strategy,
     /// Least gain in node pressure worth a move.
@@ -119,6 +131,7 @@ pub(super) fn part_of(piece: &Piece, node: u32) -> Part {
         mem_mib: piece.mem_mib,
         hugepage_kib: piece.hugepage_kib,
         load: piece.load,
+        spill: None,
     }
 }
 
@@ -184,14 +197,21 @@ impl Chooser<'_> {
     pub(super) fn try_reserve(&mut self, parts: &[Part], policy: CpuPolicy) -> bool {
         let mut done = Vec::new();
         for part in parts {
+            let spill_fits = part.spill.is_none_or(|(node, mib)| {
+                self.ledger
+                    .index(node)
+                    .is_some_and(|t| self.ledger.mem_free[t] >= mib as i64)
+            });
             match self.ledger.index(part.node) {
-                Some(i) if self.ledger.fits(i, &part.demand(), policy) => {
+                Some(i) if spill_fits && self.ledger.fits(i, &part.demand(), policy) => {
                     self.ledger.reserve(i, &part.demand(), policy);
+                    self.ledger.spill(part.spill, 1);
                     done.push((i, part));
                 }
                 _ => {
                     for (i, p) in done {
                         self.ledger.release(i, &p.demand(), policy);
+                        self.ledger.spill(p.spill, -1);
                     }
                     return false;
                 }
@@ -204,6 +224,7 @@ impl Chooser<'_> {
         for part in parts {
             if let Some(i) = self.ledger.index(part.node) {
                 self.ledger.release(i, &part.demand(), policy);
+                self.ledger.spill(part.spill, -1);
             }
         }
     }
@@ -331,12 +352,21 @@ impl Chooser<'_> {
                 .or_else(|reason| self.place_cells_split(info, reason))
         } else {
             let piece = &info.pieces[0];
-            match self.best_node(info, piece, &NodeSet::new()) {
-                Some(i) => {
-                    let node = self.ledger.ids[i];
-                    Ok((vec![part_of(piece, node)], self.single_node_why(info, node)))
+            if let Some(part) = self.idle_part(info, piece) {
+                let why = self.tier_why("idle: its memory", &part);
+                Ok((vec![part], why))
+            } else {
+                match self.best_node(info, piece, &NodeSet::new()) {
+                    Some(i) => {
+                        let node = self.ledger.ids[i];
+                        Ok((vec![part_of(piece, node)], self.single_node_why(info, node)))
+                    }
+                    None => self.place_split(info, piece).or_else(|reason| {
+                        let part = self.overflow_part(info, piece).ok_or(reason)?;
+                        let why = self.tier_why("what does not fit its node", &part);
+                        Ok((vec![part], why))
+                    }),
                 }
-                None => self.place_split(info, piece),
             }
         };
         let (parts, why) = match result {
@@ -345,7 +375,7 @@ impl Chooser<'_> {
         };
         let nodes = nodes_of(&parts);
         let is_move = is_move(info, &nodes);
-        let mib = migrate_mib(info, &cells_of(&parts), &nodes);
+        let mib = migrate_mib(info, &cells_of(&parts), &memory_nodes_of(&parts));
         if !self.budget.affords(is_move, mib) {
             let spent = if is_move && self.budget.moves_left == 0 {
                 "move budget (planner.max_moves_per_cycle)".to_string()
@@ -364,6 +394,18 @@ impl Chooser<'_> {
         }
         self.budget.spend(is_move, mib);
         Decision::Placed { parts, why }
+    }
+
+    /// Why part of the memory goes to a memory-only node.
+    fn tier_why(&self, what: &str, part: &Part) -> String {
+        let Some((tier, mib)) = part.spill else {
+            return String::new();
+        };
+        format!(
+            "vCPUs on node {}; {what} ({mib} MiB) on memory-only node {tier} (distance {})",
+            part.node,
+            self.distances.get(part.node, tier)
+        )
     }
 
     pub(super) fn single_node_why(&self, info: &DomainInfo, node: u32) -> String {
@@ -410,6 +452,20 @@ impl Chooser<'_> {
                 if best.is_none_or(|(c, _)| cost < c - 1e-12) {
                     best = Some((cost, i));
                 }
+            }
+            let tiered = match best {
+                Some(_) => None,
+                None => self.overflow_part(info, piece),
+            };
+            if let Some(part) = tiered {
+                let i = self
+                    .ledger
+                    .index(part.node)
+                    .expect("parts are on host nodes");
+                self.ledger.reserve(i, &part.demand(), pol);
+                self.ledger.spill(part.spill, 1);
+                parts.push(part);
+                continue;
             }
             let Some((_, i)) = best else {
                 self.release_all(&parts, pol);

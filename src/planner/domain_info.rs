@@ -234,6 +234,10 @@ pub struct DomainInfo<'a> {
     pub settled_share: f64,
     /// Nodes the memory is bound to and cannot leave while running.
     fixed: Option<NodeSet>,
+    /// Measured, and its vCPUs busy less than a tenth of the time on
+    /// average: a guest whose memory may live on a memory-only node under
+    /// `planner.memory_tier = "prefer-for-idle"`.
+    pub idle: bool,
     /// Why a guest whose policy is dedicated is placed with shared CPUs:
     /// no node had room for its vCPUs on CPUs of their own.
     pub shared_instead: Option<String>,
@@ -388,6 +392,10 @@ impl<'a> Analyzer<'a> {
             current: Current::default(),
             settled_share: self.config.apply.memory_on_target_share,
             fixed,
+            idle: self.obs.domains.get(&d.name).is_some_and(|o| {
+                !o.vcpu_load.is_empty()
+                    && o.vcpu_load.iter().sum::<f64>() < IDLE_LOAD * o.vcpu_load.len() as f64
+            }),
             shared_instead: None,
         };
         info.current = self.current(&info);
@@ -691,6 +699,9 @@ impl<'a> Analyzer<'a> {
         distribute(mib, &weights)
     }
 }
+
+/// Mean vCPU load below which a measured guest counts as idle.
+const IDLE_LOAD: f64 = 0.1;
 
 /// i686 guests run natively on x86_64 hosts.
 fn arch_family(arch: &str) -> &str {

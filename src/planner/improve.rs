@@ -193,7 +193,9 @@ impl Chooser<'_> {
                         continue;
                     };
                     let split = parts.len() > 1 && parts.iter().any(|p| p.cell.is_none());
-                    if moved[d] || split {
+                    // Memory on a memory-only node stays with its placement.
+                    let spilled = parts.iter().any(|p| p.spill.is_some());
+                    if moved[d] || split || spilled {
                         continue;
                     }
                     for k in 0..parts.len() {

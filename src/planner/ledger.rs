@@ -17,9 +17,12 @@ pub struct Part {
     pub node: u32,
     pub cell: Option<u32>,
     pub vcpus: Vec<u32>,
+    /// MiB on `node` itself.
     pub mem_mib: u64,
     pub hugepage_kib: Option<u64>,
     pub load: f64,
+    /// Memory that does not fit `node`, on a memory-only node: (node, MiB).
+    pub spill: Option<(u32, u64)>,
 }
 
 /// What a part asks of a node: all the ledger needs to know of it.
@@ -194,6 +197,16 @@ impl Ledger {
                 let share = node.cpus.intersection_len(affinity) as f64 / total;
                 self.shared_load[i] += load * share;
             }
+        }
+    }
+
+    /// Takes (`sign` 1) or gives back (-1) the MiB a part puts on a
+    /// memory-only node.
+    pub fn spill(&mut self, spill: Option<(u32, u64)>, sign: i64) {
+        if let Some((node, mib)) = spill
+            && let Some(t) = self.index(node)
+        {
+            self.mem_free[t] -= sign * mib as i64;
         }
     }
 

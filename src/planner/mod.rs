@@ -18,6 +18,7 @@ pub mod ledger;
 mod outcome;
 pub mod score;
 mod split;
+mod tier;
 
 use std::collections::BTreeMap;
 
@@ -187,6 +188,10 @@ pub struct DomainPlan {
     pub cells: BTreeMap<u32, u32>,
     pub actions: Vec<Action>,
     pub migrate_mib: u64,
+    /// Memory-only node -> MiB of the guest's memory the plan puts there
+    /// (what does not fit its CPU node, or an idle guest's memory).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub memory_only_mib: BTreeMap<u32, u64>,
     pub locality_after: f64,
     pub advice: Vec<String>,
     /// What an operator changed after numapin placed the domain, when
@@ -329,6 +334,7 @@ fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]
     let p = &input.config.planner;
     let mut chooser = Chooser {
         topo,
+        tier: p.memory_tier,
         distances,
         strategy: p.strategy,
         min_gain: if input.rebalance_all {

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use crate::idset::{CpuSet, NodeSet};
 use crate::topology::HostTopology;
 
-use super::choose::{self, Decision, nodes_of};
+use super::choose::{self, Decision, memory_nodes_of, nodes_of};
 use super::cpus::Pins;
-use super::domain_info::{self, DomainInfo, MemoryHandling};
+use super::domain_info::{self, DomainInfo, MemoryHandling, distribute};
 use super::ledger::{Ledger, Part};
 use super::score::{Distances, Score, locality, round3, vcpu_node_weights};
 use super::{CurrentView, DomainPlan, Status, actions, advice, cell_memory};
@@ -67,6 +67,7 @@ impl Context<'_> {
             advice: Vec::new(),
             changed_by_operator: None,
             on_dedicated_cpus: None,
+            memory_only_mib: BTreeMap::new(),
         };
         let parts = decision.and_then(|x| x.parts());
         plan.advice = advice::advice_for(info, topo, parts, pins.as_ref());
@@ -171,8 +172,11 @@ fn fill_target(
     let nodes = nodes_of(parts);
     plan.nodeset = match info.fixed_nodes() {
         Some(fixed) => fixed.clone(),
-        None => nodes.clone(),
+        None => memory_nodes_of(parts),
     };
+    for (tier, mib) in parts.iter().filter_map(|p| p.spill) {
+        *plan.memory_only_mib.entry(tier).or_default() += mib;
+    }
     plan.cells = parts
         .iter()
         .filter_map(|p| p.cell.map(|c| (c, p.node)))
@@ -215,10 +219,12 @@ fn planned_locality(
     parts: &[Part],
     pins: &Pins,
 ) -> f64 {
-    if matches!(
+    let fixed = matches!(
         info.memory,
         MemoryHandling::Fixed(_) | MemoryHandling::FirstTouch
-    ) {
+    );
+    let bound_cells = info.pieces.iter().any(|p| p.bound.is_some());
+    if fixed && !bound_cells {
         let w = vcpu_node_weights(topo, pins.vcpupin.values());
         return locality(distances, &w, &info.current.memory_mib).0;
     }
@@ -230,7 +236,27 @@ fn planned_locality(
         } else {
             w
         };
-        let (l, mib) = locality(distances, &w, &BTreeMap::from([(part.node, part.mem_mib)]));
+        let memory = if fixed {
+            // Memory that stays: a cell's where it was measured, else
+            // spread over the nodes its <memnode> binds it to.
+            let piece = info.pieces.iter().find(|p| p.cell == part.cell);
+            let measured = part.cell.and_then(|c| info.current.cell_memory_mib.get(&c));
+            match (measured, piece.and_then(|p| p.bound.as_ref())) {
+                (Some(m), _) => m.clone(),
+                (None, Some(bound)) => {
+                    let even: Vec<(u32, u64)> = bound.iter().map(|n| (n, 1)).collect();
+                    distribute(part.mem_mib, &even)
+                }
+                (None, None) => BTreeMap::from([(part.node, part.mem_mib)]),
+            }
+        } else {
+            let mut m = BTreeMap::from([(part.node, part.mem_mib)]);
+            if let Some((tier, mib)) = part.spill {
+                *m.entry(tier).or_default() += mib;
+            }
+            m
+        };
+        let (l, mib) = locality(distances, &w, &memory);
         sum += l * mib as f64;
         total += mib;
     }

@@ -377,6 +377,7 @@ impl Chooser<'_> {
                 vcpus: piece.vcpus[next_vcpu..next_vcpu + n].to_vec(),
                 mem_mib: shares.mem[k],
                 hugepage_kib: piece.hugepage_kib,
+                spill: None,
             });
             next_vcpu += n;
         }

@@ -1,6 +1,7 @@
 //! The plan as a terminal table: per domain where it is, where it goes and
 //! why; then advice, the steps apply would take, and the score.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::idset::CpuSet;
@@ -105,6 +106,7 @@ pub fn render(plan: &Plan, topo: &HostTopology, source: &str) -> String {
         "\nNOW/PLAN: host nodes the vCPUs may run on; LOCAL: distance-weighted memory locality; * nested hypervisor"
     );
     render_hypervisors(&mut s, &plan.domains);
+    render_memory_tiers(&mut s, &plan.domains, topo);
     render_cells(&mut s, &plan.domains);
     render_advice(&mut s, &plan.domains);
     render_actions(&mut s, &plan.domains);
@@ -130,6 +132,60 @@ fn render_hypervisors(s: &mut String, domains: &[DomainPlan]) {
             "ordinary guest"
         };
         let _ = writeln!(s, "  {}: {verdict}: {}", d.name, d.hypervisor);
+    }
+}
+
+/// Guests with memory on memory-only nodes (CXL, HBM), now or planned:
+/// how much of it is on each tier.
+fn render_memory_tiers(s: &mut String, domains: &[DomainPlan], topo: &HostTopology) {
+    let tiers: Vec<u32> = topo
+        .nodes
+        .iter()
+        .filter(|n| n.cpus.is_empty())
+        .map(|n| n.id)
+        .collect();
+    let on_tier = |m: &BTreeMap<u32, u64>| -> u64 {
+        m.iter()
+            .filter(|(n, _)| tiers.contains(n))
+            .map(|(_, mib)| mib)
+            .sum()
+    };
+    let rows: Vec<&DomainPlan> = domains
+        .iter()
+        .filter(|d| !d.memory_only_mib.is_empty() || on_tier(&d.current.memory_mib) > 0)
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\nMemory on memory-only nodes (now -> planned):");
+    for d in rows {
+        let now = on_tier(&d.current.memory_mib);
+        let planned: u64 = if d.status == Status::LeftAlone
+            || d.status == Status::Deferred
+            || d.status == Status::NoFit
+        {
+            now
+        } else {
+            d.memory_only_mib.values().sum()
+        };
+        let nodes: Vec<String> = d
+            .memory_only_mib
+            .keys()
+            .map(|n| format!("node {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {}: {} -> {} of {}{}",
+            d.name,
+            mib(now),
+            mib(planned),
+            mib(d.memory_mib),
+            if nodes.is_empty() {
+                String::new()
+            } else {
+                format!(" (on {})", nodes.join(", "))
+            }
+        );
     }
 }
 

@@ -208,9 +208,15 @@ pub fn render(r: &StatusReport) -> String {
         let memory = if d.memory_mib.is_empty() {
             "-".to_string()
         } else {
+            // Memory-only nodes (CXL, HBM) are marked: memory there is far.
+            let tier = |n: &u32| {
+                r.nodes
+                    .iter()
+                    .any(|node| node.id == *n && node.cpus.is_empty())
+            };
             d.memory_mib
                 .iter()
-                .map(|(n, m)| format!("{n}:{}", mib(*m)))
+                .map(|(n, m)| format!("{n}{}:{}", if tier(n) { "*" } else { "" }, mib(*m)))
                 .collect::<Vec<_>>()
                 .join(" ")
         };
@@ -248,6 +254,12 @@ pub fn render(r: &StatusReport) -> String {
                 "    may run on CPUs {cpus}, dedicated to other guests (left alone: numapin does not change it)"
             );
         }
+    }
+    if r.nodes.iter().any(|n| n.cpus.is_empty()) {
+        let _ = writeln!(
+            s,
+            "\n* memory-only node (CXL, HBM): memory there is far from every CPU"
+        );
     }
     for u in &r.unreadable {
         let _ = writeln!(s, "{:<20} unreadable, left alone: {}", u.name, u.reason);
