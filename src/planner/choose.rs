@@ -92,6 +92,10 @@ pub struct Chooser<'a> {
     pub mib_per_cycle: u64,
     pub ledger: Ledger,
     pub budget: Budget,
+    /// Per domain (by index): MiB of memory whose move waits for a later
+    /// cycle because this cycle's migration budget is spent. Its vCPUs are
+    /// placed all the same: pinning is cheap, moving memory is what costs.
+    pub memory_later: Vec<Option<u64>>,
 }
 
 pub(super) fn policy(info: &DomainInfo) -> CpuPolicy {
@@ -140,16 +144,27 @@ impl Chooser<'_> {
     /// `infos` in the order they are served.
     pub fn decide(&mut self, infos: &[DomainInfo], order: &[usize]) -> Vec<Option<Decision>> {
         let mut decisions: Vec<Option<Decision>> = vec![None; infos.len()];
+        self.memory_later = vec![None; infos.len()];
         for &i in order {
             if let Some(parts) = self.settled_parts(&infos[i])
                 && self.try_reserve(&parts, policy(&infos[i]))
             {
+                // Memory still on its way to a kept placement moves as the
+                // budget allows.
+                let mib = migrate_mib(&infos[i], &cells_of(&parts), &memory_nodes_of(&parts));
+                if self.budget.affords(false, mib) {
+                    self.budget.spend(false, mib);
+                } else {
+                    self.memory_later[i] = Some(mib);
+                    self.hold_memory_outside(&infos[i], &memory_nodes_of(&parts));
+                }
                 decisions[i] = Some(Decision::Kept(parts));
             }
         }
         for &i in order {
             if decisions[i].is_none() {
-                let decision = self.place(&infos[i]);
+                let (decision, later) = self.place(&infos[i]);
+                self.memory_later[i] = later;
                 if matches!(decision, Decision::Deferred(_) | Decision::NoFit(_)) {
                     self.hold_where_it_is(&infos[i]);
                 }
@@ -176,8 +191,24 @@ impl Chooser<'_> {
         if !info.current.memory_observed {
             return;
         }
-        for (&node, &mib) in &info.current.memory_mib {
+        self.hold_memory_outside(info, &NodeSet::new());
+        for (&node, &w) in &info.current.vcpu_weights {
             if let Some(i) = self.ledger.index(node) {
+                self.ledger.shared_load[i] += info.load * w;
+            }
+        }
+    }
+
+    /// Takes again, in the ledger, the measured memory the domain has
+    /// outside `nodes`: it stays there until a later cycle moves it.
+    fn hold_memory_outside(&mut self, info: &DomainInfo, nodes: &NodeSet) {
+        if !info.current.memory_observed {
+            return;
+        }
+        for (&node, &mib) in &info.current.memory_mib {
+            if let Some(i) = self.ledger.index(node)
+                && !nodes.contains(node)
+            {
                 let demand = Demand {
                     vcpus: 0,
                     mem_mib: mib,
@@ -185,11 +216,6 @@ impl Chooser<'_> {
                     load: 0.0,
                 };
                 self.ledger.reserve(i, &demand, CpuPolicy::Shared);
-            }
-        }
-        for (&node, &w) in &info.current.vcpu_weights {
-            if let Some(i) = self.ledger.index(node) {
-                self.ledger.shared_load[i] += info.load * w;
             }
         }
     }
@@ -267,13 +293,18 @@ impl Chooser<'_> {
             parts.push(part_of(piece, node));
         }
         let nodes = nodes_of(&parts);
-        if info.current.memory_observed && info.memory_share_on(&nodes) < 0.9 {
-            return None;
-        }
-        // Measured cell by cell, a cell whose RAM is not on its node is not
-        // in place, even within the guest's nodes.
-        if memory_moves(info, &cells_of(&parts), &nodes).is_some_and(|m| !m.cells.is_empty()) {
-            return None;
+        // numapin's own placement whose memory is still on its way stays:
+        // the memory follows it (as the budget allows), rather than the
+        // placement following the memory back.
+        if !info.placed_by_numapin {
+            if info.current.memory_observed && info.memory_share_on(&nodes) < 0.9 {
+                return None;
+            }
+            // Measured cell by cell, a cell whose RAM is not on its node is
+            // not in place, even within the guest's nodes.
+            if memory_moves(info, &cells_of(&parts), &nodes).is_some_and(|m| !m.cells.is_empty()) {
+                return None;
+            }
         }
         if let Some(fixed) = info.fixed_nodes()
             && !nodes.is_subset(fixed)
@@ -345,7 +376,9 @@ impl Chooser<'_> {
         best.map(|(_, i)| i)
     }
 
-    pub(super) fn place(&mut self, info: &DomainInfo) -> Decision {
+    /// A new placement for the domain, and the MiB whose move waits for a
+    /// later cycle, if any.
+    pub(super) fn place(&mut self, info: &DomainInfo) -> (Decision, Option<u64>) {
         let pol = policy(info);
         let result = if info.pieces.iter().any(|p| p.cell.is_some()) {
             self.place_cells(info)
@@ -371,11 +404,26 @@ impl Chooser<'_> {
         };
         let (parts, why) = match result {
             Ok(found) => found,
-            Err(reason) => return Decision::NoFit(reason),
+            Err(reason) => return (Decision::NoFit(reason), None),
         };
         let nodes = nodes_of(&parts);
         let is_move = is_move(info, &nodes);
         let mib = migrate_mib(info, &cells_of(&parts), &memory_nodes_of(&parts));
+        // A first confinement never waits: its vCPUs go now, its memory
+        // when a cycle's budget allows. Only moves of placed domains are
+        // held back by the budgets.
+        if !is_move && !self.budget.affords(false, mib) {
+            if !self.try_reserve(&parts, pol) {
+                return (
+                    Decision::NoFit("no room once its pieces are combined".into()),
+                    None,
+                );
+            }
+            // Until it moves, the memory is where it is too: nobody else
+            // is given that room meanwhile.
+            self.hold_memory_outside(info, &memory_nodes_of(&parts));
+            return (Decision::Placed { parts, why }, Some(mib));
+        }
         if !self.budget.affords(is_move, mib) {
             let spent = if is_move && self.budget.moves_left == 0 {
                 "move budget (planner.max_moves_per_cycle)".to_string()
@@ -385,15 +433,21 @@ impl Chooser<'_> {
                     self.budget.mib_left
                 )
             };
-            return Decision::Deferred(format!(
-                "would go to node(s) {nodes} ({mib} MiB to migrate) but this cycle's {spent} is spent"
-            ));
+            return (
+                Decision::Deferred(format!(
+                    "would go to node(s) {nodes} ({mib} MiB to migrate) but this cycle's {spent} is spent"
+                )),
+                None,
+            );
         }
         if !self.try_reserve(&parts, pol) {
-            return Decision::NoFit("no room once its pieces are combined".into());
+            return (
+                Decision::NoFit("no room once its pieces are combined".into()),
+                None,
+            );
         }
         self.budget.spend(is_move, mib);
-        Decision::Placed { parts, why }
+        (Decision::Placed { parts, why }, None)
     }
 
     /// Why part of the memory goes to a memory-only node.

@@ -234,6 +234,10 @@ pub struct DomainInfo<'a> {
     pub settled_share: f64,
     /// Nodes the memory is bound to and cannot leave while running.
     fixed: Option<NodeSet>,
+    /// numapin recorded leaving its current pins (and nobody changed them
+    /// since): its placement is numapin's, its memory may still be on the
+    /// way.
+    pub placed_by_numapin: bool,
     /// Measured, and its vCPUs busy less than a tenth of the time on
     /// average: a guest whose memory may live on a memory-only node under
     /// `planner.memory_tier = "prefer-for-idle"`.
@@ -392,6 +396,7 @@ impl<'a> Analyzer<'a> {
             current: Current::default(),
             settled_share: self.config.apply.memory_on_target_share,
             fixed,
+            placed_by_numapin: input.recorded.is_some(),
             idle: self.obs.domains.get(&d.name).is_some_and(|o| {
                 !o.vcpu_load.is_empty()
                     && o.vcpu_load.iter().sum::<f64>() < IDLE_LOAD * o.vcpu_load.len() as f64

@@ -279,18 +279,20 @@ pub fn plan(input: &PlanInput) -> Plan {
         decisions,
         pins,
         dedicated,
+        memory_later,
     } = round;
+    let at = outcome::Context {
+        topo,
+        distances: &analyzer.distances,
+        dedicated: &dedicated,
+    };
     let domains: Vec<DomainPlan> = infos
         .iter()
         .zip(&decisions)
         .zip(pins)
-        .map(|((info, decision), pins)| {
-            let at = outcome::Context {
-                topo,
-                distances: &analyzer.distances,
-                dedicated: &dedicated,
-            };
-            at.domain_plan(info, decision.as_ref(), pins)
+        .zip(memory_later)
+        .map(|(((info, decision), pins), later)| {
+            at.domain_plan(info, decision.as_ref(), pins, later)
         })
         .collect();
     let nodes = topo
@@ -324,6 +326,8 @@ struct Round {
     pins: Vec<Option<Pins>>,
     /// Host CPUs dedicated vCPUs hold after the plan.
     dedicated: CpuSet,
+    /// Per domain: MiB whose move waits for a later cycle's budget.
+    memory_later: Vec<Option<u64>>,
 }
 
 fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]) -> Round {
@@ -349,6 +353,7 @@ fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]
             mib_left: p.max_migrate_mib_per_cycle,
             spent_any: false,
         },
+        memory_later: Vec::new(),
     };
     let mut decisions = chooser.decide(infos, &order);
     let mut assigner = CpuAssigner {
@@ -381,6 +386,7 @@ fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]
         decisions,
         pins,
         dedicated: assigner.claimed,
+        memory_later: std::mem::take(&mut chooser.memory_later),
     }
 }
 

@@ -11,7 +11,7 @@ use super::cpus::Pins;
 use super::domain_info::{self, DomainInfo, MemoryHandling, distribute};
 use super::ledger::{Ledger, Part};
 use super::score::{Distances, Score, locality, round3, vcpu_node_weights};
-use super::{CurrentView, DomainPlan, Status, actions, advice, cell_memory};
+use super::{Action, CurrentView, DomainPlan, Status, actions, advice, cell_memory};
 
 /// What every domain's plan is made against.
 pub(super) struct Context<'a> {
@@ -27,6 +27,7 @@ impl Context<'_> {
         info: &DomainInfo,
         decision: Option<&Decision>,
         pins: Option<Pins>,
+        memory_later: Option<u64>,
     ) -> DomainPlan {
         let (topo, distances) = (self.topo, self.distances);
         let d = info.domain;
@@ -75,6 +76,9 @@ impl Context<'_> {
             (decision, &info.managed, parts, pins)
         {
             fill_target(topo, distances, info, decision, parts, pins, &mut plan);
+            if let Some(mib) = memory_later {
+                self.memory_follows_later(info, mib, &mut plan);
+            }
             if let Some(why) = &info.shared_instead {
                 plan.reason = format!(
                     "shared CPUs instead of dedicated ones ({why}); {}",
@@ -118,6 +122,26 @@ impl Context<'_> {
             (Some(_), Ok(_)) => unreachable!("placed decisions have parts and pins"),
         }
         plan
+    }
+
+    /// The cycle's migration budget is spent: the domain gets its pins now
+    /// and its memory in a later cycle, so this plan moves none of it.
+    fn memory_follows_later(&self, info: &DomainInfo, mib: u64, plan: &mut DomainPlan) {
+        plan.actions.retain(|a| {
+            matches!(
+                a,
+                Action::Emulatorpin { .. } | Action::Iothreadpin { .. } | Action::Vcpupin { .. }
+            )
+        });
+        plan.migrate_mib = 0;
+        let w = vcpu_node_weights(self.topo, plan.vcpupin.values());
+        plan.locality_after = round3(locality(self.distances, &w, &info.current.memory_mib).0);
+        if plan.actions.is_empty() {
+            plan.status = Status::Kept;
+        }
+        plan.reason.push_str(&format!(
+            "; its memory ({mib} MiB to move) follows in a later cycle: this cycle's migration budget (planner.max_migrate_mib_per_cycle) is spent"
+        ));
     }
 
     /// A managed domain that keeps its place this cycle still leaves the CPUs
