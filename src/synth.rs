@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::guest::{
     CpuFeature, CpuMode, Domain, DomainPolicy, FeaturePolicy, GuestCell, GuestCpu,
-    GuestCpuTopology, HugepageBacking, MemoryMode, NumaTune,
+    GuestCpuTopology, HugepageBacking, MemNode, MemoryMode, NumaTune,
 };
 use crate::idset::{CpuSet, IdSet};
 use crate::topology::{Cpu, HostKind, HostTopology, PagePool, RawNode, RawTopology};
@@ -28,6 +28,9 @@ pub struct HostShape {
     pub nodes_per_socket: u32,
     /// 2 MiB pages reserved per node.
     pub hugepages_2m_per_node: u64,
+    /// Memory-only nodes (CXL, HBM) after the CPU nodes, each with this
+    /// many MiB, at distance 24 from every CPU node.
+    pub memory_only_nodes: Vec<u64>,
 }
 
 impl HostShape {
@@ -44,6 +47,7 @@ impl HostShape {
             mem_mib_per_node,
             nodes_per_socket: 1,
             hugepages_2m_per_node: 0,
+            memory_only_nodes: Vec::new(),
         }
     }
 
@@ -70,7 +74,8 @@ impl HostShape {
                 }
             }
         }
-        let nodes = (0..self.nodes)
+        let all = self.nodes + self.memory_only_nodes.len() as u32;
+        let mut nodes: Vec<RawNode> = (0..self.nodes)
             .map(|id| RawNode {
                 id,
                 memory_mib: self.mem_mib_per_node,
@@ -96,9 +101,30 @@ impl HostShape {
                         };
                         (to, d)
                     })
+                    .chain((self.nodes..all).map(|to| (to, 24)))
                     .collect(),
             })
             .collect();
+        for (k, &mib) in self.memory_only_nodes.iter().enumerate() {
+            let id = self.nodes + k as u32;
+            nodes.push(RawNode {
+                id,
+                memory_mib: mib,
+                hugepages: Vec::new(),
+                distances: (0..all)
+                    .map(|to| {
+                        let d = if to == id {
+                            10
+                        } else if to < self.nodes {
+                            24
+                        } else {
+                            30
+                        };
+                        (to, d)
+                    })
+                    .collect(),
+            });
+        }
         HostTopology::from_raw(RawTopology {
             nodes,
             cpus,
@@ -155,6 +181,13 @@ pub trait DomainExt: Sized {
     fn with_iothreads(self, n: u32) -> Self;
     /// Pins every vCPU and the emulator to `cpus`.
     fn pinned_to(self, cpus: &str) -> Self;
+    /// Binds guest cells' memory with `<memnode>`: (cell, host nodeset).
+    fn with_memnodes(self, mode: MemoryMode, binds: &[(u32, &str)]) -> Self;
+    /// `<cpu mode='host-model'>`, as virt-install writes it.
+    fn host_model(self) -> Self;
+    /// The live definition libvirt shows for a running host-model guest:
+    /// `mode='custom'` with every host feature required, `vmx` included.
+    fn running_host_model(self) -> Self;
 }
 
 impl DomainExt for Domain {
@@ -224,6 +257,44 @@ impl DomainExt for Domain {
 
     fn with_iothreads(mut self, n: u32) -> Self {
         self.iothreads = (1..=n).collect();
+        self
+    }
+
+    fn with_memnodes(mut self, mode: MemoryMode, binds: &[(u32, &str)]) -> Self {
+        let tune = self.numatune.get_or_insert(NumaTune {
+            mode,
+            nodeset: None,
+            placement_auto: false,
+            memnodes: Vec::new(),
+        });
+        tune.memnodes = binds
+            .iter()
+            .map(|(cell, nodes)| MemNode {
+                cellid: *cell,
+                mode,
+                nodeset: nodes.parse().expect("valid nodeset"),
+            })
+            .collect();
+        self
+    }
+
+    fn host_model(mut self) -> Self {
+        self.cpu.mode = Some(CpuMode::HostModel);
+        self.cpu.model = None;
+        self.cpu.features.clear();
+        self
+    }
+
+    fn running_host_model(mut self) -> Self {
+        self.cpu.mode = Some(CpuMode::Custom);
+        self.cpu.model = Some("Skylake-Client-IBRS".into());
+        self.cpu.features = ["ss", "vmx", "pdcm", "hypervisor", "tsc_adjust", "md-clear"]
+            .into_iter()
+            .map(|name| CpuFeature {
+                name: name.into(),
+                policy: FeaturePolicy::Require,
+            })
+            .collect();
         self
     }
 

@@ -469,6 +469,9 @@ struct GuestSpec {
     nested: bool,
     threads: u32,
     dedicated: bool,
+    /// Binds each cell's memory with `<memnode>` to CPU node (cell + this)
+    /// modulo the host's CPU nodes, when the guest has cells.
+    bind_from: Option<u32>,
 }
 
 fn guest_spec() -> impl Strategy<Value = GuestSpec> {
@@ -479,33 +482,62 @@ fn guest_spec() -> impl Strategy<Value = GuestSpec> {
         any::<bool>(),
         1u32..=2,
         prop::bool::weighted(0.2),
+        prop::option::weighted(0.3, 0u32..4),
     )
-        .prop_map(|(vcpus, mem_mib, cells, nested, threads, dedicated)| {
-            let vcpus = if threads == 2 { vcpus * 2 } else { vcpus };
-            let cells = if cells > 1 && vcpus >= cells * threads {
-                cells
-            } else {
-                0
-            };
-            GuestSpec {
-                vcpus,
-                mem_mib,
-                cells,
-                nested,
-                threads,
-                dedicated,
-            }
-        })
+        .prop_map(
+            |(vcpus, mem_mib, cells, nested, threads, dedicated, bind_from)| {
+                let vcpus = if threads == 2 { vcpus * 2 } else { vcpus };
+                let cells = if cells > 1 && vcpus >= cells * threads {
+                    cells
+                } else {
+                    0
+                };
+                GuestSpec {
+                    vcpus,
+                    mem_mib,
+                    cells,
+                    nested,
+                    threads,
+                    dedicated,
+                    bind_from,
+                }
+            },
+        )
 }
 
 fn host_shape() -> impl Strategy<Value = HostShape> {
-    (1u32..=4, 1u32..=8, 1u32..=2, 2048u64..=64 * 1024, 1u32..=2).prop_map(
-        |(nodes, cores, threads, mem, per_socket)| {
+    (
+        1u32..=4,
+        1u32..=8,
+        1u32..=2,
+        2048u64..=64 * 1024,
+        1u32..=2,
+        prop::collection::vec(1024u64..=256 * 1024, 0..=2),
+    )
+        .prop_map(|(nodes, cores, threads, mem, per_socket, memory_only)| {
             let mut s = HostShape::new(nodes, cores, threads, mem);
             s.nodes_per_socket = per_socket;
+            s.memory_only_nodes = memory_only;
             s
-        },
-    )
+        })
+}
+
+/// Guests with `<memnode>` bindings to CPU nodes of a host with `cpu_nodes`.
+fn build_bound_guests(specs: &[GuestSpec], cpu_nodes: u32) -> Vec<Domain> {
+    build_guests(specs)
+        .into_iter()
+        .zip(specs)
+        .map(|(d, s)| match s.bind_from {
+            Some(from) if s.cells > 1 => {
+                let binds: Vec<(u32, String)> = (0..s.cells)
+                    .map(|c| (c, ((c + from) % cpu_nodes).to_string()))
+                    .collect();
+                let binds: Vec<(u32, &str)> = binds.iter().map(|(c, n)| (*c, n.as_str())).collect();
+                d.with_memnodes(MemoryMode::Strict, &binds)
+            }
+            _ => d,
+        })
+        .collect()
 }
 
 fn build_guests(specs: &[GuestSpec]) -> Vec<Domain> {
@@ -529,6 +561,13 @@ fn build_guests(specs: &[GuestSpec]) -> Vec<Domain> {
             d
         })
         .collect()
+}
+
+/// Guests in the plan's order (by name).
+fn sorted(guests: &[Domain]) -> Vec<&Domain> {
+    let mut out: Vec<&Domain> = guests.iter().collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 fn check_invariants(topo: &HostTopology, config: &Config, p: &Plan) -> Result<(), TestCaseError> {
@@ -573,12 +612,27 @@ fn check_invariants(topo: &HostTopology, config: &Config, p: &Plan) -> Result<()
                 dedicated.insert(cpu);
             }
         }
-        for (cell, node) in &d.cells {
+        for node in d.cells.values() {
             prop_assert!(topo.node(*node).is_some_and(|n| !n.cpus.is_empty()));
-            let _ = cell;
+        }
+        // Memory goes with the vCPUs, and only beyond them to memory-only
+        // nodes, for what the plan says it puts there.
+        let far: CpuSet = d.memory_only_mib.keys().copied().collect();
+        for n in far.iter() {
+            prop_assert!(
+                topo.node(n).is_some_and(|n| n.cpus.is_empty()),
+                "{}: node {} has CPUs",
+                &d.name,
+                n
+            );
         }
         if d.nodes.len() == 1 {
-            prop_assert_eq!(&d.nodeset, &d.nodes, "{}: memory with its vCPUs", &d.name);
+            prop_assert_eq!(
+                &d.nodeset,
+                &d.nodes.union(&far),
+                "{}: memory with its vCPUs",
+                &d.name
+            );
         }
     }
     for d in p
@@ -626,9 +680,22 @@ proptest! {
         if pack {
             config.planner.strategy = Placement::Pack;
         }
-        let guests = build_guests(&specs);
+        let guests = build_bound_guests(&specs, shape.nodes);
         let p = run(&topo, guests.clone(), &Observations::default(), &config);
         check_invariants(&topo, &config, &p)?;
+        for (d, g) in p.domains.iter().zip(sorted(&guests)) {
+            // A fresh host: every guest is confined or has no fit at all;
+            // none waits on a budget.
+            prop_assert!(d.status != Status::Deferred, "{}: {}", &d.name, &d.reason);
+            // Cells bound by <memnode> sit on their bound node.
+            if let Some(tune) = &g.numatune {
+                for m in &tune.memnodes {
+                    if let Some(node) = d.cells.get(&m.cellid) {
+                        prop_assert!(m.nodeset.contains(*node), "{}: cell {} on {} bound to {}", &d.name, m.cellid, node, &m.nodeset);
+                    }
+                }
+            }
+        }
         // Deterministic and independent of input order.
         let again = run(&topo, guests.iter().rev().cloned().collect(), &Observations::default(), &config);
         prop_assert_eq!(serde_json::to_string(&p).unwrap(), serde_json::to_string(&again).unwrap());
