@@ -81,3 +81,36 @@ fn metadata_policy_set_with_virsh_is_honoured() {
         "{live}"
     );
 }
+
+/// libvirt's vCPU stats give every vCPU's run-queue wait and, for a KVM
+/// domain, KVM's nested-entry count: zero for a guest that runs no VM.
+#[test]
+fn vcpu_stats_give_run_queue_wait_and_nested_entries() {
+    let dom = TestDomain::start("calls-stats", &Spec::default());
+    let lv = libvirt();
+    let first = lv.vcpu_stats().unwrap();
+    let before = first.get(&dom.uuid()).expect("the domain has stats").clone();
+    assert_eq!(before.keys().copied().collect::<Vec<_>>(), [0, 1]);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = lv.vcpu_stats().unwrap()[&dom.uuid()].clone();
+    for (vcpu, counters) in &after {
+        let delay = counters.delay_ns.expect("vcpu.N.delay");
+        assert!(delay >= before[vcpu].delay_ns.unwrap(), "vCPU {vcpu}");
+        // KVM's binary stats exist only for KVM domains.
+        if common::domain_type() == "kvm" {
+            assert_eq!(counters.nested_runs, Some(0), "vCPU {vcpu}");
+        } else {
+            assert_eq!(counters.nested_runs, None, "vCPU {vcpu}");
+        }
+    }
+    let w = numapin::nested::window(&before, &after, 0.5);
+    assert_eq!(w.wait.len(), 2);
+    assert!(w.wait.values().all(|f| (0.0..=1.0).contains(f)));
+    if common::domain_type() == "kvm" {
+        assert_eq!(w.nested_entries, Some(0), "a guest that runs no VM");
+    }
+    // What numapin reads for it matches what virsh prints.
+    let text = virsh(&["domstats", "--vcpu", &dom.name]).unwrap();
+    let parsed = numapin::nested::parse_domstats(&text);
+    assert_eq!(parsed[&dom.name].len(), 2);
+}
