@@ -89,7 +89,10 @@ fn vcpu_stats_give_run_queue_wait_and_nested_entries() {
     let dom = TestDomain::start("calls-stats", &Spec::default());
     let lv = libvirt();
     let first = lv.vcpu_stats().unwrap();
-    let before = first.get(&dom.uuid()).expect("the domain has stats").clone();
+    let before = first
+        .get(&dom.uuid())
+        .expect("the domain has stats")
+        .clone();
     assert_eq!(before.keys().copied().collect::<Vec<_>>(), [0, 1]);
     std::thread::sleep(Duration::from_millis(500));
     let after = lv.vcpu_stats().unwrap()[&dom.uuid()].clone();

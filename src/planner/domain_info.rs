@@ -103,8 +103,9 @@ pub struct Piece {
     pub hugepage_kib: Option<u64>,
     /// Expected CPU demand, in CPUs.
     pub load: f64,
-    /// Host nodes a `<memnode>` binds this cell's memory to: libvirt cannot
-    /// change it on a running domain, so the cell's vCPUs go there.
+    /// Host nodes a `<memnode>` (strict, preferred or interleave) binds this
+    /// cell's memory to: QEMU bound it at start and libvirt cannot change it
+    /// on a running domain, so the cell's vCPUs go there.
     pub bound: Option<NodeSet>,
 }
 
@@ -541,10 +542,13 @@ impl<'a> Analyzer<'a> {
                     mem_mib: cell.memory_kib.div_ceil(1024),
                     hugepage_kib: d
                         .hugepage_size_for_cell(Some(cell.id), self.default_hugepage_kib),
+                    // A restrictive memnode is enforced only through the
+                    // domain's cgroup, whose nodeset changes live: not a
+                    // binding. strict, preferred and interleave are, in QEMU.
                     bound: d.numatune.as_ref().and_then(|n| {
                         n.memnodes
                             .iter()
-                            .find(|m| m.cellid == cell.id)
+                            .find(|m| m.cellid == cell.id && m.mode != MemoryMode::Restrictive)
                             .map(|m| m.nodeset.clone())
                             .filter(|s| !s.is_empty())
                     }),

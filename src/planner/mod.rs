@@ -263,14 +263,23 @@ pub fn plan(input: &PlanInput) -> Plan {
         .filter(|&i| matches!(round.decisions[i], Some(Decision::NoFit(_))))
         .collect();
     if !short.is_empty() {
+        let share = input.config.planner.max_dedicated_share;
         for &i in &short {
-            let Some(Decision::NoFit(why)) = &round.decisions[i] else {
-                continue;
-            };
             infos[i].managed = Ok(CpuPolicy::Shared);
-            infos[i].shared_instead = Some(why.clone());
+            infos[i].shared_instead = Some(format!(
+                "no node has room for its {} vCPUs on CPUs of their own within planner.max_dedicated_share = {share}",
+                infos[i].vcpu_count()
+            ));
         }
         round = choose_and_pin(input, &analyzer.distances, &infos);
+        // One that finds no room as a shared guest either is shown as what
+        // it is, a dedicated guest with no fit.
+        for &i in &short {
+            if matches!(round.decisions[i], Some(Decision::NoFit(_))) {
+                infos[i].managed = Ok(CpuPolicy::Dedicated);
+                infos[i].shared_instead = None;
+            }
+        }
     }
 
     let Round {
