@@ -501,3 +501,51 @@ fn guests_of_other_kinds_and_architectures_are_left_alone() {
     );
     assert!(get(&p, "i686").managed, "i686 runs natively on x86_64");
 }
+
+#[test]
+fn a_busy_host_is_confined_in_one_cycle_where_the_memory_is() {
+    // Forty unpinned guests already running, memory mostly on one node or
+    // the other, and a small budget: every guest is confined now, home
+    // where most of its memory is, and no guest's locality drops.
+    let topo = HostShape::new(2, 20, 2, 256 * 1024).build();
+    let mut guests = Vec::new();
+    let mut obs = Observations::default();
+    for n in 0..40u32 {
+        let name = format!("vm{n:02}");
+        let home = n % 2;
+        guests.push(passthrough(&name, 4, 8192));
+        obs.domains.insert(
+            name,
+            DomainObservation {
+                memory_mib: BTreeMap::from([(home, 6144), (1 - home, 2048)]),
+                vcpu_load: vec![0.3; 4],
+                ..Default::default()
+            },
+        );
+    }
+    let mut config = Config::default();
+    config.planner.max_migrate_mib_per_cycle = 4096;
+    let p = run_inputs(&topo, &guests, &obs, &config);
+    let mut migrated = 0;
+    for (n, d) in p.domains.iter().enumerate() {
+        assert!(
+            matches!(d.status, Status::Placed | Status::Kept),
+            "{}: {:?} {}",
+            d.name,
+            d.status,
+            d.reason
+        );
+        assert_eq!(d.nodes.len(), 1, "{} confined to one node", d.name);
+        assert_eq!(
+            d.nodes.first(),
+            Some(n as u32 % 2),
+            "{}: {}",
+            d.name,
+            d.reason
+        );
+        assert!(d.locality_after >= d.current.locality, "{}", d.name);
+        migrated += d.migrate_mib;
+    }
+    // Within the budget, the first move of a cycle aside.
+    assert!(migrated <= 4096, "{migrated} MiB");
+}

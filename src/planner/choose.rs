@@ -402,13 +402,33 @@ impl Chooser<'_> {
                 }
             }
         };
-        let (parts, why) = match result {
+        let (mut parts, mut why) = match result {
             Ok(found) => found,
             Err(reason) => return (Decision::NoFit(reason), None),
         };
-        let nodes = nodes_of(&parts);
+        let mut nodes = nodes_of(&parts);
         let is_move = is_move(info, &nodes);
-        let mib = migrate_mib(info, &cells_of(&parts), &memory_nodes_of(&parts));
+        let mut mib = migrate_mib(info, &cells_of(&parts), &memory_nodes_of(&parts));
+        // Memory that cannot move this cycle: confine the guest where most
+        // of its memory is instead, so its locality rises at once with
+        // nothing migrated; balance comes later from moves that pay.
+        if !is_move
+            && !self.budget.affords(false, mib)
+            && let Some((home, share)) = self.home(info)
+        {
+            let home_mib = migrate_mib(info, &cells_of(&home), &memory_nodes_of(&home));
+            // Going home must not be a move of a pinned guest either.
+            if home_mib < mib && !self::is_move(info, &nodes_of(&home)) {
+                why = format!(
+                    "confined to node {} where {:.0}% of its memory is",
+                    home[0].node,
+                    share * 100.0
+                );
+                parts = home;
+                nodes = nodes_of(&parts);
+                mib = home_mib;
+            }
+        }
         // A first confinement never waits: its vCPUs go now, its memory
         // when a cycle's budget allows. Only moves of placed domains are
         // held back by the budgets.
@@ -448,6 +468,24 @@ impl Chooser<'_> {
         }
         self.budget.spend(is_move, mib);
         (Decision::Placed { parts, why }, None)
+    }
+
+    /// A guest without cells, whole on the CPU node that holds most of its
+    /// measured memory, if that node can take it; with that node's share.
+    fn home(&mut self, info: &DomainInfo) -> Option<(Vec<Part>, f64)> {
+        let [piece] = info.pieces.as_slice() else {
+            return None;
+        };
+        if piece.cell.is_some() || !info.current.memory_observed {
+            return None;
+        }
+        let pol = policy(info);
+        let (share, i) = (0..self.ledger.ids.len())
+            .filter(|&i| self.is_candidate(info, i))
+            .filter(|&i| self.ledger.fits(i, &piece.demand(), pol))
+            .map(|i| (info.memory_share_on_node(self.ledger.ids[i]), i))
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))?;
+        Some((vec![part_of(piece, self.ledger.ids[i])], share))
     }
 
     /// Why part of the memory goes to a memory-only node.
