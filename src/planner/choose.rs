@@ -471,7 +471,8 @@ impl Chooser<'_> {
     }
 
     /// A guest without cells, whole on the CPU node that holds most of its
-    /// measured memory, if that node can take it; with that node's share.
+    /// measured memory, if that node can take it without overload; with
+    /// that node's share of the memory.
     fn home(&mut self, info: &DomainInfo) -> Option<(Vec<Part>, f64)> {
         let [piece] = info.pieces.as_slice() else {
             return None;
@@ -480,10 +481,20 @@ impl Chooser<'_> {
             return None;
         }
         let pol = policy(info);
-        let (share, i) = (0..self.ledger.ids.len())
-            .filter(|&i| self.is_candidate(info, i))
-            .filter(|&i| self.ledger.fits(i, &piece.demand(), pol))
-            .map(|i| (info.memory_share_on_node(self.ledger.ids[i]), i))
+        let demand = piece.demand();
+        // Capacity allows it only as long as the node is not overloaded:
+        // its demand within its CPUs and memory, not just the overcommit.
+        let fitting: Vec<usize> = (0..self.ledger.ids.len())
+            .filter(|&i| self.is_candidate(info, i) && self.ledger.fits(i, &demand, pol))
+            .collect();
+        let mut unloaded = Vec::new();
+        for i in fitting {
+            if self.ledger.pressure_with(i, &demand, pol) <= 1.0 {
+                unloaded.push((info.memory_share_on_node(self.ledger.ids[i]), i));
+            }
+        }
+        let (share, i) = unloaded
+            .into_iter()
             .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))?;
         Some((vec![part_of(piece, self.ledger.ids[i])], share))
     }
