@@ -15,6 +15,7 @@ use super::cell_memory::{cells_of, memory_moves, migrate_mib};
 use super::domain_info::{CpuPolicy, DomainInfo, Piece};
 use super::ledger::{Demand, Ledger, Part};
 use super::score::Distances;
+use super::split::SplitFailure;
 
 /// The outcome for one managed domain.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +97,9 @@ pub struct Chooser<'a> {
     /// cycle because this cycle's migration budget is spent. Its vCPUs are
     /// placed all the same: pinning is cheap, moving memory is what costs.
     pub memory_later: Vec<Option<u64>>,
+    /// Pieces no split could hold while guests were being placed (see
+    /// [`super::split`]).
+    pub split_failures: Vec<SplitFailure>,
 }
 
 pub(super) fn policy(info: &DomainInfo) -> CpuPolicy {
@@ -156,7 +160,6 @@ impl Chooser<'_> {
                     self.budget.spend(false, mib);
                 } else {
                     self.memory_later[i] = Some(mib);
-                    self.hold_memory_outside(&infos[i], &memory_nodes_of(&parts));
                 }
                 decisions[i] = Some(Decision::Kept(parts));
             }
@@ -439,9 +442,9 @@ impl Chooser<'_> {
                     None,
                 );
             }
-            // Until it moves, the memory is where it is too: nobody else
-            // is given that room meanwhile.
-            self.hold_memory_outside(info, &memory_nodes_of(&parts));
+            // The ledger plans the end state: the memory on its target.
+            // Taking it at its source too would count it twice, and a busy
+            // host whose memory must mostly move could not be confined.
             return (Decision::Placed { parts, why }, Some(mib));
         }
         if !self.budget.affords(is_move, mib) {

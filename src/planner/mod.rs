@@ -294,6 +294,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         topo,
         distances: &analyzer.distances,
         dedicated: &dedicated,
+        undedicated: topo.online_cpus().difference(&dedicated),
     };
     let domains: Vec<DomainPlan> = infos
         .iter()
@@ -363,6 +364,7 @@ fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]
             spent_any: false,
         },
         memory_later: Vec::new(),
+        split_failures: Vec::new(),
     };
     let mut decisions = chooser.decide(infos, &order);
     let mut assigner = CpuAssigner {

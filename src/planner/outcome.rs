@@ -19,6 +19,8 @@ pub(super) struct Context<'a> {
     pub distances: &'a Distances,
     /// Host CPUs dedicated vCPUs hold once the plan is applied.
     pub dedicated: &'a CpuSet,
+    /// The host's online CPUs less those.
+    pub undedicated: CpuSet,
 }
 
 impl Context<'_> {
@@ -150,10 +152,13 @@ impl Context<'_> {
     /// changes.
     fn off_dedicated_cpus(&self, info: &DomainInfo, plan: &mut DomainPlan) {
         let cur = &info.current;
+        if self.dedicated.is_empty() {
+            return;
+        }
         let elsewhere = |set: &CpuSet| {
             let left = set.difference(self.dedicated);
             if left.is_empty() {
-                self.topo.online_cpus().difference(self.dedicated)
+                self.undedicated.clone()
             } else {
                 left
             }

@@ -15,6 +15,27 @@ struct SplitShares {
     mem: Vec<u64>,
 }
 
+/// A piece for which no split was found while guests were being placed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitFailure {
+    policy: CpuPolicy,
+    hugepage_kib: Option<u64>,
+    vcpus: usize,
+    mem_mib: u64,
+    load: f64,
+}
+
+impl SplitFailure {
+    /// Whether `self` asks at least as much as `other` in every respect.
+    fn dominates(&self, other: &SplitFailure) -> bool {
+        self.policy == other.policy
+            && self.hugepage_kib == other.hugepage_kib
+            && self.vcpus >= other.vcpus
+            && self.mem_mib >= other.mem_mib
+            && self.load >= other.load
+    }
+}
+
 impl Chooser<'_> {
     /// A guest without cells split over nodes, as numapin left it: one
     /// affinity within the usable CPUs of its nodes, at least 90% of the
@@ -153,6 +174,35 @@ impl Chooser<'_> {
     ) -> Result<(Vec<Part>, String), String> {
         let candidates = self.candidates(info);
         let pol = policy(info);
+        // While guests are placed the nodes only fill up, so a piece no
+        // smaller than one that found no split finds none either: on a
+        // host past its capacity this saves trying every split again.
+        let unbound = info.fixed_nodes().is_none() && piece.bound.is_none();
+        let failed = SplitFailure {
+            policy: pol,
+            hugepage_kib: piece.hugepage_kib,
+            vcpus: piece.vcpus.len(),
+            mem_mib: piece.mem_mib,
+            load: piece.load,
+        };
+        if unbound && self.split_failures.iter().any(|f| failed.dominates(f)) {
+            return Err(self.no_split_reason(piece));
+        }
+        let result = self.try_split(info, piece, &candidates, pol);
+        if unbound && result.is_err() {
+            self.split_failures.push(failed);
+        }
+        result
+    }
+
+    fn try_split(
+        &mut self,
+        info: &DomainInfo,
+        piece: &Piece,
+        candidates: &[usize],
+        pol: CpuPolicy,
+    ) -> Result<(Vec<Part>, String), String> {
+        let candidates = candidates.to_vec();
         if self.cpus_too_few(piece, &candidates, pol) {
             return Err(self.no_split_reason(piece));
         }

@@ -61,6 +61,9 @@ impl Chooser<'_> {
         piece: &Piece,
         far: impl Fn(u64, u64) -> u64,
     ) -> Option<Part> {
+        if self.topo.nodes.iter().all(|n| !n.cpus.is_empty()) {
+            return None;
+        }
         let pol = policy(info);
         let mut best: Option<(f64, Part)> = None;
         for i in 0..self.ledger.ids.len() {
