@@ -82,12 +82,8 @@ struct DomainEntry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObservationsError {
-    #[error("cannot read {path}")]
-    Read {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
     #[error("{path}: {message}")]
     Parse {
         path: std::path::PathBuf,
@@ -117,10 +113,7 @@ fn check_fraction(value: f64) -> Result<f64, String> {
 
 impl Observations {
     pub fn load(path: &Path) -> Result<Self, ObservationsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ObservationsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::input::read_text(path, crate::input::OBSERVATIONS)?;
         Self::from_toml(&text, path)
     }
 

@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::exit::Exit;
 use crate::guest::domain_xml::{self, DomainXmlError};
+use crate::input::{self, InputError};
 use crate::observations::{Observations, ObservationsError};
 use crate::planner::DomainInput;
 use crate::topology::HostTopology;
@@ -31,8 +33,10 @@ pub struct Snapshot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("cannot read {path}")]
-    Read {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("cannot list {path}")]
+    ReadDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -70,31 +74,36 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
-    /// Whether the error is a file that is not there (as opposed to one
-    /// whose content is wrong): the two get different exit codes.
-    pub fn is_missing_file(&self) -> bool {
-        matches!(self, SnapshotError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
-            || matches!(self, SnapshotError::Observations(ObservationsError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound)
+    /// The exit class: a file that is missing or no file at all (66), one
+    /// that cannot be read (74), one whose content is wrong (65), and a
+    /// snapshot that cannot be written (74).
+    pub fn exit(&self) -> Exit {
+        match self {
+            SnapshotError::Input(e) | SnapshotError::Observations(ObservationsError::Input(e)) => {
+                e.exit()
+            }
+            SnapshotError::ReadDir { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => Exit::NoInput,
+                _ => Exit::IoErr,
+            },
+            SnapshotError::Write { .. } => Exit::IoErr,
+            _ => Exit::DataErr,
+        }
     }
-}
-
-fn read(path: &Path) -> Result<String, SnapshotError> {
-    std::fs::read_to_string(path).map_err(|source| SnapshotError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 pub fn load_topology(dir: &Path) -> Result<HostTopology, SnapshotError> {
     let path = dir.join(CAPABILITIES);
-    capabilities::parse(&read(&path)?)
+    capabilities::parse(&input::read_text(&path, input::CAPABILITIES)?)
         .map_err(|source| SnapshotError::Capabilities { path, source })
 }
 
 fn parse_domain(path: &Path) -> Result<crate::guest::Domain, SnapshotError> {
-    domain_xml::parse(&read(path)?).map_err(|source| SnapshotError::Domain {
-        path: path.to_path_buf(),
-        source,
+    domain_xml::parse(&input::read_text(path, input::DOMAIN_XML)?).map_err(|source| {
+        SnapshotError::Domain {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 
@@ -102,13 +111,13 @@ fn parse_domain(path: &Path) -> Result<crate::guest::Domain, SnapshotError> {
 pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
     let topology = load_topology(dir)?;
     let domains_dir = dir.join(DOMAINS);
-    let listing = std::fs::read_dir(&domains_dir).map_err(|source| SnapshotError::Read {
+    let listing = std::fs::read_dir(&domains_dir).map_err(|source| SnapshotError::ReadDir {
         path: domains_dir.clone(),
         source,
     })?;
     let mut files: Vec<PathBuf> = Vec::new();
     for entry in listing {
-        let entry = entry.map_err(|source| SnapshotError::Read {
+        let entry = entry.map_err(|source| SnapshotError::ReadDir {
             path: domains_dir.clone(),
             source,
         })?;

@@ -16,7 +16,7 @@ pub fn run(config: Option<PathBuf>, dry_run: bool, root: PathBuf) -> Result<(), 
     })
     .map_err(|e| {
         let exit = match &e {
-            DaemonError::Config(_) => Exit::Config,
+            DaemonError::Config(e) => super::config_exit(e),
             DaemonError::Journal(JournalError::Locked { .. }) => Exit::TempFail,
             DaemonError::Journal(JournalError::Corrupt { .. }) => Exit::DataErr,
             DaemonError::Journal(JournalError::Io { .. })

@@ -31,18 +31,25 @@ impl Failure {
 
 impl From<SnapshotError> for Failure {
     fn from(e: SnapshotError) -> Self {
-        let exit = if e.is_missing_file() {
-            Exit::NoInput
-        } else {
-            Exit::DataErr
-        };
-        Failure::new(exit, e)
+        Failure::new(e.exit(), e)
+    }
+}
+
+/// A config file that cannot be opened is an input problem (missing or
+/// not a file: 66, unreadable: 74); what it holds, even too much of it or
+/// bytes that are not text, is a config error (78).
+pub(crate) fn config_exit(e: &ConfigError) -> Exit {
+    match e {
+        ConfigError::Input(input) if matches!(input.exit(), Exit::NoInput | Exit::IoErr) => {
+            input.exit()
+        }
+        _ => Exit::Config,
     }
 }
 
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
-        Failure::new(Exit::Config, e)
+        Failure::new(config_exit(&e), e)
     }
 }
 

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::Format;
-use crate::exit::Exit;
 use crate::planner::{self, PlanInput};
 use crate::report::{plan_table, topology_table};
 use crate::snapshot;
@@ -48,7 +47,7 @@ pub fn topology(dir: Option<&Path>, root: Option<PathBuf>, format: Format) -> Re
         ),
         None => {
             let root = root.unwrap_or_else(|| PathBuf::from("/"));
-            let topo = sysfs::read(&root).map_err(|e| Failure::new(Exit::DataErr, e))?;
+            let topo = sysfs::read(&root).map_err(|e| Failure::new(e.exit(), e))?;
             (topo, format!("sysfs under {}", root.display()))
         }
     };

@@ -14,11 +14,10 @@
 //! systemd's escaping and part of the directory name: never unescaped.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::ObserveError;
-use super::files::{bad, node_entry, read_volatile, vanished};
+use super::files::{bad, node_entry, read_capped, read_volatile, vanished};
 
 const V2_ROOT: &str = "sys/fs/cgroup";
 const V1_MEMORY_ROOT: &str = "sys/fs/cgroup/memory";
@@ -64,7 +63,7 @@ pub fn read(root: &Path, pid: u32) -> Result<CgroupMemory, ObserveError> {
     let mut dir = domain_dir.as_path();
     loop {
         let path = dir.join(NUMA_STAT);
-        match fs::read(&path) {
+        match read_capped(&path) {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
                 return Ok(CgroupMemory {
@@ -76,14 +75,14 @@ pub fn read(root: &Path, pid: u32) -> Result<CgroupMemory, ObserveError> {
             }
             // The directory vanishing means the domain stopped; walking up
             // then would report a parent's (every domain's) memory as its.
-            Err(e) if vanished(&e) && !dir.is_dir() => {
+            Err(ObserveError::Io { source, .. }) if vanished(&source) && !dir.is_dir() => {
                 return Err(ObserveError::Gone {
                     path: dir.to_path_buf(),
                 });
             }
             // A directory without the file has no memory accounting.
-            Err(e) if vanished(&e) => {}
-            Err(source) => return Err(ObserveError::Io { path, source }),
+            Err(ObserveError::Io { source, .. }) if vanished(&source) => {}
+            Err(e) => return Err(e),
         }
         match dir.parent() {
             Some(parent) if parent.starts_with(&base) && parent != base => dir = parent,

@@ -1,23 +1,28 @@
 //! File reading and error building shared by the observe readers.
 
-use std::fs;
 use std::io;
 use std::path::Path;
 
 use super::ObserveError;
+use crate::input::{self, InputError};
 
 /// Longest excerpt of a bad file quoted in an error.
 const QUOTE_LIMIT: usize = 80;
 
-/// Reads a host-wide file (`proc/stat`, a node's `numastat`). Invalid bytes
-/// become U+FFFD and fail parsing instead of panicking.
+/// Reads a host-wide file (`proc/stat`, a node's `numastat`), a regular
+/// file under the procfs cap ([`crate::input`]). Invalid bytes become
+/// U+FFFD and fail parsing instead of panicking.
 pub(super) fn read_text(path: &Path) -> Result<String, ObserveError> {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .map_err(|source| ObserveError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+    read_capped(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A regular file of at most the procfs cap. An I/O error stays one, so
+/// that a vanished process is still told apart.
+pub(super) fn read_capped(path: &Path) -> Result<Vec<u8>, ObserveError> {
+    input::read_bytes(path, input::PROCFS).map_err(|e| match e {
+        InputError::Io { path, source } => ObserveError::Io { path, source },
+        e => ObserveError::Input(e),
+    })
 }
 
 /// Reads a file that disappears with its process or domain: not found or
