@@ -52,6 +52,5 @@ pub fn rebalance(config: Option<&Path>) -> Result<(), Failure> {
             ),
         ));
     }
-    println!("asked numapin (pid {pid}) to rebalance");
-    Ok(())
+    super::print_out(&format!("asked numapin (pid {pid}) to rebalance\n"))
 }

@@ -9,7 +9,7 @@ use crate::report::{plan_table, topology_table};
 use crate::snapshot;
 use crate::topology::sysfs;
 
-use super::{Failure, config_for_host, load_config, print_json};
+use super::{Failure, config_for_host, load_config, print_json, print_out};
 
 pub fn plan(
     dir: &Path,
@@ -29,13 +29,11 @@ pub fn plan(
     });
     match format {
         Format::Json => print_json(&plan),
-        Format::Table => {
-            print!(
-                "{}",
-                plan_table::render(&plan, &snap.topology, &dir.display().to_string())
-            );
-            Ok(())
-        }
+        Format::Table => print_out(&plan_table::render(
+            &plan,
+            &snap.topology,
+            &dir.display().to_string(),
+        )),
     }
 }
 
@@ -53,16 +51,14 @@ pub fn topology(dir: Option<&Path>, root: Option<PathBuf>, format: Format) -> Re
     };
     match format {
         Format::Json => print_json(&topo),
-        Format::Table => {
-            print!("{}", topology_table::render(&topo, &source));
-            Ok(())
-        }
+        Format::Table => print_out(&topology_table::render(&topo, &source)),
     }
 }
 
 pub fn check_config(path: Option<&Path>) -> Result<(), Failure> {
     let (config, source) = load_config(path)?;
-    println!("# effective configuration (from {source})");
-    print!("{}", config.to_toml());
-    Ok(())
+    print_out(&format!(
+        "# effective configuration (from {source})\n{}",
+        config.to_toml()
+    ))
 }
