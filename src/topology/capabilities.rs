@@ -24,7 +24,10 @@
 
 use roxmltree::{Document, Node as XmlNode};
 
-use super::{Cpu, HostKind, HostTopology, PagePool, RawNode, RawTopology, TopologyError};
+use super::{
+    Cpu, HostKind, HostTopology, LOCAL_DISTANCE, MAX_DISTANCE, PagePool, RawNode, RawTopology,
+    TopologyError,
+};
 use crate::idset::{CpuSet, IdSet, MAX_ID};
 use crate::units::{self, Round};
 
@@ -64,6 +67,14 @@ pub enum CapabilitiesError {
         context: String,
         value: String,
         expected: &'static str,
+    },
+    /// A value that parses but cannot be right; `context` as in `BadValue`.
+    #[error("line {line}:{column}: {context}: {message}")]
+    Invalid {
+        line: u32,
+        column: u32,
+        context: String,
+        message: String,
     },
     #[error("inconsistent capabilities: {0}")]
     Topology(#[from] TopologyError),
@@ -121,8 +132,16 @@ pub fn parse(xml: &str) -> Result<HostTopology, CapabilitiesError> {
         .descendants()
         .filter(|n| n.has_tag_name("cpu"))
         .any(has_topology_attributes);
+    let mut seen = Seen::default();
     for cell in children(cells, "cell") {
-        read_cell(cell, offline_marked_bare, &mut raw)?;
+        let id = required_id(cell, "a NUMA node id")?;
+        if seen.cells.contains(id) {
+            return Err(invalid(cell, "id", format!("node {id} is listed twice")));
+        }
+        seen.cells.insert(id);
+    }
+    for cell in children(cells, "cell") {
+        read_cell(cell, offline_marked_bare, &mut seen, &mut raw)?;
     }
     Ok(HostTopology::from_raw(raw)?)
 }
@@ -166,9 +185,18 @@ fn read_host_cpu(host: XmlNode) -> HostCpu {
     }
 }
 
+/// Ids met so far, so a duplicate is reported where it is written.
+#[derive(Default)]
+struct Seen {
+    cells: IdSet,
+    /// CPU id -> the cell that listed it first.
+    cpus: std::collections::HashMap<u32, u32>,
+}
+
 fn read_cell(
     cell: XmlNode,
     offline_marked_bare: bool,
+    seen: &mut Seen,
     raw: &mut RawTopology,
 ) -> Result<(), CapabilitiesError> {
     let id = required_id(cell, "a NUMA node id")?;
@@ -184,13 +212,25 @@ fn read_cell(
         for sibling in children(distances, "sibling") {
             let to = required_u32(sibling, "id", "a NUMA node id")?;
             let value = required_u32(sibling, "value", "a NUMA distance")?;
+            // Checked here rather than left to `from_raw`, which would drop
+            // a distance to a missing node and could not say where it is.
+            if !seen.cells.contains(to) {
+                let msg = format!("distance to node {to}, which no <cell> defines");
+                return Err(invalid(sibling, "id", msg));
+            }
+            if !(LOCAL_DISTANCE..=MAX_DISTANCE).contains(&value) {
+                let msg = format!(
+                    "distance {value} from node {id} to node {to} is outside {LOCAL_DISTANCE}-{MAX_DISTANCE}"
+                );
+                return Err(invalid(sibling, "value", msg));
+            }
             node.distances.insert(to, value);
         }
     }
     raw.nodes.push(node);
     if let Some(cpus) = child(cell, "cpus") {
         for cpu in children(cpus, "cpu") {
-            read_cpu(cpu, id, offline_marked_bare, raw)?;
+            read_cpu(cpu, id, offline_marked_bare, seen, raw)?;
         }
     }
     Ok(())
@@ -203,9 +243,15 @@ fn read_pools(cell: XmlNode) -> Result<Vec<PagePool>, CapabilitiesError> {
     for pages in children(cell, "pages") {
         let size = required_u64(pages, "size", "a page size")?;
         let unit = pages.attribute("unit").unwrap_or("KiB");
-        let size_kib =
-            to_kib(size, unit).ok_or_else(|| bad_attribute(pages, "unit", "a size unit"))?;
+        let size_kib = to_kib(size, unit).ok_or_else(|| bad_unit(pages, size))?;
         let total = text_u64(pages, "a page count")?;
+        // The pool's size must be countable: 2^44 pages of 1 GiB would
+        // otherwise wrap to 0 KiB wherever pools are added up.
+        if size_kib.checked_mul(total).is_none() {
+            let msg =
+                format!("{total} pages of {size_kib} KiB is more memory than numapin can count");
+            return Err(invalid(pages, "size", msg));
+        }
         pools.push(PagePool { size_kib, total });
     }
     let smallest = pools.iter().map(|p| p.size_kib).min();
@@ -219,9 +265,14 @@ fn read_cpu(
     cpu: XmlNode,
     node: u32,
     offline_marked_bare: bool,
+    seen: &mut Seen,
     raw: &mut RawTopology,
 ) -> Result<(), CapabilitiesError> {
     let id = required_id(cpu, "a CPU id")?;
+    if let Some(first) = seen.cpus.insert(id, node) {
+        let msg = format!("CPU {id} is listed twice (first in cell {first})");
+        return Err(invalid(cpu, "id", msg));
+    }
     if offline_marked_bare && !has_topology_attributes(cpu) {
         raw.offline_cpus.insert(id);
         return Ok(());
@@ -229,7 +280,7 @@ fn read_cpu(
     let siblings = match cpu.attribute("siblings") {
         Some(text) => text
             .parse::<CpuSet>()
-            .map_err(|_| bad_attribute(cpu, "siblings", "a CPU list"))?,
+            .map_err(|e| invalid(cpu, "siblings", format!("not a CPU list: {e}")))?,
         None => IdSet::new(),
     };
     raw.cpus.push(Cpu {
@@ -253,7 +304,32 @@ fn has_topology_attributes(cpu: XmlNode) -> bool {
 fn memory_kib(memory: XmlNode) -> Result<u64, CapabilitiesError> {
     let value = text_u64(memory, "a memory size")?;
     let unit = memory.attribute("unit").unwrap_or("KiB");
-    to_kib(value, unit).ok_or_else(|| bad_attribute(memory, "unit", "a size unit"))
+    to_kib(value, unit).ok_or_else(|| bad_unit(memory, value))
+}
+
+/// An unknown unit names the known ones; a known one whose amount does not
+/// fit says so.
+fn bad_unit(node: XmlNode, value: u64) -> CapabilitiesError {
+    let unit = node.attribute("unit").unwrap_or("KiB");
+    if units::unit_bytes(unit).is_none() {
+        return bad_attribute(node, "unit", units::KNOWN_UNITS);
+    }
+    invalid(
+        node,
+        "unit",
+        format!("{value} {unit} is more than numapin can count"),
+    )
+}
+
+fn invalid(node: XmlNode, attribute: &'static str, message: String) -> CapabilitiesError {
+    let (line, column) = position(node);
+    let value = node.attribute(attribute).unwrap_or("");
+    CapabilitiesError::Invalid {
+        line,
+        column,
+        context: format!("<{} {attribute}='{value}'>", node.tag_name().name()),
+        message,
+    }
 }
 
 /// Converts `value` in libvirt's `unit` to KiB, rounding down (a capacity
@@ -447,7 +523,7 @@ mod tests {
         );
         let msg = parse(&xml).unwrap_err().to_string();
         assert!(
-            msg.contains("<cpu siblings='0,,1'>: \"0,,1\" is not a CPU list"),
+            msg.contains("<cpu siblings='0,,1'>: not a CPU list: empty element in list \"0,,1\""),
             "{msg}"
         );
         let xml = caps(
@@ -503,7 +579,8 @@ mod tests {
     fn base_pages_are_not_pools() {
         let xml = caps(
             "        <cell id='0'>\n          <pages unit='KiB' size='64'>100</pages>\n          \
-             <pages unit='MiB' size='512'>3</pages>\n        </cell>",
+             <pages unit='MiB' size='512'>3</pages>\n          \
+             <cpus num='1'><cpu id='0'/></cpus>\n        </cell>",
         );
         let topo = parse(&xml).unwrap();
         assert_eq!(
