@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::exit::Exit;
 use crate::guest::domain_xml::{self, DomainXmlError};
 use crate::input::{self, InputError};
-use crate::observations::{Observations, ObservationsError};
+use crate::observations::{Observations, ObservationsError, check};
 use crate::planner::DomainInput;
 use crate::topology::HostTopology;
 use crate::topology::capabilities::{self, CapabilitiesError};
@@ -69,6 +69,16 @@ pub enum SnapshotError {
     },
     #[error("{path} is not empty; give a new or empty directory")]
     NotEmpty { path: PathBuf },
+    #[error(
+        "{path}: persistent XML of domain {name:?} (UUID {uuid}) does not belong to {live_path} (UUID {live_uuid})"
+    )]
+    Mismatch {
+        path: PathBuf,
+        name: String,
+        uuid: String,
+        live_path: PathBuf,
+        live_uuid: String,
+    },
     #[error("{path}: persistent XML without live XML {live}")]
     OrphanInactive { path: PathBuf, live: PathBuf },
 }
@@ -136,7 +146,20 @@ pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
             path.with_extension("").display()
         ));
         let persistent = if inactive_path.exists() {
-            Some(parse_domain(&inactive_path)?)
+            let persistent = parse_domain(&inactive_path)?;
+            // Paired by file name, but only the UUID says it is the same
+            // domain: a stray or renamed file would otherwise lend another
+            // domain's pinning to this one.
+            if persistent.uuid != live.uuid {
+                return Err(SnapshotError::Mismatch {
+                    live_path: path.clone(),
+                    live_uuid: live.uuid,
+                    path: inactive_path,
+                    name: persistent.name,
+                    uuid: persistent.uuid,
+                });
+            }
+            Some(persistent)
         } else {
             None
         };
@@ -171,6 +194,17 @@ pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
     } else {
         Observations::default()
     };
+    let live: BTreeMap<&str, &crate::guest::Domain> = by_name
+        .iter()
+        .map(|(name, (_, d))| (name.as_str(), &d.live))
+        .collect();
+    check::check(&observations, &topology, &live).map_err(|(key, reason)| {
+        ObservationsError::Invalid {
+            path: obs_path.clone(),
+            key,
+            reason,
+        }
+    })?;
     Ok(Snapshot {
         topology,
         domains: by_name.into_values().map(|(_, d)| d).collect(),
