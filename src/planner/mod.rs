@@ -7,6 +7,7 @@
 //! nodeset and how it moves, guest cell -> host node), the ordered actions
 //! apply would take, advice that needs a restart, and a score.
 
+mod absent;
 pub mod actions;
 pub mod advice;
 pub mod cell_memory;
@@ -282,7 +283,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         }
     }
 
-    let domains: Vec<DomainPlan> = infos
+    let mut domains: Vec<DomainPlan> = infos
         .iter()
         .zip(&decisions)
         .zip(pins)
@@ -290,6 +291,9 @@ pub fn plan(input: &PlanInput) -> Plan {
             domain_plan(topo, &analyzer.distances, info, decision.as_ref(), pins)
         })
         .collect();
+    for (plan, info) in domains.iter_mut().zip(&infos) {
+        absent::report(topo, info.domain, plan);
+    }
     let after = &chooser.ledger;
     let nodes = topo
         .nodes
