@@ -326,7 +326,7 @@ fn pools(usage: &[HugepageUsage]) -> Vec<PagePool> {
 fn available_kib(path: &Path) -> Result<u64, SysfsError> {
     let free = meminfo_kib(path, "MemFree")?;
     let cache = meminfo_kib(path, "Inactive(file)").unwrap_or(0);
-    Ok(free + cache)
+    Ok(free.saturating_add(cache))
 }
 
 fn meminfo_kib(path: &Path, key: &str) -> Result<u64, SysfsError> {
