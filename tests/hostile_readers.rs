@@ -126,3 +126,17 @@ fn an_out_of_range_vcpu_count_says_out_of_range() {
     assert!(e.contains("out of range"), "{e}");
     assert!(!e.contains("not a valid number"), "{e}");
 }
+
+#[test]
+fn a_domain_larger_than_any_address_space_is_refused() {
+    // Three such domains made the plan's node load read 16701442447230%.
+    let dom = "<domain type='kvm'><name>a</name>\
+               <memory unit='KiB'>18446744073709551615</memory></domain>";
+    let e = domain_xml::parse(dom).unwrap_err().to_string();
+    assert!(
+        e.contains("more than 4 PiB, the most numapin handles"),
+        "{e}"
+    );
+    let fits = "<domain type='kvm'><name>a</name><memory unit='PiB'>4</memory></domain>";
+    assert!(domain_xml::parse(fits).is_ok());
+}

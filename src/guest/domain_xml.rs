@@ -35,6 +35,12 @@ pub const MAX_VCPUS: u32 = 4096;
 /// have a few, one per busy disk at most.
 pub const MAX_IOTHREADS: u32 = 1024;
 
+/// Largest size in a domain (its memory, a cell's, a page size): 4 PiB,
+/// 2^52 bytes, the widest physical address space of any CPU QEMU
+/// emulates. Sums over thousands of such domains still fit a u64 of MiB,
+/// so plan totals never wrap.
+pub const MAX_MEMORY_KIB: u64 = 1 << 42;
+
 /// A well-formed document that is not a usable domain definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -310,13 +316,15 @@ fn kib_in_unit(node: Node, value: u64, shown: Option<&str>) -> Result<u64> {
             format!("unknown unit; expected {}", units::KNOWN_UNITS),
         )
     })?;
-    units::kib(value, bytes, Round::Up).ok_or_else(|| {
-        let msg = format!("{value} {unit} is too large");
-        match shown {
-            Some(attr) => attr_problem(node, attr, msg),
-            None => text_problem(node, msg),
-        }
-    })
+    units::kib(value, bytes, Round::Up)
+        .filter(|&kib| kib <= MAX_MEMORY_KIB)
+        .ok_or_else(|| {
+            let msg = format!("{value} {unit} is more than 4 PiB, the most numapin handles");
+            match shown {
+                Some(attr) => attr_problem(node, attr, msg),
+                None => text_problem(node, msg),
+            }
+        })
 }
 
 fn text_kib(node: Node) -> Result<u64> {
