@@ -17,7 +17,7 @@ use crate::exit::Exit;
 /// A kind of input file and the most bytes numapin reads of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
-    /// What the file is, for the error (`capabilities XML`, ...).
+    /// What the file is, for the error ("numapin's cap for {kind}").
     pub kind: &'static str,
     pub max_bytes: u64,
 }
@@ -42,19 +42,19 @@ pub const OBSERVATIONS: Limit = Limit {
 };
 /// The documented config with every key is under 8 KiB.
 pub const CONFIG: Limit = Limit {
-    kind: "config file",
+    kind: "config files",
     max_bytes: MIB,
 };
 /// One sysfs attribute is at most a page; a `cpulist` or `distance` of a
 /// 65,536-CPU or -node host stays well under 1 MiB.
 pub const SYSFS: Limit = Limit {
-    kind: "sysfs file",
+    kind: "sysfs files",
     max_bytes: MIB,
 };
 /// Host-wide and per-process procfs files (`stat`, `numa_maps`, `smaps` of
 /// a QEMU with thousands of mappings).
 pub const PROCFS: Limit = Limit {
-    kind: "procfs file",
+    kind: "procfs files",
     max_bytes: 64 * MIB,
 };
 
@@ -68,7 +68,7 @@ pub enum InputError {
     },
     #[error("{path} is {what}, not a regular file")]
     NotRegular { path: PathBuf, what: &'static str },
-    #[error("{path} is larger than {max_bytes} bytes, the most numapin reads of a {kind}")]
+    #[error("{path} is larger than {}, numapin's cap for {kind}", cap_text(*max_bytes))]
     TooLarge {
         path: PathBuf,
         kind: &'static str,
@@ -76,6 +76,15 @@ pub enum InputError {
     },
     #[error("{path}: invalid UTF-8 at byte {offset}")]
     NotUtf8 { path: PathBuf, offset: usize },
+}
+
+/// "16 MiB" for whole MiB, else bytes.
+fn cap_text(bytes: u64) -> String {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 impl InputError {
@@ -200,7 +209,7 @@ mod tests {
     use super::*;
 
     const TINY: Limit = Limit {
-        kind: "test file",
+        kind: "test files",
         max_bytes: 8,
     };
 
@@ -221,9 +230,10 @@ mod tests {
         assert_eq!(e.exit(), Exit::DataErr);
         let msg = e.to_string();
         assert!(
-            msg.contains("larger than 8 bytes") && msg.contains("test file"),
+            msg.ends_with("is larger than 8 bytes, numapin's cap for test files"),
             "{msg}"
         );
+        assert_eq!(cap_text(16 << 20), "16 MiB");
     }
 
     #[test]

@@ -186,11 +186,10 @@ fn an_oversized_file_is_refused_naming_the_cap() {
     let big = format!("# {}\n", "x".repeat(17 << 20));
     std::fs::write(dir.path().join("observations.toml"), big).unwrap();
     let o = plan(dir.path());
-    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("larger than 16777216 bytes, the most numapin reads of a observations"),
-        "{}",
-        stderr(&o)
+    expect_failure(
+        &o,
+        65,
+        "observations.toml is larger than 16 MiB, numapin's cap for observations",
     );
 }
 
