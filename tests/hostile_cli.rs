@@ -3,6 +3,8 @@
 //! Readers are bounded in memory and time, refuse what is not a regular
 //! file, and every command maps failures to the README's exit codes.
 
+mod plan_json;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +45,13 @@ fn numapin_within(args: &[&str], limit: Duration) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The command failed with `code`, saying `needle`.
+fn expect_failure(o: &Output, code: i32, needle: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{e}");
+    assert!(e.contains(needle), "wanted {needle:?} in: {e}");
 }
 
 /// A snapshot of the demo host's capabilities with the given domains.
@@ -89,12 +98,7 @@ fn observation_node_ids_are_capped() {
     )
     .unwrap();
     let o = plan(dir.path());
-    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("is not a node id (0-65535)"),
-        "{}",
-        stderr(&o)
-    );
+    expect_failure(&o, 65, "is not a node id (0-65535)");
 }
 
 #[test]
@@ -109,12 +113,7 @@ fn many_vcpus_with_a_wide_cpuset_are_refused_not_allocated() {
         &["plan", "--snapshot", dir.path().to_str().unwrap()],
         Duration::from_secs(10),
     );
-    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("65536 vCPUs is more than numapin handles (4096)"),
-        "{}",
-        stderr(&o)
-    );
+    expect_failure(&o, 65, "65536 vCPUs is more than numapin handles (4096)");
 }
 
 #[test]
@@ -125,12 +124,7 @@ fn a_fifo_as_capabilities_does_not_block() {
         &["topology", "--snapshot", dir.path().to_str().unwrap()],
         Duration::from_secs(10),
     );
-    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("is a FIFO, not a regular file"),
-        "{}",
-        stderr(&o)
-    );
+    expect_failure(&o, 66, "is a FIFO, not a regular file");
 }
 
 #[test]
@@ -146,8 +140,7 @@ fn a_fifo_as_a_sysfs_cpulist_does_not_block() {
         &["topology", "--root", root.path().to_str().unwrap()],
         Duration::from_secs(10),
     );
-    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
-    assert!(stderr(&o).contains("cpulist is a FIFO"), "{}", stderr(&o));
+    expect_failure(&o, 66, "cpulist is a FIFO");
 }
 
 #[test]
@@ -161,8 +154,7 @@ fn dev_zero_as_input_is_refused_for_every_kind() {
         &["topology", "--root", root.path().to_str().unwrap()],
         Duration::from_secs(10),
     );
-    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
-    assert!(stderr(&o).contains("a character device"), "{}", stderr(&o));
+    expect_failure(&o, 66, "a character device");
     // observations.toml
     let dir = snapshot(&[]);
     std::os::unix::fs::symlink("/dev/zero", dir.path().join("observations.toml")).unwrap();
@@ -176,8 +168,7 @@ fn dev_zero_as_input_is_refused_for_every_kind() {
         &["check-config", "--config", "/dev/zero"],
         Duration::from_secs(10),
     );
-    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
-    assert!(stderr(&o).contains("a character device"), "{}", stderr(&o));
+    expect_failure(&o, 66, "a character device");
 }
 
 #[test]
@@ -301,15 +292,7 @@ fn pins_and_bindings_to_what_the_host_lacks_are_reported() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let find = |name: &str| {
-        plan["domains"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let find = |name: &str| plan_json::domain(&plan, name);
     let p = find("pinned");
     assert!(
         p["advice"][0]
@@ -349,8 +332,7 @@ fn a_directory_as_capabilities_is_no_input() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("capabilities.xml")).unwrap();
     let o = numapin(&["topology", "--snapshot", dir.path().to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
-    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    expect_failure(&o, 66, "is a directory");
 }
 
 #[test]
@@ -397,10 +379,5 @@ fn invalid_utf8_gives_the_byte_offset() {
     let dir = snapshot(&[]);
     std::fs::write(dir.path().join("observations.toml"), b"# ok\n\xff\n").unwrap();
     let o = plan(dir.path());
-    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("invalid UTF-8 at byte 5"),
-        "{}",
-        stderr(&o)
-    );
+    expect_failure(&o, 65, "invalid UTF-8 at byte 5");
 }

@@ -2,6 +2,8 @@
 //! the file readers: snapshot tests on several host shapes, and the errors
 //! and exit codes bad input gets.
 
+mod plan_json;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -275,15 +277,7 @@ fn the_bundled_demo_plans_as_documented() {
     assert_eq!(code, 0, "{err}");
     let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_contract(&plan);
-    let d = |name: &str| {
-        plan["domains"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let d = |name: &str| plan_json::domain(&plan, name);
     let nested = d("nested-hv");
     assert_eq!(nested["policy"], "dedicated");
     assert_ne!(
