@@ -22,9 +22,10 @@ fn numapin(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Runs `args` with a deadline, so a reader that blocks fails the test
-/// instead of hanging it.
-fn numapin_within(args: &[&str], limit: Duration) -> Output {
+/// Runs `args` with a deadline of 10 s, so a reader that blocks (or takes
+/// gigabytes) fails the test instead of hanging it.
+fn numapin_within(args: &[&str]) -> Output {
+    let limit = Duration::from_secs(10);
     let mut child = Command::new(env!("CARGO_BIN_EXE_numapin"))
         .args(args)
         .stdin(Stdio::null())
@@ -109,10 +110,7 @@ fn many_vcpus_with_a_wide_cpuset_are_refused_not_allocated() {
         "<vcpu cpuset='0-65535'>65536</vcpu><iothreads>65535</iothreads>",
     );
     let dir = snapshot(&[("a.xml", &xml)]);
-    let o = numapin_within(
-        &["plan", "--snapshot", dir.path().to_str().unwrap()],
-        Duration::from_secs(10),
-    );
+    let o = numapin_within(&["plan", "--snapshot", dir.path().to_str().unwrap()]);
     expect_failure(&o, 65, "65536 vCPUs is more than numapin handles (4096)");
 }
 
@@ -120,10 +118,7 @@ fn many_vcpus_with_a_wide_cpuset_are_refused_not_allocated() {
 fn a_fifo_as_capabilities_does_not_block() {
     let dir = tempfile::tempdir().unwrap();
     mkfifo(&dir.path().join("capabilities.xml"));
-    let o = numapin_within(
-        &["topology", "--snapshot", dir.path().to_str().unwrap()],
-        Duration::from_secs(10),
-    );
+    let o = numapin_within(&["topology", "--snapshot", dir.path().to_str().unwrap()]);
     expect_failure(&o, 66, "is a FIFO, not a regular file");
 }
 
@@ -136,10 +131,7 @@ fn a_fifo_as_a_sysfs_cpulist_does_not_block() {
     std::fs::create_dir_all(&node).unwrap();
     std::fs::write(cpu.join("online"), "0\n").unwrap();
     mkfifo(&node.join("cpulist"));
-    let o = numapin_within(
-        &["topology", "--root", root.path().to_str().unwrap()],
-        Duration::from_secs(10),
-    );
+    let o = numapin_within(&["topology", "--root", root.path().to_str().unwrap()]);
     expect_failure(&o, 66, "cpulist is a FIFO");
 }
 
@@ -150,24 +142,15 @@ fn dev_zero_as_input_is_refused_for_every_kind() {
     let cpu = root.path().join("sys/devices/system/cpu");
     std::fs::create_dir_all(&cpu).unwrap();
     std::os::unix::fs::symlink("/dev/zero", cpu.join("online")).unwrap();
-    let o = numapin_within(
-        &["topology", "--root", root.path().to_str().unwrap()],
-        Duration::from_secs(10),
-    );
+    let o = numapin_within(&["topology", "--root", root.path().to_str().unwrap()]);
     expect_failure(&o, 66, "a character device");
     // observations.toml
     let dir = snapshot(&[]);
     std::os::unix::fs::symlink("/dev/zero", dir.path().join("observations.toml")).unwrap();
-    let o = numapin_within(
-        &["plan", "--snapshot", dir.path().to_str().unwrap()],
-        Duration::from_secs(10),
-    );
+    let o = numapin_within(&["plan", "--snapshot", dir.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
     // --config
-    let o = numapin_within(
-        &["check-config", "--config", "/dev/zero"],
-        Duration::from_secs(10),
-    );
+    let o = numapin_within(&["check-config", "--config", "/dev/zero"]);
     expect_failure(&o, 66, "a character device");
 }
 
