@@ -137,6 +137,9 @@ fn a_domain_larger_than_any_address_space_is_refused() {
         e.contains("more than 4 PiB, the most numapin handles"),
         "{e}"
     );
-    let fits = "<domain type='kvm'><name>a</name><memory unit='PiB'>4</memory></domain>";
-    assert!(domain_xml::parse(fits).is_ok());
+    let fits = "<domain type='kvm'><name>a</name>\
+                <uuid>00000000-0000-0000-0000-00000000000a</uuid>\
+                <memory unit='PiB'>4</memory></domain>";
+    let d = domain_xml::parse(fits).unwrap();
+    assert_eq!(d.memory_kib, 1 << 42);
 }
