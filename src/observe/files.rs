@@ -4,6 +4,7 @@ use std::io;
 use std::path::Path;
 
 use super::ObserveError;
+use crate::idset::MAX_ID;
 use crate::input::{self, InputError};
 
 /// Longest excerpt of a bad file quoted in an error.
@@ -63,8 +64,10 @@ pub(super) fn node_entry(word: &str) -> Option<Result<(u32, u64), ()>> {
     if node.is_empty() || !node.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(match (node.parse(), value.parse()) {
-        (Ok(n), Ok(v)) => Ok((n, v)),
+    // Node ids are capped as in every reader, so one bad line cannot make
+    // the id sets built from them large.
+    Some(match (node.parse::<u32>(), value.parse()) {
+        (Ok(n), Ok(v)) if n <= MAX_ID => Ok((n, v)),
         _ => Err(()),
     })
 }
@@ -79,6 +82,8 @@ mod tests {
         assert_eq!(node_entry("N17=0"), Some(Ok((17, 0))));
         assert_eq!(node_entry("N0=-1"), Some(Err(())));
         assert_eq!(node_entry("N99999999999=1"), Some(Err(())));
+        assert_eq!(node_entry("N65535=1"), Some(Ok((65535, 1))));
+        assert_eq!(node_entry("N65536=1"), Some(Err(())));
         assert_eq!(node_entry("N=1"), None);
         assert_eq!(node_entry("Nx=1"), None);
         assert_eq!(node_entry("anon=1"), None);
