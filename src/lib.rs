@@ -15,6 +15,7 @@ pub mod exit;
 pub mod guest;
 pub mod host_error;
 pub mod idset;
+pub mod input;
 pub mod libvirt;
 pub mod live;
 pub mod metrics;

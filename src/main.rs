@@ -1,4 +1,4 @@
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -30,7 +30,12 @@ fn main() -> ExitCode {
     match numapin::commands::run(cli) {
         Ok(()) => Exit::Ok.into(),
         Err(f) => {
-            eprintln!("numapin: {}", numapin::report::error_chain(&*f.error));
+            // Not eprintln!, which panics when stderr cannot be written.
+            let _ = writeln!(
+                std::io::stderr(),
+                "numapin: {}",
+                numapin::report::error_chain(&*f.error)
+            );
             f.exit.into()
         }
     }

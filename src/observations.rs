@@ -12,7 +12,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::idset::CpuSet;
+use crate::idset::{CpuSet, MAX_ID};
+
+pub mod check;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Observations {
@@ -67,7 +69,11 @@ pub struct NestedActivity {
 
 impl DomainObservation {
     pub fn resident_mib(&self) -> u64 {
-        self.memory_mib.values().sum()
+        // Snapshots are checked (see `check`); live readings are bounded by
+        // the machine. Saturating all the same: a sum never wraps.
+        self.memory_mib
+            .values()
+            .fold(0u64, |sum, &m| sum.saturating_add(m))
     }
 }
 
@@ -109,12 +115,8 @@ struct DomainEntry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObservationsError {
-    #[error("cannot read {path}")]
-    Read {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
     #[error("{path}: {message}")]
     Parse {
         path: std::path::PathBuf,
@@ -128,10 +130,15 @@ pub enum ObservationsError {
     },
 }
 
+/// A node, cell or page-size key. Ids are capped as in every other reader,
+/// so that a key such as `"4294967295"` cannot make id sets built from it
+/// take gigabytes.
 fn parse_u32_key(key: &str, what: &str) -> Result<u32, String> {
     key.trim()
         .parse()
-        .map_err(|_| format!("{key:?} is not a {what} id"))
+        .ok()
+        .filter(|&id| id <= MAX_ID)
+        .ok_or_else(|| format!("{key:?} is not a {what} id (0-{MAX_ID})"))
 }
 
 fn check_fraction(value: f64) -> Result<f64, String> {
@@ -144,10 +151,7 @@ fn check_fraction(value: f64) -> Result<f64, String> {
 
 impl Observations {
     pub fn load(path: &Path) -> Result<Self, ObservationsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ObservationsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::input::read_text(path, crate::input::OBSERVATIONS)?;
         Self::from_toml(&text, path)
     }
 

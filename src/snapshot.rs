@@ -11,8 +11,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::exit::Exit;
 use crate::guest::domain_xml::{self, DomainXmlError};
-use crate::observations::{Observations, ObservationsError};
+use crate::input::{self, InputError};
+use crate::observations::{Observations, ObservationsError, check};
 use crate::planner::DomainInput;
 use crate::topology::HostTopology;
 use crate::topology::capabilities::{self, CapabilitiesError};
@@ -31,8 +33,10 @@ pub struct Snapshot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("cannot read {path}")]
-    Read {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("cannot list {path}")]
+    ReadDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -65,36 +69,51 @@ pub enum SnapshotError {
     },
     #[error("{path} is not empty; give a new or empty directory")]
     NotEmpty { path: PathBuf },
+    #[error(
+        "{path}: persistent XML of domain {name:?} (UUID {uuid}) does not belong to {live_path} (UUID {live_uuid})"
+    )]
+    Mismatch {
+        path: PathBuf,
+        name: String,
+        uuid: String,
+        live_path: PathBuf,
+        live_uuid: String,
+    },
     #[error("{path}: persistent XML without live XML {live}")]
     OrphanInactive { path: PathBuf, live: PathBuf },
 }
 
 impl SnapshotError {
-    /// Whether the error is a file that is not there (as opposed to one
-    /// whose content is wrong): the two get different exit codes.
-    pub fn is_missing_file(&self) -> bool {
-        matches!(self, SnapshotError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
-            || matches!(self, SnapshotError::Observations(ObservationsError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound)
+    /// The exit class: a file that is missing or no file at all (66), one
+    /// that cannot be read (74), one whose content is wrong (65), and a
+    /// snapshot that cannot be written (74).
+    pub fn exit(&self) -> Exit {
+        match self {
+            SnapshotError::Input(e) | SnapshotError::Observations(ObservationsError::Input(e)) => {
+                e.exit()
+            }
+            SnapshotError::ReadDir { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => Exit::NoInput,
+                _ => Exit::IoErr,
+            },
+            SnapshotError::Write { .. } => Exit::IoErr,
+            _ => Exit::DataErr,
+        }
     }
-}
-
-fn read(path: &Path) -> Result<String, SnapshotError> {
-    std::fs::read_to_string(path).map_err(|source| SnapshotError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 pub fn load_topology(dir: &Path) -> Result<HostTopology, SnapshotError> {
     let path = dir.join(CAPABILITIES);
-    capabilities::parse(&read(&path)?)
+    capabilities::parse(&input::read_text(&path, input::CAPABILITIES)?)
         .map_err(|source| SnapshotError::Capabilities { path, source })
 }
 
 fn parse_domain(path: &Path) -> Result<crate::guest::Domain, SnapshotError> {
-    domain_xml::parse(&read(path)?).map_err(|source| SnapshotError::Domain {
-        path: path.to_path_buf(),
-        source,
+    domain_xml::parse(&input::read_text(path, input::DOMAIN_XML)?).map_err(|source| {
+        SnapshotError::Domain {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 
@@ -102,13 +121,13 @@ fn parse_domain(path: &Path) -> Result<crate::guest::Domain, SnapshotError> {
 pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
     let topology = load_topology(dir)?;
     let domains_dir = dir.join(DOMAINS);
-    let listing = std::fs::read_dir(&domains_dir).map_err(|source| SnapshotError::Read {
+    let listing = std::fs::read_dir(&domains_dir).map_err(|source| SnapshotError::ReadDir {
         path: domains_dir.clone(),
         source,
     })?;
     let mut files: Vec<PathBuf> = Vec::new();
     for entry in listing {
-        let entry = entry.map_err(|source| SnapshotError::Read {
+        let entry = entry.map_err(|source| SnapshotError::ReadDir {
             path: domains_dir.clone(),
             source,
         })?;
@@ -127,7 +146,20 @@ pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
             path.with_extension("").display()
         ));
         let persistent = if inactive_path.exists() {
-            Some(parse_domain(&inactive_path)?)
+            let persistent = parse_domain(&inactive_path)?;
+            // Paired by file name, but only the UUID says it is the same
+            // domain: a stray or renamed file would otherwise lend another
+            // domain's pinning to this one.
+            if persistent.uuid != live.uuid {
+                return Err(SnapshotError::Mismatch {
+                    live_path: path.clone(),
+                    live_uuid: live.uuid,
+                    path: inactive_path,
+                    name: persistent.name,
+                    uuid: persistent.uuid,
+                });
+            }
+            Some(persistent)
         } else {
             None
         };
@@ -162,6 +194,17 @@ pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
     } else {
         Observations::default()
     };
+    let live: BTreeMap<&str, &crate::guest::Domain> = by_name
+        .iter()
+        .map(|(name, (_, d))| (name.as_str(), &d.live))
+        .collect();
+    check::check(&observations, &topology, &live).map_err(|(key, reason)| {
+        ObservationsError::Invalid {
+            path: obs_path.clone(),
+            key,
+            reason,
+        }
+    })?;
     Ok(Snapshot {
         topology,
         domains: by_name.into_values().map(|(_, d)| d).collect(),

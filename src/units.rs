@@ -2,6 +2,9 @@
 //! `byte`, `bytes`, or a prefix letter k, m, g, t, p, e alone or followed by
 //! `iB` for powers of 1024, or by `B` for powers of 1000; any case.
 
+/// The units [`unit_bytes`] knows, for errors (any case).
+pub const KNOWN_UNITS: &str = "a size unit: b, bytes, k, KiB, KB, m, MiB, MB, g, GiB, GB, t, TiB, TB, p, PiB, PB, e, EiB or EB";
+
 /// Bytes in one `unit`; `None` for a unit libvirt does not know.
 pub fn unit_bytes(unit: &str) -> Option<u128> {
     let unit = unit.to_ascii_lowercase();

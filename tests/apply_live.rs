@@ -9,6 +9,7 @@
 //! within node 0.
 
 mod common;
+mod plan_json;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -151,15 +152,7 @@ fn apply_pins_what_the_plan_says_and_dry_run_changes_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     let plan = json(&out);
-    let planned = |name: &str| {
-        plan["domains"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let planned = |name: &str| plan_json::domain(&plan, name);
     for d in [&plain, &restr, &strictly] {
         let p = planned(&d.name);
         assert_eq!(p["vcpupin"]["0"], "1", "{p}");

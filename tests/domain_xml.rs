@@ -654,7 +654,7 @@ fn hugepage_and_memory_errors() {
         "memory",
         None,
         Some("18446744073709551615"),
-        "too large",
+        "more than 4 PiB",
     );
 }
 

@@ -16,7 +16,7 @@ pub fn run(config: Option<PathBuf>, dry_run: bool, root: PathBuf) -> Result<(), 
     })
     .map_err(|e| {
         let exit = match &e {
-            DaemonError::Config(_) => Exit::Config,
+            DaemonError::Config(e) => super::config_exit(e),
             DaemonError::Journal(JournalError::Locked { .. }) => Exit::TempFail,
             DaemonError::Journal(JournalError::Corrupt { .. }) => Exit::DataErr,
             DaemonError::Journal(JournalError::Io { .. })
@@ -52,6 +52,5 @@ pub fn rebalance(config: Option<&Path>) -> Result<(), Failure> {
             ),
         ));
     }
-    println!("asked numapin (pid {pid}) to rebalance");
-    Ok(())
+    super::print_out(&format!("asked numapin (pid {pid}) to rebalance\n"))
 }

@@ -2,6 +2,7 @@
 //! libvirt and the kernel's files.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::planner::Plan;
 use crate::report::{apply_table, status as status_report};
 use crate::snapshot::{self, DomainXml};
 
-use super::{Failure, config_for_host, load_config, print_json};
+use super::{Failure, config_for_host, load_config, print_json, print_out};
 
 struct Session {
     config: Config,
@@ -133,16 +134,19 @@ pub fn snapshot(out: &Path, args: &LiveArgs) -> Result<(), Failure> {
         .collect();
     snapshot::write(out, &state.capabilities_xml, &domains, &state.observations)
         .map_err(|e| Failure::new(Exit::IoErr, e))?;
-    println!(
-        "wrote a snapshot of {} running domain(s) on {} node(s) to {}",
+    let mut text = format!(
+        "wrote a snapshot of {} running domain(s) on {} node(s) to {}\n",
         domains.len(),
         state.topology.nodes.len(),
         out.display()
     );
     for u in &state.unreadable {
-        println!("not included, unreadable: {}: {}", u.name, u.reason);
+        text.push_str(&format!(
+            "not included, unreadable: {}: {}\n",
+            u.name, u.reason
+        ));
     }
-    Ok(())
+    print_out(&text)
 }
 
 /// Names of domains with an unfinished transaction, without creating the
@@ -168,10 +172,7 @@ pub fn status(format: Format, args: &LiveArgs) -> Result<(), Failure> {
     let report = status_report::build(&state, &plan, &s.config, pending);
     match format {
         Format::Json => print_json(&report),
-        Format::Table => {
-            print!("{}", status_report::render(&report));
-            Ok(())
-        }
+        Format::Table => print_out(&status_report::render(&report)),
     }
 }
 
@@ -189,18 +190,16 @@ pub fn apply(
         let plan = s.plan(&state, rebalance, &BTreeMap::new())?;
         let pending = pending_names(&state_dir);
         if !pending.is_empty() {
-            eprintln!(
+            // Not eprintln!, which panics when stderr cannot be written.
+            let _ = writeln!(
+                std::io::stderr(),
                 "note: unfinished transactions of {} would be rolled back first",
                 pending.join(", ")
             );
         }
         return match format {
             Format::Json => print_json(&plan),
-            Format::Table => {
-                let outcomes = planned(&plan);
-                print!("{}", apply_table::render(&outcomes, true));
-                Ok(())
-            }
+            Format::Table => print_out(&apply_table::render(&planned(&plan), true)),
         };
     }
 
@@ -234,7 +233,7 @@ pub fn apply(
     )?;
     match format {
         Format::Json => print_json(&outcomes)?,
-        Format::Table => print!("{}", apply_table::render(&outcomes, false)),
+        Format::Table => print_out(&apply_table::render(&outcomes, false))?,
     }
     let failed = |pending: bool| {
         outcomes.iter().any(|o| {
@@ -269,7 +268,11 @@ fn roll_back_unfinished(
         RecoveryError::Journal(j) => Failure::from(j),
         e @ RecoveryError::Unreachable { .. } => Failure::new(Exit::Unavailable, e),
     })?;
-    eprint!("{}", apply_table::render_recovered(&recovered));
+    let _ = write!(
+        std::io::stderr(),
+        "{}",
+        apply_table::render_recovered(&recovered)
+    );
     if recovered.iter().any(|r| r.result.leaves_numapins_pins()) {
         let placements = Placements::open(state_dir)
             .map_err(|e| Failure::new(Exit::IoErr, format!("{}: {e}", state_dir.display())))?;
@@ -329,10 +332,9 @@ pub fn manage(name: &str, args: &LiveArgs) -> Result<(), Failure> {
             })
         })
         .map_err(|e| Failure::new(Exit::IoErr, format!("{}: {e}", state_dir.display())))?;
-    println!(
-        "numapin manages {name} again, starting from its current pins; the daemon's next cycle (or `numapin apply`) places it"
-    );
-    Ok(())
+    print_out(&format!(
+        "numapin manages {name} again, starting from its current pins; the daemon's next cycle (or `numapin apply`) places it\n"
+    ))
 }
 
 /// The plan's changes, as a dry run reports them.

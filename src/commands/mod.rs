@@ -31,18 +31,25 @@ impl Failure {
 
 impl From<SnapshotError> for Failure {
     fn from(e: SnapshotError) -> Self {
-        let exit = if e.is_missing_file() {
-            Exit::NoInput
-        } else {
-            Exit::DataErr
-        };
-        Failure::new(exit, e)
+        Failure::new(e.exit(), e)
+    }
+}
+
+/// A config file that cannot be opened is an input problem (missing or
+/// not a file: 66, unreadable: 74); what it holds, even too much of it or
+/// bytes that are not text, is a config error (78).
+pub(crate) fn config_exit(e: &ConfigError) -> Exit {
+    match e {
+        ConfigError::Input(input) if matches!(input.exit(), Exit::NoInput | Exit::IoErr) => {
+            input.exit()
+        }
+        _ => Exit::Config,
     }
 }
 
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
-        Failure::new(Exit::Config, e)
+        Failure::new(config_exit(&e), e)
     }
 }
 
@@ -67,8 +74,26 @@ fn config_for_host(config: &Config, source: &str, topo: &HostTopology) -> Result
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Failure::new(Exit::Software, e))?;
-    println!("{text}");
-    Ok(())
+    print_out(&format!("{text}\n"))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to standard output")]
+struct StdoutError(#[source] std::io::Error);
+
+/// Writes a command's output. A full disk or another write error is an I/O
+/// failure (74), never a panic as `print!` would give; a reader that went
+/// away (`| head`, with SIGPIPE ignored) ends the command quietly, as Unix
+/// tools do.
+pub(crate) fn print_out(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::new(Exit::IoErr, StdoutError(e)))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub fn run(cli: Cli) -> Result<(), Failure> {

@@ -4,13 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::Format;
-use crate::exit::Exit;
 use crate::planner::{self, PlanInput};
 use crate::report::{plan_table, topology_table};
 use crate::snapshot;
 use crate::topology::sysfs;
 
-use super::{Failure, config_for_host, load_config, print_json};
+use super::{Failure, config_for_host, load_config, print_json, print_out};
 
 pub fn plan(
     dir: &Path,
@@ -30,13 +29,11 @@ pub fn plan(
     });
     match format {
         Format::Json => print_json(&plan),
-        Format::Table => {
-            print!(
-                "{}",
-                plan_table::render(&plan, &snap.topology, &dir.display().to_string())
-            );
-            Ok(())
-        }
+        Format::Table => print_out(&plan_table::render(
+            &plan,
+            &snap.topology,
+            &dir.display().to_string(),
+        )),
     }
 }
 
@@ -48,22 +45,20 @@ pub fn topology(dir: Option<&Path>, root: Option<PathBuf>, format: Format) -> Re
         ),
         None => {
             let root = root.unwrap_or_else(|| PathBuf::from("/"));
-            let topo = sysfs::read(&root).map_err(|e| Failure::new(Exit::DataErr, e))?;
+            let topo = sysfs::read(&root).map_err(|e| Failure::new(e.exit(), e))?;
             (topo, format!("sysfs under {}", root.display()))
         }
     };
     match format {
         Format::Json => print_json(&topo),
-        Format::Table => {
-            print!("{}", topology_table::render(&topo, &source));
-            Ok(())
-        }
+        Format::Table => print_out(&topology_table::render(&topo, &source)),
     }
 }
 
 pub fn check_config(path: Option<&Path>) -> Result<(), Failure> {
     let (config, source) = load_config(path)?;
-    println!("# effective configuration (from {source})");
-    print!("{}", config.to_toml());
-    Ok(())
+    print_out(&format!(
+        "# effective configuration (from {source})\n{}",
+        config.to_toml()
+    ))
 }

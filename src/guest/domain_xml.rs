@@ -26,6 +26,21 @@ use super::{
 use crate::idset::{IdSet, MAX_ID};
 use crate::units::{self, Round};
 
+/// Most vCPUs a domain may have: KVM's limit on x86 (`KVM_MAX_VCPUS`) and
+/// the largest `maxcpus` of any QEMU machine type. Each vCPU gets its own
+/// affinity set in a plan, so a cap on ids alone (65,536 vCPUs times a
+/// `cpuset='0-65535'`) would let 200 bytes of XML take gigabytes.
+pub const MAX_VCPUS: u32 = 4096;
+/// Most IOThreads a domain may have, for the same reason; real domains
+/// have a few, one per busy disk at most.
+pub const MAX_IOTHREADS: u32 = 1024;
+
+/// Largest size in a domain (its memory, a cell's, a page size): 4 PiB,
+/// 2^52 bytes, the widest physical address space of any CPU QEMU
+/// emulates. Sums over thousands of such domains still fit a u64 of MiB,
+/// so plan totals never wrap.
+pub const MAX_MEMORY_KIB: u64 = 1 << 42;
+
 /// A well-formed document that is not a usable domain definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -221,19 +236,30 @@ fn number<T: FromStr>(text: &str) -> Option<T> {
     text.trim().parse().ok()
 }
 
+/// Why a text is not a number of the wanted type: digits that overflow it
+/// are a number out of range, anything else is no number at all.
+fn not_a_number(text: &str) -> &'static str {
+    let t = text.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        "a number out of range (too large)"
+    } else {
+        "not a valid number"
+    }
+}
+
 fn attr_number<T: FromStr>(node: Node, attr: &str) -> Result<Option<T>> {
     node.attribute(attr)
-        .map(|v| number(v).ok_or_else(|| attr_problem(node, attr, "not a valid number")))
+        .map(|v| number(v).ok_or_else(|| attr_problem(node, attr, not_a_number(v))))
         .transpose()
 }
 
 fn required_number<T: FromStr>(node: Node, attr: &str) -> Result<T> {
     let value = required_attr(node, attr)?;
-    number(value).ok_or_else(|| attr_problem(node, attr, "not a valid number"))
+    number(value).ok_or_else(|| attr_problem(node, attr, not_a_number(value)))
 }
 
 fn text_number<T: FromStr>(node: Node) -> Result<T> {
-    number(text(node)).ok_or_else(|| text_problem(node, "not a valid number"))
+    number(text(node)).ok_or_else(|| text_problem(node, not_a_number(text(node))))
 }
 
 /// A non-empty id list in libvirt syntax. Empty lists are rejected because
@@ -284,15 +310,22 @@ fn placement(node: Node) -> Result<Option<bool>> {
 /// up as libvirt rounds.
 fn kib_in_unit(node: Node, value: u64, shown: Option<&str>) -> Result<u64> {
     let unit = node.attribute("unit").unwrap_or("KiB");
-    let bytes =
-        units::unit_bytes(unit).ok_or_else(|| attr_problem(node, "unit", "unknown unit"))?;
-    units::kib(value, bytes, Round::Up).ok_or_else(|| {
-        let msg = format!("{value} {unit} is too large");
-        match shown {
-            Some(attr) => attr_problem(node, attr, msg),
-            None => text_problem(node, msg),
-        }
-    })
+    let bytes = units::unit_bytes(unit).ok_or_else(|| {
+        attr_problem(
+            node,
+            "unit",
+            format!("unknown unit; expected {}", units::KNOWN_UNITS),
+        )
+    })?;
+    units::kib(value, bytes, Round::Up)
+        .filter(|&kib| kib <= MAX_MEMORY_KIB)
+        .ok_or_else(|| {
+            let msg = format!("{value} {unit} is more than 4 PiB, the most numapin handles");
+            match shown {
+                Some(attr) => attr_problem(node, attr, msg),
+                None => text_problem(node, msg),
+            }
+        })
 }
 
 fn text_kib(node: Node) -> Result<u64> {
@@ -360,11 +393,10 @@ fn vcpus(root: Node) -> Result<Vcpus> {
     if max == 0 {
         return Err(text_problem(node, "a domain needs at least one vCPU"));
     }
-    // vCPU ids must fit the id sets the rest of numapin uses.
-    if max > MAX_ID + 1 {
+    if max > MAX_VCPUS {
         return Err(text_problem(
             node,
-            format!("more vCPUs than numapin handles ({})", MAX_ID + 1),
+            format!("{max} vCPUs is more than numapin handles ({MAX_VCPUS})"),
         ));
     }
     let current = attr_number(node, "current")?.unwrap_or(max);
@@ -448,10 +480,10 @@ fn iothreads(root: Node) -> Result<Vec<u32>> {
     let count = match child(root, "iothreads") {
         Some(node) => {
             let count: u32 = text_number(node)?;
-            if count > MAX_ID {
+            if count > MAX_IOTHREADS {
                 return Err(text_problem(
                     node,
-                    format!("more IOThreads than numapin handles ({MAX_ID})"),
+                    format!("{count} IOThreads is more than numapin handles ({MAX_IOTHREADS})"),
                 ));
             }
             count

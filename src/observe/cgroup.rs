@@ -14,11 +14,10 @@
 //! systemd's escaping and part of the directory name: never unescaped.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::ObserveError;
-use super::files::{bad, node_entry, read_volatile, vanished};
+use super::files::{bad, node_entry, read_capped, read_volatile, vanished};
 
 const V2_ROOT: &str = "sys/fs/cgroup";
 const V1_MEMORY_ROOT: &str = "sys/fs/cgroup/memory";
@@ -44,7 +43,10 @@ pub struct CgroupMemory {
 
 impl CgroupMemory {
     pub fn total_bytes(&self) -> u64 {
-        self.resident.values().sum()
+        // Per-node counts are each checked; their sum saturates, never wraps.
+        self.resident
+            .values()
+            .fold(0u64, |sum, &b| sum.saturating_add(b))
     }
 }
 
@@ -64,7 +66,7 @@ pub fn read(root: &Path, pid: u32) -> Result<CgroupMemory, ObserveError> {
     let mut dir = domain_dir.as_path();
     loop {
         let path = dir.join(NUMA_STAT);
-        match fs::read(&path) {
+        match read_capped(&path) {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
                 return Ok(CgroupMemory {
@@ -76,14 +78,14 @@ pub fn read(root: &Path, pid: u32) -> Result<CgroupMemory, ObserveError> {
             }
             // The directory vanishing means the domain stopped; walking up
             // then would report a parent's (every domain's) memory as its.
-            Err(e) if vanished(&e) && !dir.is_dir() => {
+            Err(ObserveError::Io { source, .. }) if vanished(&source) && !dir.is_dir() => {
                 return Err(ObserveError::Gone {
                     path: dir.to_path_buf(),
                 });
             }
             // A directory without the file has no memory accounting.
-            Err(e) if vanished(&e) => {}
-            Err(source) => return Err(ObserveError::Io { path, source }),
+            Err(ObserveError::Io { source, .. }) if vanished(&source) => {}
+            Err(e) => return Err(e),
         }
         match dir.parent() {
             Some(parent) if parent.starts_with(&base) && parent != base => dir = parent,
@@ -153,8 +155,11 @@ fn is_libvirt_leaf(name: &str) -> bool {
 ///
 /// v2 lines are `anon N0=<bytes> N1=..`. Guest RAM is `anon` for ordinary
 /// guests and `shmem` (memfd, `memoryBacking` with `access mode='shared'`)
-/// or file pages (a `memory-backend-file`) otherwise; `file` already counts
-/// shmem, so resident is `anon + file`, plus `hugetlb` where the kernel
+/// or file pages (a `memory-backend-file`) otherwise, all of them mapped by
+/// QEMU: resident is `anon + file_mapped`, which leaves out the page cache
+/// charged to the domain (disk images read through the host's cache), which
+/// is not guest RAM, can outgrow it, and does not move with the guest. Older
+/// kernels without `file_mapped` per node give `anon + file`. Plus `hugetlb` where the kernel
 /// charges hugetlbfs pages to the cgroup (only with the
 /// `memory_hugetlb_accounting` mount option; otherwise hugepage-backed RAM
 /// is not in this file at all, and [`super::numa_maps`] has it). Kernel
@@ -172,6 +177,9 @@ pub fn parse_numa_stat(
 ) -> Result<BTreeMap<u32, u64>, ObserveError> {
     let lines = stat_lines(path, text, version)?;
     let (keys, unit): (&[&str], u64) = match version {
+        CgroupVersion::V2 if lines.contains_key("anon") && lines.contains_key("file_mapped") => {
+            (&["anon", "file_mapped", "hugetlb"], 1)
+        }
         CgroupVersion::V2 if lines.contains_key("anon") && lines.contains_key("file") => {
             (&["anon", "file", "hugetlb"], 1)
         }
@@ -305,6 +313,16 @@ mod tests {
                 "{bad_text:?}"
             );
         }
+    }
+
+    #[test]
+    fn v2_resident_leaves_out_page_cache_nobody_maps() {
+        // 1 GiB of disk image cache charged to the domain, 100 bytes of
+        // it mapped (a memory-backend-file guest's RAM would be).
+        let text = "anon N0=4096 N1=8192\nfile N0=1073741824 N1=0\nfile_mapped N0=100 N1=0\n\
+                    shmem N0=50 N1=0\nhugetlb N0=0 N1=2097152\n";
+        let got = parse_numa_stat(Path::new("s"), text, CgroupVersion::V2, 4096).unwrap();
+        assert_eq!(got, nodes(&[(0, 4196), (1, 8192 + 2097152)]));
     }
 
     #[test]

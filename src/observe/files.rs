@@ -1,23 +1,29 @@
 //! File reading and error building shared by the observe readers.
 
-use std::fs;
 use std::io;
 use std::path::Path;
 
 use super::ObserveError;
+use crate::idset::MAX_ID;
+use crate::input::{self, InputError};
 
 /// Longest excerpt of a bad file quoted in an error.
 const QUOTE_LIMIT: usize = 80;
 
-/// Reads a host-wide file (`proc/stat`, a node's `numastat`). Invalid bytes
-/// become U+FFFD and fail parsing instead of panicking.
+/// Reads a host-wide file (`proc/stat`, a node's `numastat`), a regular
+/// file under the procfs cap ([`crate::input`]). Invalid bytes become
+/// U+FFFD and fail parsing instead of panicking.
 pub(super) fn read_text(path: &Path) -> Result<String, ObserveError> {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .map_err(|source| ObserveError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+    read_capped(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A regular file of at most the procfs cap. An I/O error stays one, so
+/// that a vanished process is still told apart.
+pub(super) fn read_capped(path: &Path) -> Result<Vec<u8>, ObserveError> {
+    input::read_bytes(path, input::PROCFS).map_err(|e| match e {
+        InputError::Io { path, source } => ObserveError::Io { path, source },
+        e => ObserveError::Input(e),
+    })
 }
 
 /// Reads a file that disappears with its process or domain: not found or
@@ -58,8 +64,10 @@ pub(super) fn node_entry(word: &str) -> Option<Result<(u32, u64), ()>> {
     if node.is_empty() || !node.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(match (node.parse(), value.parse()) {
-        (Ok(n), Ok(v)) => Ok((n, v)),
+    // Node ids are capped as in every reader, so one bad line cannot make
+    // the id sets built from them large.
+    Some(match (node.parse::<u32>(), value.parse()) {
+        (Ok(n), Ok(v)) if n <= MAX_ID => Ok((n, v)),
         _ => Err(()),
     })
 }
@@ -74,6 +82,8 @@ mod tests {
         assert_eq!(node_entry("N17=0"), Some(Ok((17, 0))));
         assert_eq!(node_entry("N0=-1"), Some(Err(())));
         assert_eq!(node_entry("N99999999999=1"), Some(Err(())));
+        assert_eq!(node_entry("N65535=1"), Some(Ok((65535, 1))));
+        assert_eq!(node_entry("N65536=1"), Some(Err(())));
         assert_eq!(node_entry("N=1"), None);
         assert_eq!(node_entry("Nx=1"), None);
         assert_eq!(node_entry("anon=1"), None);

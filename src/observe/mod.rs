@@ -46,6 +46,9 @@ pub enum ObserveError {
         #[source]
         source: std::io::Error,
     },
+    /// Not a regular file, larger than its cap, or unreadable text.
+    #[error(transparent)]
+    Input(crate::input::InputError),
     #[error("{path}: {content:?} is not {expected}")]
     BadContent {
         path: PathBuf,

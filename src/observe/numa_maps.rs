@@ -43,7 +43,10 @@ pub struct PolicyUsage {
 
 impl NumaMaps {
     pub fn total_bytes(&self) -> u64 {
-        self.resident.values().sum()
+        // Per-node counts are each checked; their sum saturates, never wraps.
+        self.resident
+            .values()
+            .fold(0u64, |sum, &b| sum.saturating_add(b))
     }
 }
 

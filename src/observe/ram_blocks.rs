@@ -168,7 +168,10 @@ fn blocks(ranges: &[(u32, u64, u64)], entries: &[Entry]) -> Vec<CellBlock> {
                     let slot = resident.entry(node).or_default();
                     *slot = slot.saturating_add(b);
                 }
-                let total: u64 = e.resident.values().sum();
+                let total = e
+                    .resident
+                    .values()
+                    .fold(0u64, |sum, &b| sum.saturating_add(b));
                 shared = shared.saturating_add(total.saturating_sub(e.anon));
             }
             CellBlock {

@@ -7,6 +7,7 @@
 //! nodeset and how it moves, guest cell -> host node), the ordered actions
 //! apply would take, advice that needs a restart, and a score.
 
+mod absent;
 pub mod actions;
 pub mod advice;
 pub mod cell_memory;
@@ -296,7 +297,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         dedicated: &dedicated,
         undedicated: topo.online_cpus().difference(&dedicated),
     };
-    let domains: Vec<DomainPlan> = infos
+    let mut domains: Vec<DomainPlan> = infos
         .iter()
         .zip(&decisions)
         .zip(pins)
@@ -305,6 +306,9 @@ pub fn plan(input: &PlanInput) -> Plan {
             at.domain_plan(info, decision.as_ref(), pins, later)
         })
         .collect();
+    for (plan, info) in domains.iter_mut().zip(&infos) {
+        absent::report(topo, info.domain, plan);
+    }
     let nodes = topo
         .nodes
         .iter()

@@ -24,7 +24,10 @@
 
 use roxmltree::{Document, Node as XmlNode};
 
-use super::{Cpu, HostKind, HostTopology, PagePool, RawNode, RawTopology, TopologyError};
+use super::{
+    Cpu, HostKind, HostTopology, LOCAL_DISTANCE, MAX_DISTANCE, PagePool, RawNode, RawTopology,
+    TopologyError,
+};
 use crate::idset::{CpuSet, IdSet, MAX_ID};
 use crate::units::{self, Round};
 
@@ -64,6 +67,14 @@ pub enum CapabilitiesError {
         context: String,
         value: String,
         expected: &'static str,
+    },
+    /// A value that parses but cannot be right; `context` as in `BadValue`.
+    #[error("line {line}:{column}: {context}: {message}")]
+    Invalid {
+        line: u32,
+        column: u32,
+        context: String,
+        message: String,
     },
     #[error("inconsistent capabilities: {0}")]
     Topology(#[from] TopologyError),
@@ -122,8 +133,16 @@ pub fn parse(xml: &str) -> Result<HostTopology, CapabilitiesError> {
         .descendants()
         .filter(|n| n.has_tag_name("cpu"))
         .any(has_topology_attributes);
+    let mut seen = Seen::default();
     for cell in children(cells, "cell") {
-        read_cell(cell, offline_marked_bare, &mut raw)?;
+        let id = required_id(cell, "a NUMA node id")?;
+        if seen.cells.contains(id) {
+            return Err(invalid(cell, "id", format!("node {id} is listed twice")));
+        }
+        seen.cells.insert(id);
+    }
+    for cell in children(cells, "cell") {
+        read_cell(cell, offline_marked_bare, &mut seen, &mut raw)?;
     }
     Ok(HostTopology::from_raw(raw)?)
 }
@@ -167,9 +186,18 @@ fn read_host_cpu(host: XmlNode) -> HostCpu {
     }
 }
 
+/// Ids met so far, so a duplicate is reported where it is written.
+#[derive(Default)]
+struct Seen {
+    cells: IdSet,
+    /// CPU id -> the cell that listed it first.
+    cpus: std::collections::HashMap<u32, u32>,
+}
+
 fn read_cell(
     cell: XmlNode,
     offline_marked_bare: bool,
+    seen: &mut Seen,
     raw: &mut RawTopology,
 ) -> Result<(), CapabilitiesError> {
     let id = required_id(cell, "a NUMA node id")?;
@@ -185,13 +213,25 @@ fn read_cell(
         for sibling in children(distances, "sibling") {
             let to = required_u32(sibling, "id", "a NUMA node id")?;
             let value = required_u32(sibling, "value", "a NUMA distance")?;
+            // Checked here rather than left to `from_raw`, which would drop
+            // a distance to a missing node and could not say where it is.
+            if !seen.cells.contains(to) {
+                let msg = format!("distance to node {to}, which no <cell> defines");
+                return Err(invalid(sibling, "id", msg));
+            }
+            if !(LOCAL_DISTANCE..=MAX_DISTANCE).contains(&value) {
+                let msg = format!(
+                    "distance {value} from node {id} to node {to} is outside {LOCAL_DISTANCE}-{MAX_DISTANCE}"
+                );
+                return Err(invalid(sibling, "value", msg));
+            }
             node.distances.insert(to, value);
         }
     }
     raw.nodes.push(node);
     if let Some(cpus) = child(cell, "cpus") {
         for cpu in children(cpus, "cpu") {
-            read_cpu(cpu, id, offline_marked_bare, raw)?;
+            read_cpu(cpu, id, offline_marked_bare, seen, raw)?;
         }
     }
     Ok(())
@@ -204,9 +244,15 @@ fn read_pools(cell: XmlNode) -> Result<Vec<PagePool>, CapabilitiesError> {
     for pages in children(cell, "pages") {
         let size = required_u64(pages, "size", "a page size")?;
         let unit = pages.attribute("unit").unwrap_or("KiB");
-        let size_kib =
-            to_kib(size, unit).ok_or_else(|| bad_attribute(pages, "unit", "a size unit"))?;
+        let size_kib = to_kib(size, unit).ok_or_else(|| bad_unit(pages, size))?;
         let total = text_u64(pages, "a page count")?;
+        // The pool's size must be countable: 2^44 pages of 1 GiB would
+        // otherwise wrap to 0 KiB wherever pools are added up.
+        if size_kib.checked_mul(total).is_none() {
+            let msg =
+                format!("{total} pages of {size_kib} KiB is more memory than numapin can count");
+            return Err(invalid(pages, "size", msg));
+        }
         pools.push(PagePool { size_kib, total });
     }
     let smallest = pools.iter().map(|p| p.size_kib).min();
@@ -220,9 +266,14 @@ fn read_cpu(
     cpu: XmlNode,
     node: u32,
     offline_marked_bare: bool,
+    seen: &mut Seen,
     raw: &mut RawTopology,
 ) -> Result<(), CapabilitiesError> {
     let id = required_id(cpu, "a CPU id")?;
+    if let Some(first) = seen.cpus.insert(id, node) {
+        let msg = format!("CPU {id} is listed twice (first in cell {first})");
+        return Err(invalid(cpu, "id", msg));
+    }
     if offline_marked_bare && !has_topology_attributes(cpu) {
         raw.offline_cpus.insert(id);
         return Ok(());
@@ -230,7 +281,7 @@ fn read_cpu(
     let siblings = match cpu.attribute("siblings") {
         Some(text) => text
             .parse::<CpuSet>()
-            .map_err(|_| bad_attribute(cpu, "siblings", "a CPU list"))?,
+            .map_err(|e| invalid(cpu, "siblings", format!("not a CPU list: {e}")))?,
         None => IdSet::new(),
     };
     raw.cpus.push(Cpu {
@@ -254,7 +305,32 @@ fn has_topology_attributes(cpu: XmlNode) -> bool {
 fn memory_kib(memory: XmlNode) -> Result<u64, CapabilitiesError> {
     let value = text_u64(memory, "a memory size")?;
     let unit = memory.attribute("unit").unwrap_or("KiB");
-    to_kib(value, unit).ok_or_else(|| bad_attribute(memory, "unit", "a size unit"))
+    to_kib(value, unit).ok_or_else(|| bad_unit(memory, value))
+}
+
+/// An unknown unit names the known ones; a known one whose amount does not
+/// fit says so.
+fn bad_unit(node: XmlNode, value: u64) -> CapabilitiesError {
+    let unit = node.attribute("unit").unwrap_or("KiB");
+    if units::unit_bytes(unit).is_none() {
+        return bad_attribute(node, "unit", units::KNOWN_UNITS);
+    }
+    invalid(
+        node,
+        "unit",
+        format!("{value} {unit} is more than numapin can count"),
+    )
+}
+
+fn invalid(node: XmlNode, attribute: &'static str, message: String) -> CapabilitiesError {
+    let (line, column) = position(node);
+    let value = node.attribute(attribute).unwrap_or("");
+    CapabilitiesError::Invalid {
+        line,
+        column,
+        context: format!("<{} {attribute}='{value}'>", node.tag_name().name()),
+        message,
+    }
 }
 
 /// Converts `value` in libvirt's `unit` to KiB, rounding down (a capacity
@@ -383,150 +459,4 @@ fn element_as_written(node: XmlNode) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn caps(cells: &str) -> String {
-        format!(
-            "<capabilities>\n  <host>\n    <cpu>\n      <arch>x86_64</arch>\n    </cpu>\n    \
-             <topology>\n      <cells num='1'>\n{cells}\n      </cells>\n    </topology>\n  \
-             </host>\n</capabilities>\n"
-        )
-    }
-
-    #[test]
-    fn bad_cpu_id_names_line_element_and_value() {
-        let xml = caps(
-            "        <cell id='0'>\n          <cpus num='1'>\n            <cpu id='x'/>\n          </cpus>\n        </cell>",
-        );
-        let err = parse(&xml).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "line 10:13: <cpu id='x'>: \"x\" is not a CPU id"
-        );
-    }
-
-    #[test]
-    fn ids_beyond_the_id_set_limit_are_rejected() {
-        let xml = caps(
-            "        <cell id='0'>\n          <cpus num='1'>\n            <cpu id='4000000000'/>\n          </cpus>\n        </cell>",
-        );
-        let msg = parse(&xml).unwrap_err().to_string();
-        assert!(msg.ends_with("\"4000000000\" is not a CPU id"), "{msg}");
-        let msg = parse(&caps("        <cell id='65536'/>"))
-            .unwrap_err()
-            .to_string();
-        assert!(msg.ends_with("\"65536\" is not a NUMA node id"), "{msg}");
-    }
-
-    #[test]
-    fn bad_memory_text_and_unit_are_reported() {
-        let xml = caps(
-            "        <cell id='0'>\n          <memory unit='KiB'>12k</memory>\n        </cell>",
-        );
-        let msg = parse(&xml).unwrap_err().to_string();
-        assert_eq!(
-            msg,
-            "line 9:11: <memory unit='KiB'>: \"12k\" is not a memory size"
-        );
-        let xml = caps(
-            "        <cell id='0'>\n          <memory unit='furlong'>12</memory>\n        </cell>",
-        );
-        let msg = parse(&xml).unwrap_err().to_string();
-        assert!(
-            msg.contains("<memory unit='furlong'>: \"furlong\" is not a size unit"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn missing_and_malformed_attributes() {
-        let msg = parse(&caps("        <cell/>")).unwrap_err().to_string();
-        assert_eq!(msg, "line 8:9: <cell> has no id attribute");
-        let xml = caps(
-            "        <cell id='0'>\n          <cpus num='1'>\n            <cpu id='0' siblings='0,,1'/>\n          </cpus>\n        </cell>",
-        );
-        let msg = parse(&xml).unwrap_err().to_string();
-        assert!(
-            msg.contains("<cpu siblings='0,,1'>: \"0,,1\" is not a CPU list"),
-            "{msg}"
-        );
-        let xml = caps(
-            "        <cell id='0'>\n          <distances>\n            <sibling id='0' value='-10'/>\n          </distances>\n        </cell>",
-        );
-        let msg = parse(&xml).unwrap_err().to_string();
-        assert!(
-            msg.contains("<sibling value='-10'>: \"-10\" is not a NUMA distance"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn rejects_documents_that_are_not_capabilities() {
-        assert!(matches!(
-            parse("<domain/>"),
-            Err(CapabilitiesError::NotCapabilities { .. })
-        ));
-        assert!(matches!(
-            parse("<capabilities/>"),
-            Err(CapabilitiesError::NoHost)
-        ));
-        assert!(matches!(
-            parse("<capabilities><host><cpu/></host></capabilities>"),
-            Err(CapabilitiesError::NoTopology)
-        ));
-        assert!(matches!(
-            parse("<capabilities"),
-            Err(CapabilitiesError::Xml(_))
-        ));
-        assert!(matches!(
-            parse(&caps("")),
-            Err(CapabilitiesError::Topology(TopologyError::NoNodes))
-        ));
-    }
-
-    #[test]
-    fn bare_cpu_next_to_described_ones_is_offline() {
-        let xml = caps(
-            "        <cell id='0'>\n          <cpus num='3'>\n            \
-             <cpu id='0' socket_id='0' core_id='0' siblings='0-1'/>\n            \
-             <cpu id='1'/>\n            \
-             <cpu id='2' socket_id='0' core_id='1' siblings='2'/>\n          </cpus>\n        </cell>",
-        );
-        let topo = parse(&xml).unwrap();
-        assert_eq!(topo.online_cpus().to_string(), "0,2");
-        assert_eq!(topo.offline_cpus.to_string(), "1");
-        assert_eq!(topo.cpu(0).unwrap().siblings.to_string(), "0");
-        assert_eq!(topo.cpu(2).unwrap().die, None);
-    }
-
-    #[test]
-    fn base_pages_are_not_pools() {
-        let xml = caps(
-            "        <cell id='0'>\n          <pages unit='KiB' size='64'>100</pages>\n          \
-             <pages unit='MiB' size='512'>3</pages>\n        </cell>",
-        );
-        let topo = parse(&xml).unwrap();
-        assert_eq!(
-            topo.node(0).unwrap().hugepages,
-            [PagePool {
-                size_kib: 524_288,
-                total: 3
-            }]
-        );
-    }
-
-    #[test]
-    fn host_kind_from_cpu_features() {
-        let cpu = |arch: &str, features: &[&str]| HostCpu {
-            arch: Some(arch.into()),
-            features: features.iter().map(|f| f.to_string()).collect(),
-            ..Default::default()
-        };
-        assert!(cpu("x86_64", &["hypervisor"]).host_kind().is_virtual());
-        assert_eq!(cpu("x86_64", &[]).host_kind(), HostKind::BareMetal);
-        assert_eq!(cpu("aarch64", &[]).host_kind(), HostKind::Unknown);
-        assert!(cpu("x86_64", &["svm"]).virtualization_extensions());
-        assert!(!cpu("x86_64", &["ht"]).virtualization_extensions());
-    }
-}
+mod tests;

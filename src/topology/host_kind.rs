@@ -6,10 +6,11 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fs;
 use std::path::Path;
 
 use serde::Serialize;
+
+use crate::input;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -78,7 +79,7 @@ pub fn cpu_has_virtualization_extensions(root: &Path) -> bool {
 /// when the file is unreadable or has no `flags` line: ARM's `Features`
 /// never carry a hypervisor bit, so they would prove nothing.
 fn cpuinfo_flags(root: &Path) -> Option<BTreeSet<String>> {
-    let bytes = fs::read(root.join("proc/cpuinfo")).ok()?;
+    let bytes = input::read_bytes(&root.join("proc/cpuinfo"), input::PROCFS).ok()?;
     let text = String::from_utf8_lossy(&bytes);
     let mut flags = BTreeSet::new();
     let mut seen = false;
@@ -125,7 +126,7 @@ fn hypervisor_name(
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
-    let bytes = fs::read(path).ok()?;
+    let bytes = input::read_bytes(path, input::SYSFS).ok()?;
     Some(String::from_utf8_lossy(&bytes).trim().to_string())
 }
 
@@ -137,8 +138,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (path, content) in files {
             let path = dir.path().join(path);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, content).unwrap();
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
         }
         dir
     }

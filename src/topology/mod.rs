@@ -19,6 +19,8 @@ pub use host_kind::HostKind;
 
 /// Distance of a node to itself in the ACPI SLIT convention.
 pub const LOCAL_DISTANCE: u32 = 10;
+/// Largest distance the ACPI SLIT encodes (255 means unreachable).
+pub const MAX_DISTANCE: u32 = 254;
 /// Distance assumed between two nodes when the source gives none.
 pub const DEFAULT_REMOTE_DISTANCE: u32 = 20;
 
@@ -102,6 +104,12 @@ pub enum TopologyError {
     DuplicateNode(u32),
     #[error("CPU {0} is listed twice")]
     DuplicateCpu(u32),
+    #[error("no online CPU: every CPU listed is offline, or none is listed")]
+    NoOnlineCpus,
+    #[error("node {from} gives a distance to node {to}, which does not exist")]
+    DistanceToUnknownNode { from: u32, to: u32 },
+    #[error("node {node}: {what} add up to more memory than numapin can count (2^64 KiB)")]
+    MemoryOverflow { node: u32, what: &'static str },
     #[error("CPU {cpu} belongs to node {node}, which does not exist")]
     CpuOnUnknownNode { cpu: u32, node: u32 },
     #[error(
@@ -123,6 +131,11 @@ impl HostTopology {
         } = raw;
         if raw_nodes.is_empty() {
             return Err(TopologyError::NoNodes);
+        }
+        // Checked here, not left to config validation: a host with no CPU
+        // to place on is the input's fault, whatever the config says.
+        if cpus.is_empty() {
+            return Err(TopologyError::NoOnlineCpus);
         }
         raw_nodes.sort_by_key(|n| n.id);
         if let Some(w) = raw_nodes.windows(2).find(|w| w[0].id == w[1].id) {
@@ -147,7 +160,25 @@ impl HostTopology {
             cpu.siblings.insert(cpu.id);
         }
         let mut nodes = Vec::with_capacity(raw_nodes.len());
+        let mut all_kib: u64 = 0;
         for raw in raw_nodes {
+            if let Some(&to) = raw.distances.keys().find(|to| !node_ids.contains(**to)) {
+                return Err(TopologyError::DistanceToUnknownNode { from: raw.id, to });
+            }
+            // Every total derived from these (node memory plus pools, the
+            // host's total) must be countable, so sums never wrap.
+            let overflow = |what| TopologyError::MemoryOverflow { node: raw.id, what };
+            let pools_kib = raw.hugepages.iter().try_fold(0u64, |sum, p| {
+                p.size_kib
+                    .checked_mul(p.total)
+                    .and_then(|kib| sum.checked_add(kib))
+            });
+            let node_kib = pools_kib
+                .and_then(|pools| raw.memory_mib.checked_mul(1024)?.checked_add(pools))
+                .ok_or(overflow("its memory and hugepage pools"))?;
+            all_kib = all_kib
+                .checked_add(node_kib)
+                .ok_or(overflow("the memory of all nodes up to it"))?;
             let mut distances = BTreeMap::new();
             for to in node_ids.iter() {
                 let value = match raw.distances.get(&to) {
@@ -158,7 +189,7 @@ impl HostTopology {
                 let plausible = if to == raw.id {
                     value == LOCAL_DISTANCE
                 } else {
-                    (LOCAL_DISTANCE + 1..=254).contains(&value)
+                    (LOCAL_DISTANCE + 1..=MAX_DISTANCE).contains(&value)
                 };
                 if !plausible {
                     return Err(TopologyError::BadDistance {
@@ -257,7 +288,10 @@ impl HostTopology {
     }
 
     pub fn total_memory_mib(&self) -> u64 {
-        self.nodes.iter().map(|n| n.memory_mib).sum()
+        // `from_raw` checked that the sum fits.
+        self.nodes
+            .iter()
+            .fold(0u64, |sum, n| sum.saturating_add(n.memory_mib))
     }
 }
 
@@ -324,6 +358,7 @@ mod tests {
         bad.distances.insert(1, 5);
         let err = HostTopology::from_raw(RawTopology {
             nodes: vec![bad, raw_node(1)],
+            cpus: vec![cpu(0, 0)],
             ..Default::default()
         })
         .unwrap_err();
@@ -338,6 +373,62 @@ mod tests {
         assert_eq!(
             HostTopology::from_raw(RawTopology::default()).unwrap_err(),
             TopologyError::NoNodes
+        );
+    }
+
+    #[test]
+    fn a_host_without_online_cpus_is_rejected_as_input() {
+        let err = HostTopology::from_raw(RawTopology {
+            nodes: vec![raw_node(0)],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err, TopologyError::NoOnlineCpus);
+    }
+
+    #[test]
+    fn a_distance_to_a_missing_node_is_rejected() {
+        let mut node = raw_node(0);
+        node.distances.insert(7, 20);
+        let err = HostTopology::from_raw(RawTopology {
+            nodes: vec![node],
+            cpus: vec![cpu(0, 0)],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err, TopologyError::DistanceToUnknownNode { from: 0, to: 7 });
+    }
+
+    #[test]
+    fn memory_totals_that_would_wrap_are_rejected() {
+        let mut huge = raw_node(0);
+        huge.hugepages = vec![PagePool {
+            size_kib: 1 << 20,
+            total: 1 << 44,
+        }];
+        let err = HostTopology::from_raw(RawTopology {
+            nodes: vec![huge],
+            cpus: vec![cpu(0, 0)],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, TopologyError::MemoryOverflow { node: 0, .. }),
+            "{err}"
+        );
+        let mut a = raw_node(0);
+        a.memory_mib = u64::MAX / 1024;
+        let mut b = raw_node(1);
+        b.memory_mib = u64::MAX / 1024;
+        let err = HostTopology::from_raw(RawTopology {
+            nodes: vec![a, b],
+            cpus: vec![cpu(0, 0)],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, TopologyError::MemoryOverflow { node: 1, .. }),
+            "{err}"
         );
     }
 }

@@ -18,7 +18,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{Cpu, HostTopology, PagePool, RawNode, RawTopology, TopologyError, host_kind};
+use crate::exit::Exit;
 use crate::idset::{CpuSet, IdSet, MAX_ID, NodeSet};
+use crate::input::{self, InputError};
 
 const CPU_DIR: &str = "sys/devices/system/cpu";
 const NODE_DIR: &str = "sys/devices/system/node";
@@ -29,7 +31,9 @@ const QUOTE_LIMIT: usize = 80;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SysfsError {
-    #[error("reading {path}")]
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("listing {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -52,6 +56,21 @@ pub enum SysfsError {
     CpuWithoutNode { cpu: u32 },
     #[error("inconsistent sysfs topology: {0}")]
     Topology(#[from] TopologyError),
+}
+
+impl SysfsError {
+    /// The exit class: a file that is missing or no file (66) or cannot be
+    /// read (74), as for any input; content that is wrong is bad data (65).
+    pub fn exit(&self) -> Exit {
+        match self {
+            SysfsError::Input(e) => e.exit(),
+            SysfsError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Exit::NoInput
+            }
+            SysfsError::Io { .. } => Exit::IoErr,
+            _ => Exit::DataErr,
+        }
+    }
 }
 
 /// Memory of one node as the daemon observes it over time.
@@ -307,7 +326,7 @@ fn pools(usage: &[HugepageUsage]) -> Vec<PagePool> {
 fn available_kib(path: &Path) -> Result<u64, SysfsError> {
     let free = meminfo_kib(path, "MemFree")?;
     let cache = meminfo_kib(path, "Inactive(file)").unwrap_or(0);
-    Ok(free + cache)
+    Ok(free.saturating_add(cache))
 }
 
 fn meminfo_kib(path: &Path, key: &str) -> Result<u64, SysfsError> {
@@ -335,21 +354,15 @@ fn parse_cpulist(path: &Path, text: &str) -> Result<IdSet, SysfsError> {
 
 /// Reads a file as text; sysfs files are ASCII, but a damaged tree must not
 /// turn into a panic, so invalid bytes become U+FFFD and fail parsing.
+/// `proc/meminfo` is read the same way, under the same cap.
 fn read_text(path: &Path) -> Result<String, SysfsError> {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .map_err(|source| SysfsError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+    Ok(input::read_lossy(path, input::SYSFS)?)
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, SysfsError> {
     match read_text(path) {
         Ok(text) => Ok(Some(text)),
-        Err(SysfsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok(None)
-        }
+        Err(SysfsError::Input(e)) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
     }
 }
