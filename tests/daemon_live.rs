@@ -433,3 +433,72 @@ fn metrics_are_served_on_loopback_and_written_to_a_textfile() {
     let file = std::fs::read_to_string(&textfile).unwrap();
     assert!(file.contains("numapin_cycles_total"), "{file}");
 }
+
+/// Every `numapin_*` name in the alerting rules and the Grafana dashboard
+/// (contrib/) is a series a real daemon exports, so neither can silently
+/// watch a metric that does not exist (a typo, a unit suffix, a rename).
+#[test]
+fn the_alerting_rules_and_the_dashboard_use_only_exported_metrics() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let textfile = tmp.path().join("numapin.prom");
+    let extra = format!("[metrics]\ntextfile = \"{}\"\n", textfile.display());
+    let cfg = config(tmp.path(), "contrib", "0", &extra);
+    let d = TestDomain::start("contrib-a", &spec());
+    let daemon = Daemon::start(&cfg, &[], &[]);
+    wait_for("placement", Duration::from_secs(10), || pinned_to(&d, "1"));
+    // A cycle after placement has measured the placed domain's memory.
+    daemon.wait_log("a cycle after placement", Duration::from_secs(10), |l| {
+        l.matches("cycle:").count() >= 2
+    });
+    let exported = std::fs::read_to_string(&textfile).unwrap();
+    let names: std::collections::BTreeSet<&str> = exported
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+    assert!(names.contains("numapin_cycles_total"), "{exported}");
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut missing = Vec::new();
+    for file in [
+        "contrib/prometheus/numapin-rules.yml",
+        "contrib/grafana/numapin.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let used = metric_names(&text);
+        assert!(!used.is_empty(), "{file} names no numapin metric");
+        for name in used {
+            if !names.contains(name.as_str()) {
+                missing.push(format!("{file}: {name}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in a real daemon's metrics:\n{}\nexported:\n{exported}",
+        missing.join("\n")
+    );
+}
+
+/// The `numapin_[a-z0-9_]+` words of a text.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("numapin_") {
+        let word: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        // Part of a longer word (e.g. `my_numapin_x`) is not a metric name.
+        let boundary = rest[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        if boundary {
+            out.insert(word.clone());
+        }
+        rest = &rest[i + word.len()..];
+    }
+    out
+}

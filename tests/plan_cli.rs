@@ -326,3 +326,52 @@ fn the_bundled_demo_plans_as_documented() {
         "ran nested guests in the last 12 s"
     );
 }
+
+/// The man pages and completions the package ships come from the command
+/// line definition: one page per visible command, with its options and
+/// examples, and completions that know every visible subcommand.
+#[test]
+fn generate_assets_writes_man_pages_and_completions_from_the_cli() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_numapin"))
+        .args(["generate-assets", "--out"])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let read = |rel: &str| {
+        std::fs::read_to_string(out.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    let main = read("man/numapin.1");
+    assert!(main.contains("Exit status"), "{main}");
+    let plan = read("man/numapin-plan.1");
+    assert!(plan.contains("snapshot"), "{plan}");
+    assert!(plan.contains("examples/demo"), "{plan}");
+    let subcommands = [
+        "plan",
+        "topology",
+        "check-config",
+        "snapshot",
+        "status",
+        "apply",
+        "run",
+        "manage",
+        "rebalance",
+        "recover",
+    ];
+    for cmd in subcommands {
+        read(&format!("man/numapin-{cmd}.1"));
+    }
+    // Hidden commands are for the build, not for users.
+    assert!(!out.path().join("man/numapin-generate-assets.1").exists());
+    for file in [
+        "completions/numapin.bash",
+        "completions/_numapin",
+        "completions/numapin.fish",
+    ] {
+        let text = read(file);
+        for cmd in subcommands {
+            assert!(text.contains(cmd), "{file} lacks {cmd}");
+        }
+    }
+}

@@ -127,5 +127,29 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             root,
         } => daemon::run(config, dry_run, root),
         Command::Rebalance { config } => daemon::rebalance(config.as_deref()),
+        Command::GenerateAssets { out } => generate_assets(&out),
     }
+}
+
+/// Man pages (one per visible command) and shell completions, from the
+/// clap definition itself.
+fn generate_assets(out: &Path) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let io = |what: &Path| {
+        let what = what.display().to_string();
+        move |e: std::io::Error| Failure::new(Exit::IoErr, format!("{what}: {e}"))
+    };
+    let man = out.join("man");
+    let completions = out.join("completions");
+    for dir in [&man, &completions] {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    clap_mangen::generate_to(Cli::command(), &man).map_err(io(&man))?;
+    let mut cmd = Cli::command();
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, "numapin", &completions)
+            .map_err(io(&completions))?;
+    }
+    Ok(())
 }
