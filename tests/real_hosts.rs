@@ -316,7 +316,7 @@ fn memory_that_fits_no_cpu_node_overflows_to_the_nearest_memory_only_node() {
     let big = DomainInput::new(domain("big", 8, 96 * 1024), None);
     let p = run_inputs(
         &topo,
-        &[big.clone()],
+        std::slice::from_ref(&big),
         &Observations::default(),
         &Config::default(),
     );

@@ -114,15 +114,17 @@ pub fn check(
                 ));
             }
         }
-        if d.vcpu_load.len() > domain.vcpus_max as usize {
-            return Err((
-                at("vcpu_load"),
-                format!(
-                    "{} loads for a guest with {} vCPUs",
-                    d.vcpu_load.len(),
-                    domain.vcpus_max
-                ),
-            ));
+        for (key, per_vcpu) in [("vcpu_load", &d.vcpu_load), ("vcpu_wait", &d.vcpu_wait)] {
+            if per_vcpu.len() > domain.vcpus_max as usize {
+                return Err((
+                    at(key),
+                    format!(
+                        "{} values for a guest with {} vCPUs",
+                        per_vcpu.len(),
+                        domain.vcpus_max
+                    ),
+                ));
+            }
         }
     }
     let known = topo.online_cpus().union(&topo.offline_cpus);

@@ -4,14 +4,15 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
-use crate::guest::{Domain, DomainPolicy, MemoryMode, VirtCapability};
+use crate::guest::{Domain, DomainPolicy, MemoryMode};
 use crate::idset::{CpuSet, NodeSet};
 use crate::observations::Observations;
 use crate::topology::HostTopology;
 
 use super::DomainInput;
+use super::hypervisor::{Hypervisor, arch_family};
 use super::ledger::Demand;
-use super::score::{Distances, locality, vcpu_node_weights};
+use super::score::Distances;
 
 /// How a managed domain's vCPUs use host CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -45,48 +46,6 @@ impl CpuPolicy {
         match self {
             CpuPolicy::Dedicated => "dedicated",
             CpuPolicy::Shared => "shared",
-        }
-    }
-}
-
-/// Whether a guest is a hypervisor of its own, and on what evidence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hypervisor {
-    /// Its definition (the persistent one where there is one) requires or
-    /// forces vmx/svm.
-    Declared,
-    /// KVM saw it entering nested guests.
-    Observed { last_seen_secs: Option<u64> },
-    /// It could run VMs but is not seen doing so; `measured`: whether
-    /// KVM's counters were read at all.
-    Capable { measured: bool },
-    /// Its CPU cannot run VMs.
-    Unable,
-}
-
-impl Hypervisor {
-    pub fn is_hypervisor(self) -> bool {
-        matches!(self, Hypervisor::Declared | Hypervisor::Observed { .. })
-    }
-}
-
-impl std::fmt::Display for Hypervisor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Hypervisor::Declared => f.write_str("requires vmx/svm in its definition"),
-            Hypervisor::Observed {
-                last_seen_secs: Some(s),
-            } => write!(f, "ran nested guests in the last {} s", (*s).max(1)),
-            Hypervisor::Observed {
-                last_seen_secs: None,
-            } => f.write_str("runs nested guests"),
-            Hypervisor::Capable { measured: true } => {
-                f.write_str("can run nested guests; none seen")
-            }
-            Hypervisor::Capable { measured: false } => {
-                f.write_str("can run nested guests; not measured (no KVM nested counters)")
-            }
-            Hypervisor::Unable => f.write_str("cannot run nested guests"),
         }
     }
 }
@@ -339,7 +298,7 @@ pub struct Analyzer<'a> {
     /// Size used for `<hugepages/>` without an explicit page size.
     pub default_hugepage_kib: u64,
     /// The host's online CPUs: every unpinned vCPU's affinity, built once.
-    online_cpus: CpuSet,
+    pub(super) online_cpus: CpuSet,
     pub distances: Distances,
 }
 
@@ -406,30 +365,6 @@ impl<'a> Analyzer<'a> {
         };
         info.current = self.current(&info);
         info
-    }
-
-    /// Intent from the definition the operator wrote (the persistent one;
-    /// the live one of a transient guest), behaviour from KVM's counters.
-    fn hypervisor(&self, input: &DomainInput) -> Hypervisor {
-        let definition = input.persistent.as_ref().unwrap_or(&input.live);
-        let seen = self
-            .obs
-            .domains
-            .get(&input.live.name)
-            .and_then(|o| o.nested);
-        match (
-            definition.virt_capability(self.topo.virtualization_extensions),
-            seen,
-        ) {
-            (VirtCapability::Required, _) => Hypervisor::Declared,
-            (_, Some(a)) if a.running => Hypervisor::Observed {
-                last_seen_secs: a.last_seen_secs,
-            },
-            (VirtCapability::Possible, seen) => Hypervisor::Capable {
-                measured: seen.is_some(),
-            },
-            (VirtCapability::Unable, _) => Hypervisor::Unable,
-        }
     }
 
     fn management(
@@ -556,176 +491,10 @@ impl<'a> Analyzer<'a> {
             })
             .collect()
     }
-
-    fn current(&self, info: &DomainInfo) -> Current {
-        let d = info.domain;
-        let all = &self.online_cpus;
-        let default_affinity = d.vcpu_cpuset.as_ref().unwrap_or(all);
-        let vcpu_affinity: BTreeMap<u32, CpuSet> = info
-            .online_vcpus
-            .iter()
-            .map(|&v| {
-                let set = d.cputune.vcpupin.get(&v).unwrap_or(default_affinity);
-                (v, set.clone())
-            })
-            .collect();
-        let emulator_affinity = d
-            .cputune
-            .emulatorpin
-            .clone()
-            .unwrap_or_else(|| default_affinity.clone());
-        let iothread_affinity = d
-            .iothreads
-            .iter()
-            .map(|&id| {
-                let set = d.cputune.iothreadpin.get(&id).unwrap_or(&emulator_affinity);
-                (id, set.clone())
-            })
-            .collect();
-        // vCPUs mostly share one affinity: each distinct one is looked at once.
-        let mut cpus = CpuSet::new();
-        let mut pinned = !vcpu_affinity.is_empty();
-        let mut distinct = 0;
-        let mut previous: Option<&CpuSet> = None;
-        for set in vcpu_affinity.values() {
-            if previous == Some(set) {
-                continue;
-            }
-            cpus.union_with(set);
-            pinned = pinned && set != all && self.topo.nodes_of_cpus(set).len() == 1;
-            previous = Some(set);
-            distinct += 1;
-        }
-        let nodes = self.topo.nodes_of_cpus(&cpus);
-        let pinned_over_nodes = distinct == 1 && cpus != *all && nodes.len() > 1;
-        let (memory_mib, memory_observed) = match self.obs.domains.get(&d.name) {
-            Some(o) if !o.memory_mib.is_empty() => (o.memory_mib.clone(), true),
-            _ => (self.estimate_memory(info, &nodes), false),
-        };
-        let cell_memory_mib = match self.obs.domains.get(&d.name) {
-            Some(o) if memory_observed && covers_every_cell(info, &o.cell_memory_mib) => {
-                o.cell_memory_mib.clone()
-            }
-            _ => BTreeMap::new(),
-        };
-        let vcpu_weights = vcpu_node_weights(self.topo, vcpu_affinity.values());
-        let locality = if cell_memory_mib.is_empty() {
-            locality(&self.distances, &vcpu_weights, &memory_mib).0
-        } else {
-            self.cell_locality(info, &vcpu_affinity, &memory_mib, &cell_memory_mib)
-        };
-        Current {
-            cell_memory_mib,
-            resident_mib: memory_mib.values().sum(),
-            vcpu_affinity,
-            emulator_affinity,
-            iothread_affinity,
-            nodes,
-            memory_mib,
-            memory_observed,
-            pinned,
-            pinned_over_nodes,
-            vcpu_weights,
-            locality,
-        }
-    }
-
-    /// Locality measured cell by cell: each cell's RAM against its own
-    /// vCPUs, and the rest of the process (QEMU's own heap, devices)
-    /// against all of them.
-    fn cell_locality(
-        &self,
-        info: &DomainInfo,
-        affinity: &BTreeMap<u32, CpuSet>,
-        memory_mib: &BTreeMap<u32, u64>,
-        cells: &BTreeMap<u32, BTreeMap<u32, u64>>,
-    ) -> f64 {
-        let (mut sum, mut total) = (0.0, 0u64);
-        let mut rest = memory_mib.clone();
-        for piece in &info.pieces {
-            let Some(mem) = piece.cell.and_then(|c| cells.get(&c)) else {
-                continue;
-            };
-            for (node, mib) in mem {
-                if let Some(left) = rest.get_mut(node) {
-                    *left = left.saturating_sub(*mib);
-                }
-            }
-            let w = vcpu_node_weights(
-                self.topo,
-                piece.vcpus.iter().filter_map(|v| affinity.get(v)),
-            );
-            let (l, mib) = locality(&self.distances, &w, mem);
-            sum += l * mib as f64;
-            total += mib;
-        }
-        let all = vcpu_node_weights(self.topo, affinity.values());
-        let (l, mib) = locality(&self.distances, &all, &rest);
-        sum += l * mib as f64;
-        total += mib;
-        if total == 0 { 1.0 } else { sum / total as f64 }
-    }
-
-    /// Where the memory most likely is without a measurement: on the bound
-    /// nodes; else where the vCPUs run (first touch follows them); else
-    /// spread in proportion to node size.
-    fn estimate_memory(&self, info: &DomainInfo, vcpu_nodes: &NodeSet) -> BTreeMap<u32, u64> {
-        // Cells bound by `<memnode>` are on their bound nodes.
-        if info.pieces.iter().any(|p| p.bound.is_some()) {
-            let mut out = BTreeMap::new();
-            for piece in &info.pieces {
-                let nodes = piece.bound.as_ref().unwrap_or(vcpu_nodes);
-                for (n, mib) in self.by_node_size(piece.mem_mib, nodes) {
-                    *out.entry(n).or_default() += mib;
-                }
-            }
-            return out;
-        }
-        let bound = info
-            .domain
-            .numatune
-            .as_ref()
-            .and_then(|n| n.nodeset.clone())
-            .filter(|s| !s.is_empty());
-        let nodes = bound.unwrap_or_else(|| vcpu_nodes.clone());
-        self.by_node_size(info.mem_mib, &nodes)
-    }
-
-    /// `mib` spread over `nodes` (every node when empty) in proportion to
-    /// their size.
-    fn by_node_size(&self, mib: u64, nodes: &NodeSet) -> BTreeMap<u32, u64> {
-        let all;
-        let nodes = if nodes.is_empty() {
-            all = self.topo.node_ids();
-            &all
-        } else {
-            nodes
-        };
-        let weights: Vec<(u32, u64)> = nodes
-            .iter()
-            .filter_map(|n| self.topo.node(n).map(|node| (n, node.memory_mib.max(1))))
-            .collect();
-        distribute(mib, &weights)
-    }
 }
 
 /// Mean vCPU load below which a measured guest counts as idle.
 const IDLE_LOAD: f64 = 0.1;
-
-/// i686 guests run natively on x86_64 hosts.
-fn arch_family(arch: &str) -> &str {
-    match arch {
-        "i686" | "x86_64" => "x86",
-        other => other,
-    }
-}
-
-/// Whether `cells` holds a measurement for every guest cell of the domain
-/// (and it has more than one: a single cell is the whole guest).
-fn covers_every_cell(info: &DomainInfo, cells: &BTreeMap<u32, BTreeMap<u32, u64>>) -> bool {
-    let ids: Vec<u32> = info.pieces.iter().filter_map(|p| p.cell).collect();
-    ids.len() > 1 && ids.len() == cells.len() && ids.iter().all(|c| cells.contains_key(c))
-}
 
 /// Splits `total` over keys in proportion to weights, exactly (the remainder
 /// goes to the first keys), so estimates always add up.

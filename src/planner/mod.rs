@@ -13,7 +13,9 @@ pub mod advice;
 pub mod cell_memory;
 pub mod choose;
 pub mod cpus;
+mod current;
 pub mod domain_info;
+mod hypervisor;
 mod improve;
 pub mod ledger;
 mod outcome;
@@ -32,7 +34,8 @@ use crate::observations::Observations;
 use crate::topology::HostTopology;
 
 pub use actions::Action;
-pub use domain_info::{CpuPolicy, Hypervisor, MemoryHandling};
+pub use domain_info::{CpuPolicy, MemoryHandling};
+pub use hypervisor::Hypervisor;
 pub use score::Score;
 
 use choose::{Budget, Chooser, Decision};
