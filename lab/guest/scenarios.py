@@ -293,7 +293,10 @@ def nested(repo):
     cells on distinct nodes, memory there, each cell's RAM on its own
     cell's node."""
     t = topo()
-    daemon(repo, "numapin-nested.log")
+    # A node may dedicate up to planner.max_dedicated_share (0.5) of its
+    # CPUs by default: a lab node of one or two CPUs could then dedicate
+    # none or one. The lab has no shared guest to keep CPUs for.
+    daemon(repo, "numapin-nested.log", planner__max_dedicated_share=1.0)
     per = min(len(c) for c in t.nodes.values())
     p = start("nested", 144, vcpus=2 * per, busy=False, cells=[64, 80], nested=True)
 
