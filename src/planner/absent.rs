@@ -10,12 +10,28 @@ use std::collections::BTreeMap;
 use crate::idset::{IdSet, NodeSet};
 use crate::topology::HostTopology;
 
+/// The CPUs and nodes a host has, online or not: what a pin or binding may
+/// name. Built once per plan.
+pub struct Known {
+    cpus: IdSet,
+    nodes: NodeSet,
+}
+
+impl Known {
+    pub fn new(topo: &HostTopology) -> Self {
+        Self {
+            cpus: topo.online_cpus().union(&topo.offline_cpus),
+            nodes: topo.node_ids(),
+        }
+    }
+}
+
 /// Puts what `d` names but nobody has into its plan: first in its advice,
 /// in its reason when it found no fit (a binding to a missing node is then
 /// why), and its current locality is not counted as local: threads pinned
 /// to no CPU, or memory bound to no node, are local to nothing.
-pub fn report(topo: &HostTopology, d: &Domain, plan: &mut DomainPlan) {
-    let (host, guest) = absent(topo, d);
+pub fn report(known: &Known, d: &Domain, plan: &mut DomainPlan) {
+    let (host, guest) = absent(known, d);
     if !host.is_empty() {
         plan.current.locality = 0.0;
         if plan.status == Status::NoFit {
@@ -31,9 +47,8 @@ pub fn report(topo: &HostTopology, d: &Domain, plan: &mut DomainPlan) {
 /// first list) or the guest lacks (the second), e.g. "vCPUs 0-1 are pinned
 /// to CPUs 200-201, which this host lacks". vCPUs or IOThreads missing the
 /// same CPUs share a sentence, so a large guest gives a short list.
-pub fn absent(topo: &HostTopology, d: &Domain) -> (Vec<String>, Vec<String>) {
-    let cpus = topo.online_cpus().union(&topo.offline_cpus);
-    let nodes = topo.node_ids();
+pub fn absent(known: &Known, d: &Domain) -> (Vec<String>, Vec<String>) {
+    let (cpus, nodes) = (&known.cpus, &known.nodes);
     let mut host = Vec::new();
     let lacks = |what: &str, verb: &str, kind: &str, missing: &IdSet| {
         format!(
@@ -42,7 +57,7 @@ pub fn absent(topo: &HostTopology, d: &Domain) -> (Vec<String>, Vec<String>) {
         )
     };
     if let Some(set) = d.vcpu_cpuset.as_ref().filter(|_| !d.vcpu_placement_auto) {
-        let missing = set.difference(&cpus);
+        let missing = set.difference(cpus);
         if !missing.is_empty() {
             host.push(lacks("<vcpu cpuset> is", "pinned", "CPU", &missing));
         }
@@ -53,7 +68,7 @@ pub fn absent(topo: &HostTopology, d: &Domain) -> (Vec<String>, Vec<String>) {
     ] {
         let mut by_missing: BTreeMap<IdSet, IdSet> = BTreeMap::new();
         for (&id, set) in pins {
-            let missing = set.difference(&cpus);
+            let missing = set.difference(cpus);
             if !missing.is_empty() {
                 by_missing.entry(missing).or_default().insert(id);
             }
@@ -68,20 +83,20 @@ pub fn absent(topo: &HostTopology, d: &Domain) -> (Vec<String>, Vec<String>) {
         }
     }
     if let Some(set) = &d.cputune.emulatorpin {
-        let missing = set.difference(&cpus);
+        let missing = set.difference(cpus);
         if !missing.is_empty() {
             host.push(lacks("its emulator is", "pinned", "CPU", &missing));
         }
     }
     if let Some(tune) = &d.numatune {
         if let Some(set) = tune.nodeset.as_ref().filter(|_| !tune.placement_auto) {
-            let missing = set.difference(&nodes);
+            let missing = set.difference(nodes);
             if !missing.is_empty() {
                 host.push(lacks("its memory is", "bound", "node", &missing));
             }
         }
         for m in &tune.memnodes {
-            let missing = m.nodeset.difference(&nodes);
+            let missing = m.nodeset.difference(nodes);
             if !missing.is_empty() {
                 let what = format!("guest cell {}'s memory is", m.cellid);
                 host.push(lacks(&what, "bound", "node", &missing));

@@ -309,8 +309,9 @@ pub fn plan(input: &PlanInput) -> Plan {
             at.domain_plan(info, decision.as_ref(), pins, later)
         })
         .collect();
+    let known = absent::Known::new(topo);
     for (plan, info) in domains.iter_mut().zip(&infos) {
-        absent::report(topo, info.domain, plan);
+        absent::report(&known, info.domain, plan);
     }
     let nodes = topo
         .nodes

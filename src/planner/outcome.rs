@@ -152,7 +152,11 @@ impl Context<'_> {
     /// changes.
     fn off_dedicated_cpus(&self, info: &DomainInfo, plan: &mut DomainPlan) {
         let cur = &info.current;
-        if self.dedicated.is_empty() {
+        let on_dedicated = |set: &CpuSet| set.intersects(self.dedicated);
+        if !cur.vcpu_affinity.values().any(on_dedicated)
+            && !on_dedicated(&cur.emulator_affinity)
+            && !cur.iothread_affinity.values().any(on_dedicated)
+        {
             return;
         }
         let elsewhere = |set: &CpuSet| {
