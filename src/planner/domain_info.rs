@@ -517,9 +517,18 @@ pub fn distribute_shares(total: u64, weights: &[u64], out: &mut Vec<u64>) {
         out.resize(weights.len(), 0);
         return;
     }
+    // The same shares in 64-bit arithmetic where no product overflows (the
+    // planner's inner loops split vCPUs and MiB: they always fit).
+    let narrow = u64::try_from(sum).ok().filter(|_| {
+        let largest = weights.iter().copied().max().unwrap_or(0);
+        total.checked_mul(largest).is_some()
+    });
     let mut given = 0;
     for w in weights {
-        let share = (total as u128 * *w as u128 / sum) as u64;
+        let share = match narrow {
+            Some(sum) => total * *w / sum,
+            None => (total as u128 * *w as u128 / sum) as u64,
+        };
         out.push(share);
         given += share;
     }

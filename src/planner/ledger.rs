@@ -51,6 +51,8 @@ pub struct Ledger {
     pub ids: Vec<u32>,
     /// CPUs guests may use (online, not reserved).
     pub usable: Vec<CpuSet>,
+    /// How many: asked in the planner's inner loops.
+    usable_len: Vec<usize>,
     /// Usable CPUs weighted by the share of time not stolen.
     pub cpu_capacity: Vec<f64>,
     /// MiB of normal memory guests may still take.
@@ -100,6 +102,7 @@ impl Ledger {
                 .iter()
                 .map(|n| n.cpus.difference(&config.host.reserved_cpus))
                 .collect(),
+            usable_len: Vec::new(),
             cpu_capacity: Vec::new(),
             mem_free: Vec::new(),
             mem_capacity: Vec::new(),
@@ -110,6 +113,7 @@ impl Ledger {
             overcommit: config.planner.cpu_overcommit,
             ids,
         };
+        ledger.usable_len = ledger.usable.iter().map(CpuSet::len).collect();
         let share = config.planner.max_dedicated_share;
         ledger.max_dedicated = ledger
             .usable
@@ -215,14 +219,12 @@ impl Ledger {
     }
 
     pub fn has_cpus(&self, i: usize) -> bool {
-        !self.usable[i].is_empty()
+        self.usable_len[i] > 0
     }
 
     /// CPUs left for shared vCPUs once dedicated ones are served.
     pub fn shared_cpus(&self, i: usize) -> usize {
-        self.usable[i]
-            .len()
-            .saturating_sub(self.dedicated[i] as usize)
+        self.usable_len[i].saturating_sub(self.dedicated[i] as usize)
     }
 
     /// Whether the node can take the part under the given CPU policy.
@@ -243,7 +245,7 @@ impl Ledger {
     /// Shared vCPU demand the node takes in all: its CPUs left to shared
     /// vCPUs, weighted by time not stolen, times the overcommit.
     pub fn shared_capacity(&self, i: usize) -> f64 {
-        self.cpu_capacity[i] * self.shared_cpus(i) as f64 / self.usable[i].len().max(1) as f64
+        self.cpu_capacity[i] * self.shared_cpus(i) as f64 / self.usable_len[i].max(1) as f64
             * self.overcommit
     }
 
@@ -268,7 +270,7 @@ impl Ledger {
             0
         };
         let by_share = self.max_dedicated[i] as i64 - self.dedicated[i] as i64;
-        let by_shared = self.usable[i].len() as i64 - self.dedicated[i] as i64 - needed;
+        let by_shared = self.usable_len[i] as i64 - self.dedicated[i] as i64 - needed;
         by_share.min(by_shared)
     }
 
