@@ -227,10 +227,10 @@ impl Sampler {
                 Some(((d.r.uuid.clone(), d.r.id), tasks))
             })
             .collect();
-        let mut stats = if std::env::var_os("NP_NOSTATS").is_some() { BTreeMap::new() } else { self.libvirt.vcpu_stats().unwrap_or_else(|e| {
+        let mut stats = self.libvirt.vcpu_stats().unwrap_or_else(|e| {
             tracing::debug!(error = %e, "no vCPU stats from libvirt");
             BTreeMap::new()
-        }) };
+        });
         let vcpu_stats = domains
             .iter()
             .filter_map(|d| {
