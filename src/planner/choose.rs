@@ -194,24 +194,8 @@ impl Chooser<'_> {
         if !info.current.memory_observed {
             return;
         }
-        self.hold_memory_outside(info, &NodeSet::new());
-        for (&node, &w) in &info.current.vcpu_weights {
-            if let Some(i) = self.ledger.index(node) {
-                self.ledger.shared_load[i] += info.load * w;
-            }
-        }
-    }
-
-    /// Takes again, in the ledger, the measured memory the domain has
-    /// outside `nodes`: it stays there until a later cycle moves it.
-    fn hold_memory_outside(&mut self, info: &DomainInfo, nodes: &NodeSet) {
-        if !info.current.memory_observed {
-            return;
-        }
         for (&node, &mib) in &info.current.memory_mib {
-            if let Some(i) = self.ledger.index(node)
-                && !nodes.contains(node)
-            {
+            if let Some(i) = self.ledger.index(node) {
                 let demand = Demand {
                     vcpus: 0,
                     mem_mib: mib,
@@ -219,6 +203,11 @@ impl Chooser<'_> {
                     load: 0.0,
                 };
                 self.ledger.reserve(i, &demand, CpuPolicy::Shared);
+            }
+        }
+        for (&node, &w) in &info.current.vcpu_weights {
+            if let Some(i) = self.ledger.index(node) {
+                self.ledger.shared_load[i] += info.load * w;
             }
         }
     }
@@ -485,20 +474,23 @@ impl Chooser<'_> {
         }
         let pol = policy(info);
         let demand = piece.demand();
-        // Capacity allows it only as long as the node is not overloaded:
-        // its demand within its CPUs and memory, not just the overcommit.
-        let fitting: Vec<usize> = (0..self.ledger.ids.len())
-            .filter(|&i| self.is_candidate(info, i) && self.ledger.fits(i, &demand, pol))
-            .collect();
-        let mut unloaded = Vec::new();
-        for i in fitting {
-            if self.ledger.pressure_with(i, &demand, pol) <= 1.0 {
-                unloaded.push((info.memory_share_on_node(self.ledger.ids[i]), i));
+        // The largest share, the lowest node on a tie. Capacity allows a
+        // node only as long as it is not overloaded: its demand within its
+        // CPUs and memory, not just the overcommit.
+        let mut best: Option<(f64, usize)> = None;
+        for i in 0..self.ledger.ids.len() {
+            if !self.is_candidate(info, i)
+                || !self.ledger.fits(i, &demand, pol)
+                || self.ledger.pressure_with(i, &demand, pol) > 1.0
+            {
+                continue;
+            }
+            let share = info.memory_share_on_node(self.ledger.ids[i]);
+            if best.is_none_or(|(b, _)| share > b) {
+                best = Some((share, i));
             }
         }
-        let (share, i) = unloaded
-            .into_iter()
-            .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))?;
+        let (share, i) = best?;
         Some((vec![part_of(piece, self.ledger.ids[i])], share))
     }
 

@@ -99,26 +99,22 @@ pub fn build(
         }
         let observed = state.observations.domains.get(&live.r.name);
         let memory_mib = observed.map(|o| o.memory_mib.clone()).unwrap_or_default();
-        let wait = observed.map(|o| &o.vcpu_wait).filter(|w| !w.is_empty());
-        if let Some(wait) = wait {
-            let total: f64 = info
-                .online_vcpus
-                .iter()
-                .filter_map(|v| wait.get(*v as usize))
-                .sum();
+        // The online vCPUs' summed wait, in CPUs, when it was measured.
+        let wait_total: Option<f64> = observed
+            .map(|o| &o.vcpu_wait)
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                info.online_vcpus
+                    .iter()
+                    .filter_map(|v| w.get(*v as usize))
+                    .sum()
+            });
+        if let Some(total) = wait_total {
             for (node, w) in &weights {
                 *waiting.entry(*node).or_default() += total * w;
             }
         }
-        let vcpu_wait = wait.map(|w| {
-            let n = info.vcpu_count().max(1) as f64;
-            let total: f64 = info
-                .online_vcpus
-                .iter()
-                .filter_map(|v| w.get(*v as usize))
-                .sum();
-            round2(total / n)
-        });
+        let vcpu_wait = wait_total.map(|total| round2(total / info.vcpu_count().max(1) as f64));
         let locality =
             (!memory_mib.is_empty()).then(|| locality(&distances, &weights, &memory_mib).0);
         let planned = plan.domains.iter().find(|p| p.uuid == live.r.uuid);
