@@ -47,6 +47,18 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// Moves pages toward a placement already applied. Such steps are not
+    /// part of a transaction: the daemon's background mover carries them
+    /// out at the configured rate, and they are never rolled back.
+    pub fn is_page_move(&self) -> bool {
+        matches!(
+            self,
+            Action::MigratePages { .. } | Action::MoveCellMemory { .. }
+        )
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -93,13 +93,22 @@ pub struct Chooser<'a> {
     pub mib_per_cycle: u64,
     pub ledger: Ledger,
     pub budget: Budget,
-    /// Per domain (by index): MiB of memory whose move waits for a later
-    /// cycle because this cycle's migration budget is spent. Its vCPUs are
-    /// placed all the same: pinning is cheap, moving memory is what costs.
-    pub memory_later: Vec<Option<u64>>,
     /// Pieces no split could hold while guests were being placed (see
     /// [`super::split`]).
     pub split_failures: Vec<SplitFailure>,
+}
+
+/// Resident memory from which a guest counts as settled where it is (see
+/// [`has_settled_memory`]), MiB.
+const SETTLED_MIB: u64 = 1024;
+
+/// Whether a guest has touched enough memory that where it is matters
+/// more than where balance would put it: half its RAM, or a GiB. A guest
+/// just started has touched far less (a Linux boot touches a few hundred
+/// MiB), and moving that is cheap.
+pub(super) fn has_settled_memory(info: &DomainInfo) -> bool {
+    let resident = info.current.resident_mib;
+    resident >= SETTLED_MIB.min(info.mem_mib / 2).max(1)
 }
 
 pub(super) fn policy(info: &DomainInfo) -> CpuPolicy {
@@ -148,26 +157,22 @@ impl Chooser<'_> {
     /// `infos` in the order they are served.
     pub fn decide(&mut self, infos: &[DomainInfo], order: &[usize]) -> Vec<Option<Decision>> {
         let mut decisions: Vec<Option<Decision>> = vec![None; infos.len()];
-        self.memory_later = vec![None; infos.len()];
         for &i in order {
             if let Some(parts) = self.settled_parts(&infos[i])
                 && self.try_reserve(&parts, policy(&infos[i]))
             {
-                // Memory still on its way to a kept placement moves as the
-                // budget allows.
+                // Memory still on its way to a kept placement keeps
+                // moving in the background at the configured rate. It is
+                // counted against the cycle's budget all the same, so that
+                // moves of placed guests wait while much is still moving.
                 let mib = migrate_mib(&infos[i], &cells_of(&parts), &memory_nodes_of(&parts));
-                if self.budget.affords(false, mib) {
-                    self.budget.spend(false, mib);
-                } else {
-                    self.memory_later[i] = Some(mib);
-                }
+                self.budget.spend(false, mib);
                 decisions[i] = Some(Decision::Kept(parts));
             }
         }
         for &i in order {
             if decisions[i].is_none() {
-                let (decision, later) = self.place(&infos[i]);
-                self.memory_later[i] = later;
+                let decision = self.place(&infos[i]);
                 if matches!(decision, Decision::Deferred(_) | Decision::NoFit(_)) {
                     self.hold_where_it_is(&infos[i]);
                 }
@@ -370,7 +375,7 @@ impl Chooser<'_> {
 
     /// A new placement for the domain, and the MiB whose move waits for a
     /// later cycle, if any.
-    pub(super) fn place(&mut self, info: &DomainInfo) -> (Decision, Option<u64>) {
+    pub(super) fn place(&mut self, info: &DomainInfo) -> Decision {
         let pol = policy(info);
         let result = if info.pieces.iter().any(|p| p.cell.is_some()) {
             self.place_cells(info)
@@ -396,16 +401,19 @@ impl Chooser<'_> {
         };
         let (mut parts, mut why) = match result {
             Ok(found) => found,
-            Err(reason) => return (Decision::NoFit(reason), None),
+            Err(reason) => return Decision::NoFit(reason),
         };
         let mut nodes = nodes_of(&parts);
         let is_move = is_move(info, &nodes);
         let mut mib = migrate_mib(info, &cells_of(&parts), &memory_nodes_of(&parts));
-        // Memory that cannot move this cycle: confine the guest where most
-        // of its memory is instead, so its locality rises at once with
-        // nothing migrated; balance comes later from moves that pay.
+        // A running guest whose memory has settled somewhere is confined
+        // where most of it is: its locality rises at once with nothing
+        // migrated, and balance comes later from moves that pay for what
+        // they migrate. A guest that touched little memory yet goes where
+        // balance says.
         if !is_move
-            && !self.budget.affords(false, mib)
+            && mib > 0
+            && has_settled_memory(info)
             && let Some((home, share)) = self.home(info)
         {
             let home_mib = migrate_mib(info, &cells_of(&home), &memory_nodes_of(&home));
@@ -421,45 +429,29 @@ impl Chooser<'_> {
                 mib = home_mib;
             }
         }
-        // A first confinement never waits: its vCPUs go now, its memory
-        // when a cycle's budget allows. Only moves of placed domains are
-        // held back by the budgets.
-        if !is_move && !self.budget.affords(false, mib) {
-            if !self.try_reserve(&parts, pol) {
-                return (
-                    Decision::NoFit("no room once its pieces are combined".into()),
-                    None,
-                );
-            }
-            // The ledger plans the end state: the memory on its target.
-            // Taking it at its source too would count it twice, and a busy
-            // host whose memory must mostly move could not be confined.
-            return (Decision::Placed { parts, why }, Some(mib));
-        }
-        if !self.budget.affords(is_move, mib) {
-            let spent = if is_move && self.budget.moves_left == 0 {
+        // A first confinement never waits for a budget: its vCPUs go now,
+        // its memory follows in the background at the configured rate.
+        // Only moves of placed domains are held back by the budgets.
+        if is_move && !self.budget.affords(is_move, mib) {
+            let spent = if self.budget.moves_left == 0 {
                 "move budget (planner.max_moves_per_cycle)".to_string()
             } else {
                 format!(
-                    "migration budget ({} MiB left; planner.max_migrate_mib_per_cycle)",
+                    "migration budget ({} MiB left after the memory still moving; planner.max_migrate_mib_per_cycle)",
                     self.budget.mib_left
                 )
             };
-            return (
-                Decision::Deferred(format!(
-                    "would go to node(s) {nodes} ({mib} MiB to migrate) but this cycle's {spent} is spent"
-                )),
-                None,
-            );
+            return Decision::Deferred(format!(
+                "would go to node(s) {nodes} ({mib} MiB to migrate) but this cycle's {spent} is spent"
+            ));
         }
         if !self.try_reserve(&parts, pol) {
-            return (
-                Decision::NoFit("no room once its pieces are combined".into()),
-                None,
-            );
+            return Decision::NoFit("no room once its pieces are combined".into());
         }
+        // A first confinement's memory is spent even past the budget: it
+        // moves anyway, and moves of placed guests wait for it.
         self.budget.spend(is_move, mib);
-        (Decision::Placed { parts, why }, None)
+        Decision::Placed { parts, why }
     }
 
     /// A guest without cells, whole on the CPU node that holds most of its

@@ -292,7 +292,6 @@ pub fn plan(input: &PlanInput) -> Plan {
         decisions,
         pins,
         dedicated,
-        memory_later,
     } = round;
     let at = outcome::Context {
         topo,
@@ -304,10 +303,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         .iter()
         .zip(&decisions)
         .zip(pins)
-        .zip(memory_later)
-        .map(|(((info, decision), pins), later)| {
-            at.domain_plan(info, decision.as_ref(), pins, later)
-        })
+        .map(|((info, decision), pins)| at.domain_plan(info, decision.as_ref(), pins))
         .collect();
     let known = absent::Known::new(topo);
     for (plan, info) in domains.iter_mut().zip(&infos) {
@@ -344,8 +340,6 @@ struct Round {
     pins: Vec<Option<Pins>>,
     /// Host CPUs dedicated vCPUs hold after the plan.
     dedicated: CpuSet,
-    /// Per domain: MiB whose move waits for a later cycle's budget.
-    memory_later: Vec<Option<u64>>,
 }
 
 fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]) -> Round {
@@ -371,7 +365,6 @@ fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]
             mib_left: p.max_migrate_mib_per_cycle,
             spent_any: false,
         },
-        memory_later: Vec::new(),
         split_failures: Vec::new(),
     };
     let mut decisions = chooser.decide(infos, &order);
@@ -405,7 +398,6 @@ fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]
         decisions,
         pins,
         dedicated: assigner.claimed,
-        memory_later: std::mem::take(&mut chooser.memory_later),
     }
 }
 

@@ -29,7 +29,6 @@ impl Context<'_> {
         info: &DomainInfo,
         decision: Option<&Decision>,
         pins: Option<Pins>,
-        memory_later: Option<u64>,
     ) -> DomainPlan {
         let (topo, distances) = (self.topo, self.distances);
         let d = info.domain;
@@ -78,8 +77,11 @@ impl Context<'_> {
             (decision, &info.managed, parts, pins)
         {
             fill_target(topo, distances, info, decision, parts, pins, &mut plan);
-            if let Some(mib) = memory_later {
-                self.memory_follows_later(info, mib, &mut plan);
+            if plan.migrate_mib > 0 && info.memory == MemoryHandling::Migrate {
+                plan.reason.push_str(&format!(
+                    "; its memory follows ({} MiB to move)",
+                    plan.migrate_mib
+                ));
             }
             if let Some(why) = &info.shared_instead {
                 plan.reason = format!(
@@ -124,26 +126,6 @@ impl Context<'_> {
             (Some(_), Ok(_)) => unreachable!("placed decisions have parts and pins"),
         }
         plan
-    }
-
-    /// The cycle's migration budget is spent: the domain gets its pins now
-    /// and its memory in a later cycle, so this plan moves none of it.
-    fn memory_follows_later(&self, info: &DomainInfo, mib: u64, plan: &mut DomainPlan) {
-        plan.actions.retain(|a| {
-            matches!(
-                a,
-                Action::Emulatorpin { .. } | Action::Iothreadpin { .. } | Action::Vcpupin { .. }
-            )
-        });
-        plan.migrate_mib = 0;
-        let w = vcpu_node_weights(self.topo, plan.vcpupin.values());
-        plan.locality_after = round3(locality(self.distances, &w, &info.current.memory_mib).0);
-        if plan.actions.is_empty() {
-            plan.status = Status::Kept;
-        }
-        plan.reason.push_str(&format!(
-            "; its memory ({mib} MiB to move) follows in a later cycle: this cycle's migration budget (planner.max_migrate_mib_per_cycle) is spent"
-        ));
     }
 
     /// A managed domain that keeps its place this cycle still leaves the CPUs
@@ -234,7 +216,10 @@ fn fill_target(
             Status::Moved,
             format!("{} -> {nodes}: {why}", info.current.nodes),
         ),
-        Decision::Placed { why, .. } if plan.actions.is_empty() => (Status::Kept, why.clone()),
+        // Only memory to move: the placement is the one it has.
+        Decision::Placed { why, .. } if plan.actions.iter().all(Action::is_page_move) => {
+            (Status::Kept, why.clone())
+        }
         Decision::Placed { why, .. } => (Status::Placed, why.clone()),
         _ => unreachable!("only placed decisions reach here"),
     };
