@@ -169,6 +169,10 @@ pub struct ApplyConfig {
     /// migrate_pages(2) after their vCPUs are pinned. Off: their memory
     /// stays, and only new allocations follow the vCPUs.
     pub migrate_memory: bool,
+    /// Host-wide rate, in MiB/s, at which the daemon moves guests' memory
+    /// to where they were confined, in the background. A restrictive
+    /// nodeset change (libvirt migrates it in one call) counts against it.
+    pub migrate_rate_mib_s: u64,
     /// Share of a domain's resident memory that must be on its target nodes
     /// for a memory move to count as done (0-1).
     pub memory_on_target_share: f64,
@@ -183,6 +187,7 @@ impl Default for ApplyConfig {
         Self {
             persist: false,
             migrate_memory: true,
+            migrate_rate_mib_s: 256,
             memory_on_target_share: 0.9,
             memory_verify_timeout_secs: 60,
             state_dir: PathBuf::from("/var/lib/numapin"),
@@ -330,6 +335,15 @@ impl Config {
                 format!(
                     "{} is not between 0 and 1",
                     self.apply.memory_on_target_share
+                ),
+            );
+        }
+        if !(1..=1024 * 1024).contains(&self.apply.migrate_rate_mib_s) {
+            return bad(
+                "apply.migrate_rate_mib_s",
+                format!(
+                    "{} is not between 1 and 1048576",
+                    self.apply.migrate_rate_mib_s
                 ),
             );
         }

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod converge;
 pub mod daemon;
 pub mod exit;
 pub mod guest;

@@ -56,6 +56,12 @@ pub struct DomainGauge {
     /// Its threads may run on CPUs dedicated to other guests (a domain
     /// numapin leaves alone).
     pub on_dedicated_cpus: bool,
+    /// MiB of its memory still to move to its placement; `None` when
+    /// nothing is moving.
+    pub memory_to_move_mib: Option<u64>,
+    /// Seconds since numapin confined it where it is; `None` when numapin
+    /// did not place it.
+    pub confined_secs: Option<f64>,
 }
 
 /// One host NUMA node, as the last cycle saw it.
@@ -121,6 +127,10 @@ pub struct Metrics {
     domain_nested_hypervisor: Family<DomainLabel, UintGauge>,
     domain_vcpu_wait: Family<DomainLabel, FloatGauge>,
     domain_on_dedicated_cpus: Family<DomainLabel, UintGauge>,
+    domain_memory_to_move: Family<DomainLabel, UintGauge>,
+    domain_confined: Family<DomainLabel, FloatGauge>,
+    memory_moved: Counter,
+    memory_move_rate_limit: FloatGauge,
     node_dedicated_cpus: Family<NodeLabel, UintGauge>,
     node_vcpu_wait: Family<NodeLabel, FloatGauge>,
     node_free_memory: Family<NodeLabel, UintGauge>,
@@ -274,6 +284,35 @@ impl Metrics {
             domain_on_dedicated_cpus.clone(),
         );
 
+        let domain_memory_to_move = Family::default();
+        let domain_confined = Family::default();
+        let memory_moved = Counter::default();
+        let memory_move_rate_limit = FloatGauge::default();
+        r.register_with_unit(
+            "domain_memory_to_move",
+            "Memory of the domain still to move to where it is confined, in the background; absent when none is moving",
+            mib(),
+            domain_memory_to_move.clone(),
+        );
+        r.register_with_unit(
+            "domain_confined",
+            "Time since numapin confined the domain where it is; absent for domains numapin did not place",
+            Unit::Seconds,
+            domain_confined.clone(),
+        );
+        r.register_with_unit(
+            "memory_moved",
+            "Guest memory the background mover moved between nodes since the daemon started (rate() gives MiB/s)",
+            mib(),
+            memory_moved.clone(),
+        );
+        r.register_with_unit(
+            "memory_move_rate_limit",
+            "Host-wide rate the background mover may move memory at (apply.migrate_rate_mib_s)",
+            Unit::Other("mib_per_second".into()),
+            memory_move_rate_limit.clone(),
+        );
+
         let node_free_memory = Family::default();
         let node_vcpu_demand = Family::default();
         let node_cpus = Family::default();
@@ -331,6 +370,10 @@ impl Metrics {
             domain_nested_hypervisor,
             domain_vcpu_wait,
             domain_on_dedicated_cpus,
+            domain_memory_to_move,
+            domain_confined,
+            memory_moved,
+            memory_move_rate_limit,
             node_dedicated_cpus,
             node_vcpu_wait,
             node_free_memory,
@@ -383,6 +426,8 @@ impl Metrics {
         self.domain_nested_hypervisor.clear();
         self.domain_vcpu_wait.clear();
         self.domain_on_dedicated_cpus.clear();
+        self.domain_memory_to_move.clear();
+        self.domain_confined.clear();
         for d in domains {
             let label = DomainLabel {
                 domain: d.name.clone(),
@@ -409,7 +454,21 @@ impl Metrics {
             self.domain_on_dedicated_cpus
                 .get_or_create(&label)
                 .set(u64::from(d.on_dedicated_cpus));
+            if let Some(mib) = d.memory_to_move_mib {
+                self.domain_memory_to_move.get_or_create(&label).set(mib);
+            }
+            if let Some(secs) = d.confined_secs.filter(|s| s.is_finite()) {
+                self.domain_confined.get_or_create(&label).set(secs);
+            }
         }
+    }
+
+    /// The mover's total so far (MiB since the daemon started) and its
+    /// configured rate.
+    pub fn set_memory_moved(&self, total_mib: u64, rate_mib_s: f64) {
+        let before = self.memory_moved.get();
+        self.memory_moved.inc_by(total_mib.saturating_sub(before));
+        self.memory_move_rate_limit.set(rate_mib_s);
     }
 
     /// Replaces every per-node series, as [`Metrics::set_domains`] does.

@@ -411,6 +411,136 @@ def topology(repo):
     return f"host kind {kind}; {want_nodes} nodes x {want_per} CPU(s), distances {sorted({d for r in t.distances.values() for d in r})}"
 
 
+# --- 7. busy start ------------------------------------------------------------
+
+
+def busy_start(repo):
+    """A daemon started on a busy host: busy domains already running
+    unpinned, all their memory on one node. numapin's first cycle confines
+    every one of them (a domain goes where its memory is while that node
+    has room), and the memory of the others then follows in the background
+    at no more than apply.migrate_rate_mib_s, checked from numa_maps."""
+    t = topo()
+    rate, mib = 4, 64  # MiB/s; MiB per domain
+    count = len(t.nodes)
+    src = min(t.nodes)
+    probes = start_many([(f"busystart{i}", mib, {}) for i in range(count)])
+    for p in probes:
+        sh(["migratepages", str(p.pid), fmt(t.nodes), str(src)])
+    time.sleep(2)
+    for p in probes:
+        assert share_on(p.numa_maps(), {src}) >= ON_NODE, f"{p.name}'s memory not on node {src}: {show_mem(p.numa_maps())}"
+    log(f"{count} busy domains running unpinned, memory on node {src}; starting numapin at {rate} MiB/s")
+    np = daemon(repo, "numapin-busy-start.log", apply__migrate_rate_mib_s=rate)
+    t0 = time.monotonic()
+
+    def first_cycle():
+        return any("numapin::daemon: cycle:" in ln for ln in np.log_lines()) or None
+
+    wait_until("numapin's first cycle", first_cycle, timeout=180, interval=0.2)
+    first = time.monotonic() - t0
+    confined = {p.name: p.vcpu_nodes() for p in probes}
+    assert all(len(v) == 1 for v in confined.values()), f"not all confined by the first cycle: {confined}"
+    home = sorted(p.name for p in probes if confined[p.name] == {src})
+    assert home, f"no domain confined on node {src}, where its memory is: {confined}"
+    log(f"first cycle done {first:.1f}s after the start: vCPUs {({n: fmt(v) for n, v in confined.items()})}")
+    sampler = Sampler(probes)
+
+    def all_local():
+        nodes = [placed_on_one_node(p) for p in probes]
+        return None if None in nodes else nodes
+
+    nodes, took = wait_until("every domain's memory local", all_local, timeout=900)
+    sampler.finish()
+    for p in probes:
+        log(describe(p))
+    assert {p.name: {n} for p, n in zip(probes, nodes)} == confined, f"placement changed: {confined} -> {nodes}"
+    # The rate: MiB that arrived on the domains' nodes over every window
+    # of 10 s or more stays within rate x window, plus the one second the
+    # rate may save up and one chunk in flight at each end.
+    by_time = {}
+    for ts, name, _, mem in sampler.samples:
+        node = next(iter(confined[name]))
+        by_time.setdefault(round(ts), {})[name] = mem.get(node, 0.0)
+    times = sorted(tt for tt, row in by_time.items() if len(row) == count)
+    local = [(tt, sum(by_time[tt].values())) for tt in times]
+    worst = 0.0
+    for i, (a, ma) in enumerate(local):
+        for b, mb in local[i + 1:]:
+            if b - a >= 10:
+                worst = max(worst, (mb - ma) / (b - a))
+                assert mb - ma <= rate * (b - a) + rate + 2 * 1 + 2, (
+                    f"{mb - ma:.0f} MiB arrived in {b - a} s, more than {rate} MiB/s allows")
+    moved = local[-1][1] - local[0][1] if local else 0.0
+    return (f"all {count} confined by the first cycle ({first:.1f}s; {', '.join(home)} at home on node {src}); "
+            f"memory local {took:.0f}s later, {moved:.0f} MiB arrived, at most {worst:.2f} MiB/s over 10 s windows "
+            f"(limit {rate})")
+
+
+# --- 8. converge churn --------------------------------------------------------
+
+
+def converge_churn(repo):
+    """Memory on its way when things happen. A busy domain whose memory is
+    on a node its hand-pinned hogs fill is confined elsewhere, and its
+    memory follows at 2 MiB/s. numapin is killed (SIGKILL) in the middle:
+    nothing moves while it is down; started again, it goes on from where
+    the pages are (the second daemon moves only what was left). The domain
+    is then paused: its memory stays put until it is resumed."""
+    import re
+    import signal
+
+    t = topo()
+    rate, mib = 2, 64
+    src = min(t.nodes)
+    hogs = start_many([(f"churnhog{i}", 32, {"cpuset": fmt(t.nodes[src]), "numatune": ("strict", str(src))})
+                       for i in range(len(t.nodes[src]))])
+    p = start("churn", mib)
+    sh(["migratepages", str(p.pid), fmt(t.nodes), str(src)])
+    time.sleep(2)
+    assert share_on(p.numa_maps(), {src}) >= ON_NODE, f"memory not on node {src}: {show_mem(p.numa_maps())}"
+    np = daemon(repo, "numapin-churn-1.log", apply__migrate_rate_mib_s=rate)
+
+    def confined_away():
+        v = p.vcpu_nodes()
+        return next(iter(v)) if len(v) == 1 and src not in v else None
+
+    dst, _ = wait_until("confined off the hogs' node", confined_away, timeout=180)
+    on = lambda: p.numa_maps().get(dst, 0.0)  # noqa: E731
+    wait_until("a first part of the memory on its way", lambda: on() >= 8 or None, timeout=300)
+    np.proc.send_signal(signal.SIGKILL)
+    np.proc.wait()
+    at_kill = on()
+    log(f"numapin killed with {at_kill:.0f} of {mib} MiB on node {dst}")
+    time.sleep(6)
+    assert on() - at_kill <= 2, f"memory moved while numapin was down: {at_kill:.0f} -> {on():.0f} MiB"
+    at_restart = on()
+    np.logfile.close()
+    np.start_daemon("numapin-churn-2.log")
+    wait_until("moving again", lambda: on() >= at_restart + 4 or None, timeout=300)
+    assert p.vcpu_nodes() == {dst}, f"placement changed after the restart: {fmt(p.vcpu_nodes())}"
+    virsh("suspend", p.name)
+    time.sleep(2)  # a chunk in flight lands
+    at_pause = on()
+    time.sleep(8)
+    paused_delta = on() - at_pause
+    virsh("resume", p.name)
+    assert paused_delta <= 1, f"{paused_delta:.0f} MiB moved while the domain was paused"
+    wait_until("all memory on its node", lambda: placed_on_one_node(p) == dst or None, timeout=600)
+    log(describe(p))
+    lines = np.log_lines()
+    assert any("memory move waits" in ln and "paused" in ln for ln in lines), "the pause is not in numapin's log"
+    arrived = [int(m.group(1)) for ln in lines if "memory arrived" in ln
+               for m in [re.search(r"moved_mib=(\d+)", ln)] if m]
+    assert arrived, "numapin's log does not say the memory arrived"
+    left = mib - at_restart
+    assert arrived[-1] <= left + 8, f"the second daemon moved {arrived[-1]} MiB, {left:.0f} MiB were left"
+    for h in hogs:
+        virsh("destroy", h.name, check=False)
+    return (f"confined {src}->{dst}; killed at {at_kill:.0f}/{mib} MiB, nothing moved while down; "
+            f"the restarted daemon moved {arrived[-1]} MiB (of {left:.0f} left); paused: {paused_delta:.1f} MiB moved")
+
+
 # --- not in `all`: reproduces a numapin defect (see lab/README.md) ----------
 
 
@@ -459,5 +589,7 @@ ALL = {
     "cells": cells,
     "nested": nested,
     "rollback": rollback,
+    "busy-start": busy_start,
+    "converge-churn": converge_churn,
     "slow-libvirt": slow_libvirt,
 }

@@ -62,6 +62,13 @@ impl Placements {
         (p.domain.id == d.id).then_some(p.recorded)
     }
 
+    /// When numapin last placed this run of the domain (its record's
+    /// time), if it did: survives restarts of numapin.
+    pub fn recorded_at(&self, d: &DomainRef) -> Option<std::time::SystemTime> {
+        self.recorded_of(d)?;
+        fs::metadata(self.path_of(&d.uuid)).ok()?.modified().ok()
+    }
+
     /// Forgets a domain's record (`numapin manage` replaces it).
     pub fn forget(&self, uuid: &str) -> io::Result<()> {
         match fs::remove_file(self.path_of(uuid)) {

@@ -12,6 +12,7 @@ use crate::apply::{
 };
 use crate::cli::{Format, LiveArgs};
 use crate::config::Config;
+use crate::converge::{LivePages, Mover, Work, targets};
 use crate::exit::Exit;
 use crate::libvirt::{self, Libvirt};
 use crate::live::state::LiveError;
@@ -222,15 +223,21 @@ pub fn apply(
     let placements = Placements::open(&state_dir)
         .map_err(|e| Failure::new(Exit::IoErr, format!("{}: {e}", state_dir.display())))?;
     placements.prune(&state.refs());
+    // Pins and bindings are transactions; pages follow them, at the
+    // configured rate, once those have landed.
     let outcomes = apply::apply_plan(
         &s.host,
         &journal,
         &placements,
         &opts,
-        &plan,
+        &targets::without_page_moves(&plan),
         &state.refs(),
         hook,
     )?;
+    if s.config.apply.migrate_memory {
+        let works = targets::works(&plan, &state, &outcomes, &Default::default());
+        move_memory_now(&s, works, &args.root)?;
+    }
     match format {
         Format::Json => print_json(&outcomes)?,
         Format::Table => print_out(&apply_table::render(&outcomes, false))?,
@@ -253,6 +260,49 @@ pub fn apply(
             "some changes failed and were rolled back (see above)",
         ));
     }
+    Ok(())
+}
+
+/// Moves the memory of the guests just placed, at the configured rate,
+/// and waits for it: as long as it should take at that rate plus
+/// `apply.memory_verify_timeout_secs`. Memory that has not arrived by then
+/// is left where it is on its way (the daemon, or the next apply, goes on
+/// with it); that is said, not an error.
+fn move_memory_now(s: &Session, works: Vec<Work>, root: &Path) -> Result<(), Failure> {
+    if works.is_empty() {
+        return Ok(());
+    }
+    let rate = s.config.apply.migrate_rate_mib_s;
+    let planned: u64 = works.iter().map(|w| w.mib).sum();
+    let count = works.len();
+    let limit = Duration::from_secs_f64(
+        planned as f64 / rate as f64 + s.config.apply.memory_verify_timeout_secs as f64,
+    );
+    let pages = LivePages::new(s.host.libvirt.clone(), root.to_path_buf());
+    let mover = Mover::start(Box::new(pages), rate).map_err(|e| {
+        Failure::new(
+            Exit::Software,
+            format!("cannot start the memory mover: {e}"),
+        )
+    })?;
+    let start = std::time::Instant::now();
+    mover.retarget(works);
+    let arrived = mover.wait_idle(limit);
+    let p = mover.progress();
+    let _ = writeln!(
+        std::io::stderr(),
+        "memory: {} MiB moved for {count} domain(s) in {:.1} s at up to {rate} MiB/s{}",
+        p.moved_total_mib,
+        start.elapsed().as_secs_f64(),
+        if arrived {
+            String::new()
+        } else {
+            format!(
+                "; {} MiB still on its way (the daemon or the next apply goes on)",
+                p.domains.iter().map(|d| d.left_mib).sum::<u64>()
+            )
+        }
+    );
     Ok(())
 }
 

@@ -18,6 +18,8 @@ use crate::report::status::{self, StatusReport};
 use crate::metrics::{DomainGauge, Metrics, NodeGauge};
 
 use super::notify::Notifier;
+use crate::converge::Mover;
+use crate::converge::targets::{self as memory, LocalityBefore};
 
 /// What the cycle does besides planning.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,10 @@ pub struct Worker {
     /// Domains left alone whose threads may run on dedicated CPUs, by
     /// UUID, as last logged.
     pub on_dedicated_cpus: std::collections::BTreeMap<String, String>,
+    /// Moves guests' memory in the background (none in dry-run).
+    pub mover: Option<Mover>,
+    /// Each guest's locality when numapin first confined it.
+    pub locality_before: LocalityBefore,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -154,9 +160,14 @@ impl Worker {
                     nested_hypervisor: d.nested_hypervisor,
                     vcpu_wait: d.vcpu_wait,
                     on_dedicated_cpus: d.on_dedicated_cpus.is_some(),
+                    memory_to_move_mib: d.memory_to_move.as_ref().map(|m| m.mib),
+                    confined_secs: d.confined_secs,
                 })
                 .collect();
             m.set_domains(&domains);
+            if let Some(moved) = status.memory_moved_mib {
+                m.set_memory_moved(moved, status.memory_move_rate_mib_s);
+            }
             let nodes: Vec<NodeGauge> = status
                 .nodes
                 .iter()
@@ -257,9 +268,21 @@ impl Worker {
         if self.dry_run {
             log_would_apply(&plan, &mut report);
         } else {
-            self.apply(&plan, &refs, &mut report);
+            self.apply(&plan, state, &refs, &mut report);
         }
-        report.status = Some(status::build(state, &plan, &self.config, Vec::new()));
+        let mut status = status::build(state, &plan, &self.config, Vec::new());
+        if let Some(mover) = &self.mover {
+            status.set_memory_progress(&mover.progress());
+            let now = std::time::SystemTime::now();
+            for (d, live) in status.domains.iter_mut().zip(&state.domains) {
+                d.confined_secs = self
+                    .placements
+                    .recorded_at(&live.r)
+                    .and_then(|at| now.duration_since(at).ok())
+                    .map(|s| s.as_secs_f64().round());
+            }
+        }
+        report.status = Some(status);
         report
     }
 
@@ -304,16 +327,24 @@ impl Worker {
         self.on_dedicated_cpus = shared;
     }
 
-    fn apply(&mut self, plan: &Plan, refs: &[DomainRef], report: &mut CycleReport) {
+    fn apply(
+        &mut self,
+        plan: &Plan,
+        state: &LiveState,
+        refs: &[DomainRef],
+        report: &mut CycleReport,
+    ) {
         let mut opts = ApplyOptions::from(&self.config.apply);
         opts.stop = Some(self.stop.clone());
         let notifier = self.notifier.clone();
+        // Pins and bindings are transactions; pages follow in the
+        // background, so no cycle waits for memory.
         let outcomes = match apply::apply_plan(
             &self.host,
             &self.journal,
             &self.placements,
             &opts,
-            plan,
+            &memory::without_page_moves(plan),
             refs,
             &mut Progress(&notifier),
         ) {
@@ -323,6 +354,17 @@ impl Worker {
                 return;
             }
         };
+        self.locality_before.update(plan);
+        if let Some(mover) = &self.mover {
+            mover.set_rate(self.config.apply.migrate_rate_mib_s);
+            mover.charge(memory::moved_by_nodeset_changes(plan, &outcomes));
+            let works = if self.config.apply.migrate_memory {
+                memory::works(plan, state, &outcomes, &self.locality_before)
+            } else {
+                Vec::new()
+            };
+            mover.retarget(works);
+        }
         for o in &outcomes {
             match &o.outcome {
                 Outcome::Applied { steps, .. } => {

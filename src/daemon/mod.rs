@@ -144,6 +144,18 @@ async fn serve(opts: RunOptions, config: Config) -> Result<(), DaemonError> {
 
     let metrics = Arc::new(Metrics::new());
     let server = start_metrics(&config, &metrics)?;
+    let mover = if opts.dry_run {
+        None
+    } else {
+        let pages = crate::converge::LivePages::new(lv.clone(), opts.root.clone());
+        Some(
+            crate::converge::Mover::start(Box::new(pages), config.apply.migrate_rate_mib_s)
+                .map_err(|source| DaemonError::StateDir {
+                    path: state_dir.clone(),
+                    source,
+                })?,
+        )
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let worker = Arc::new(Mutex::new(Worker {
         metrics: metrics.clone(),
@@ -161,6 +173,8 @@ async fn serve(opts: RunOptions, config: Config) -> Result<(), DaemonError> {
         placements,
         notifier: notifier.clone(),
         stop: stop.clone(),
+        mover,
+        locality_before: Default::default(),
     }));
 
     let mut daemon = Daemon {

@@ -67,7 +67,7 @@ impl LiveHost {
     /// The QEMU pid and guest cell `cell`'s RAM block, found again from the
     /// live XML's cells and the process's mappings now: a block that can
     /// no longer be told apart is refused, never guessed.
-    fn cell_block(
+    pub(crate) fn cell_block(
         &self,
         d: &DomainRef,
         cell: u32,

@@ -184,6 +184,8 @@ fn domain(name: &str, locality: Option<f64>) -> DomainGauge {
         nested_hypervisor: false,
         vcpu_wait: Some(0.05),
         on_dedicated_cpus: false,
+        memory_to_move_mib: Some(512),
+        confined_secs: Some(30.0),
     }
 }
 
@@ -210,8 +212,11 @@ fn busy_metrics() -> Metrics {
             nested_hypervisor: true,
             vcpu_wait: None,
             on_dedicated_cpus: true,
+            memory_to_move_mib: None,
+            confined_secs: None,
         },
     ]);
+    m.set_memory_moved(2048, 256.0);
     m.set_nodes(&[
         NodeGauge {
             id: 0,
@@ -233,7 +238,7 @@ fn busy_metrics() -> Metrics {
     m
 }
 
-const NAMES: [(&str, &str); 24] = [
+const NAMES: [(&str, &str); 28] = [
     ("numapin_build_info", "gauge"),
     ("numapin_cycles_total", "counter"),
     ("numapin_cycle_duration_seconds", "histogram"),
@@ -253,6 +258,10 @@ const NAMES: [(&str, &str); 24] = [
     ("numapin_domain_nested_hypervisor", "gauge"),
     ("numapin_domain_vcpu_wait_ratio", "gauge"),
     ("numapin_domain_on_dedicated_cpus", "gauge"),
+    ("numapin_domain_memory_to_move_mib", "gauge"),
+    ("numapin_domain_confined_seconds", "gauge"),
+    ("numapin_memory_moved_mib_total", "counter"),
+    ("numapin_memory_move_rate_limit_mib_per_second", "gauge"),
     ("numapin_node_free_memory_mib", "gauge"),
     ("numapin_node_vcpu_demand", "gauge"),
     ("numapin_node_cpus", "gauge"),

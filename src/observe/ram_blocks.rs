@@ -84,6 +84,22 @@ pub fn read(
     Ok(Some(blocks(&ranges, &entries)))
 }
 
+/// Every RAM block of QEMU process `pid` under `root`, as (start, end):
+/// its anonymous mappings marked MADV_DONTFORK, whichever guest cell each
+/// belongs to. Guest RAM is nearly all of a QEMU process's memory.
+pub fn all(root: &Path, pid: u32) -> Result<Vec<(u64, u64)>, ObserveError> {
+    let path = root.join(format!("proc/{pid}/smaps"));
+    let text = read_volatile(&path)?;
+    if text.trim().is_empty() {
+        return Err(ObserveError::Gone { path });
+    }
+    Ok(parse_smaps(&path, &text)?
+        .into_iter()
+        .filter(|m| m.anonymous && m.dontfork && !m.is_empty())
+        .map(|m| (m.start, m.end))
+        .collect())
+}
+
 /// Parses smaps text into its mappings; `path` only labels errors.
 pub fn parse_smaps(path: &Path, text: &str) -> Result<Vec<Mapping>, ObserveError> {
     let mut out: Vec<Mapping> = Vec::new();

@@ -8,13 +8,14 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::converge::Progress;
 use crate::idset::{CpuSet, NodeSet};
 use crate::live::LiveState;
 use crate::live::state::Unreadable;
 use crate::observe::node_stats::NodeNumaStat;
 use crate::planner::domain_info::Analyzer;
 use crate::planner::score::{Distances, locality, vcpu_node_weights};
-use crate::planner::{Hypervisor, Plan, Status as PlanStatus};
+use crate::planner::{Action, Hypervisor, Plan, Status as PlanStatus};
 
 use super::{mib, percent};
 
@@ -25,6 +26,25 @@ pub struct StatusReport {
     pub unreadable: Vec<Unreadable>,
     /// Domains with an unfinished transaction in the journal.
     pub pending_transactions: Vec<String>,
+    /// The host-wide rate memory moves at (`apply.migrate_rate_mib_s`).
+    pub memory_move_rate_mib_s: f64,
+    /// MiB the daemon has moved since it started (the daemon's own status
+    /// only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_moved_mib: Option<u64>,
+}
+
+/// A guest's memory on its way to where it is confined.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryToMove {
+    /// MiB still off its placement.
+    pub mib: u64,
+    /// Seconds until it should have arrived at the configured rate,
+    /// counting the guests served before it.
+    pub eta_secs: f64,
+    /// Why it does not move now (a job, a pause), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +96,13 @@ pub struct DomainStatus {
     /// domain numapin leaves alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_dedicated_cpus: Option<CpuSet>,
+    /// Memory still to move to where it is confined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_to_move: Option<MemoryToMove>,
+    /// Seconds since numapin confined it where it is (the daemon's own
+    /// status only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confined_secs: Option<f64>,
 }
 
 pub fn build(
@@ -120,7 +147,9 @@ pub fn build(
         let planned = plan.domains.iter().find(|p| p.uuid == live.r.uuid);
         let reason = match planned {
             Some(p) if p.status == PlanStatus::LeftAlone => p.reason.clone(),
-            Some(p) if p.actions.is_empty() => format!("placed: {}", p.reason),
+            Some(p) if p.actions.iter().all(Action::is_page_move) => {
+                format!("placed: {}", p.reason)
+            }
             Some(p) => format!("would change: {}", p.reason),
             None => String::new(),
         };
@@ -139,8 +168,12 @@ pub fn build(
             hypervisor: info.hypervisor.to_string(),
             vcpu_wait,
             on_dedicated_cpus: planned.and_then(|p| p.on_dedicated_cpus.clone()),
+            memory_to_move: None,
+            confined_secs: None,
         });
     }
+    let rate = config.apply.migrate_rate_mib_s as f64;
+    estimate_memory_to_move(plan, rate, &mut domains);
     let dedicated: CpuSet = plan
         .nodes
         .iter()
@@ -164,6 +197,47 @@ pub fn build(
         domains,
         unreadable: state.unreadable.clone(),
         pending_transactions: pending,
+        memory_move_rate_mib_s: rate,
+        memory_moved_mib: None,
+    }
+}
+
+/// What the plan still has to move per guest, served the way the mover
+/// serves them (most first), at `rate` MiB/s: an estimate for `numapin
+/// status`, which does not see the daemon's mover.
+fn estimate_memory_to_move(plan: &Plan, rate: f64, domains: &mut [DomainStatus]) {
+    let mut moving: Vec<(&str, u64)> = plan
+        .domains
+        .iter()
+        .filter(|d| d.managed && d.migrate_mib > 0 && d.actions.iter().any(Action::is_page_move))
+        .map(|d| (d.uuid.as_str(), d.migrate_mib))
+        .collect();
+    moving.sort_by_key(|&(uuid, mib)| (std::cmp::Reverse(mib), uuid));
+    let mut ahead = 0;
+    for (uuid, mib) in moving {
+        ahead += mib;
+        if let Some(d) = domains.iter_mut().find(|d| d.uuid == uuid) {
+            d.memory_to_move = Some(MemoryToMove {
+                mib,
+                eta_secs: ahead as f64 / rate.max(1.0),
+                held: None,
+            });
+        }
+    }
+}
+
+impl StatusReport {
+    /// The daemon's own figures: what its mover has left to move.
+    pub fn set_memory_progress(&mut self, p: &Progress) {
+        self.memory_move_rate_mib_s = p.mib_per_sec;
+        self.memory_moved_mib = Some(p.moved_total_mib);
+        for d in &mut self.domains {
+            d.memory_to_move = p.of(&d.uuid).map(|m| MemoryToMove {
+                mib: m.left_mib,
+                eta_secs: m.eta_secs,
+                held: m.held.clone(),
+            });
+        }
     }
 }
 
@@ -243,6 +317,20 @@ pub fn render(r: &StatusReport) -> String {
                 "ordinary guest"
             };
             let _ = writeln!(s, "    {verdict}: {}", d.hypervisor);
+        }
+        if let Some(m) = &d.memory_to_move {
+            let when = match &m.held {
+                Some(why) => format!("waits: {why}"),
+                None => format!(
+                    "about {:.0} s at {:.0} MiB/s",
+                    m.eta_secs, r.memory_move_rate_mib_s
+                ),
+            };
+            let _ = writeln!(
+                s,
+                "    memory: {} still to move to its placement, {when}",
+                mib(m.mib)
+            );
         }
         if let Some(cpus) = &d.on_dedicated_cpus {
             let _ = writeln!(

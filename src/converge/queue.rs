@@ -1,0 +1,483 @@
+//! The background mover's bookkeeping, with no side effects: which guest's
+//! memory moves next, how far each has come, and what to tell the log.
+//! The mover thread (`super::mover`) asks for the next task, carries it
+//! out on the host, and reports back.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::idset::NodeSet;
+use crate::libvirt::DomainRef;
+
+use super::{DomainProgress, Step, Work};
+
+/// How often a guest whose memory moves is checked for a job or a pause:
+/// memory never moves under a job, so a chunk never starts later than this
+/// after the last check.
+pub const ACTIVITY_EVERY: Duration = Duration::from_secs(1);
+/// How long a guest held by a job or pause waits before the next check.
+pub const HELD_RECHECK: Duration = Duration::from_secs(5);
+/// How long a guest whose move failed waits before it is tried again.
+pub const FAILED_RETRY: Duration = Duration::from_secs(60);
+/// A target reached is not gone over again for this long, even if the
+/// plan still shows memory off it (pages the kernel cannot move, or
+/// figures that lag the move by a few seconds).
+pub const REPASS_AFTER: Duration = Duration::from_secs(300);
+
+const MIB: u64 = 1024 * 1024;
+
+type Key = (String, u32);
+
+fn key_of(d: &DomainRef) -> Key {
+    (d.uuid.clone(), d.id)
+}
+
+/// What the mover thread does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Task {
+    /// Ask libvirt whether the domain runs with no job.
+    CheckActivity {
+        domain: DomainRef,
+        disks: Vec<String>,
+    },
+    /// Find the address ranges of a step (the process's RAM blocks).
+    Resolve {
+        domain: DomainRef,
+        pid: u32,
+        step: Step,
+    },
+    /// Move the pages of `[start, end)` that are off `to` onto it.
+    Move {
+        domain: DomainRef,
+        pid: u32,
+        start: u64,
+        end: u64,
+        to: NodeSet,
+    },
+    /// After the RAM blocks: the rest of the process's memory, with
+    /// migrate_pages(2), charged as `bytes` (an estimate: that call says
+    /// nothing of what it moved). Counted as moved only when no RAM block
+    /// was found, so that the estimate is all the guest's memory.
+    Finish {
+        domain: DomainRef,
+        pid: u32,
+        from: NodeSet,
+        to: NodeSet,
+        bytes: u64,
+        counted: bool,
+    },
+}
+
+impl Task {
+    pub fn domain(&self) -> &DomainRef {
+        match self {
+            Task::CheckActivity { domain, .. }
+            | Task::Resolve { domain, .. }
+            | Task::Move { domain, .. }
+            | Task::Finish { domain, .. } => domain,
+        }
+    }
+
+    /// Bytes the rate is charged before the task runs.
+    pub fn charge(&self) -> u64 {
+        match self {
+            Task::Move { start, end, .. } => end - start,
+            Task::Finish { bytes, .. } => *bytes,
+            _ => 0,
+        }
+    }
+}
+
+/// Something the log should say, once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Started {
+        domain: DomainRef,
+        mib: u64,
+        steps: String,
+    },
+    Retargeted {
+        domain: DomainRef,
+        from: String,
+        to: String,
+    },
+    Dropped {
+        domain: DomainRef,
+        moved_mib: u64,
+        left_mib: u64,
+    },
+    Held {
+        domain: DomainRef,
+        reason: String,
+    },
+    Failed {
+        domain: DomainRef,
+        error: String,
+    },
+    Arrived {
+        domain: DomainRef,
+        moved_mib: u64,
+        secs: f64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    work: Work,
+    /// Bumped when the target changes, so a task answered after that is
+    /// not counted toward the new one.
+    generation: u64,
+    step: usize,
+    ranges: Option<Vec<(u64, u64)>>,
+    range: usize,
+    offset: u64,
+    finished_step: bool,
+    moved: u64,
+    since: Instant,
+    checked_at: Option<Instant>,
+    held: Option<(String, Instant)>,
+}
+
+impl Entry {
+    fn new(work: Work, generation: u64, now: Instant) -> Self {
+        Self {
+            work,
+            generation,
+            step: 0,
+            ranges: None,
+            range: 0,
+            offset: 0,
+            finished_step: false,
+            moved: 0,
+            since: now,
+            checked_at: None,
+            held: None,
+        }
+    }
+
+    fn left_mib(&self) -> u64 {
+        self.work.mib.saturating_sub(self.moved / MIB)
+    }
+
+    fn waiting(&self, now: Instant) -> bool {
+        self.held.as_ref().is_some_and(|(_, until)| now < *until)
+    }
+
+    /// The step's next task (no activity check), advancing past steps
+    /// that are done; `None` once every step is.
+    fn next_task(&mut self, chunk: u64) -> Option<Task> {
+        let domain = self.work.domain.clone();
+        let pid = self.work.pid;
+        loop {
+            let step = self.work.steps.get(self.step)?.clone();
+            let Some(ranges) = &self.ranges else {
+                return Some(Task::Resolve { domain, pid, step });
+            };
+            if let Some(&(start, end)) = ranges.get(self.range) {
+                let at = start + self.offset;
+                if at >= end {
+                    self.range += 1;
+                    self.offset = 0;
+                    continue;
+                }
+                let stop = end.min(at.saturating_add(chunk.max(4096)));
+                return Some(Task::Move {
+                    domain,
+                    pid,
+                    start: at,
+                    end: stop,
+                    to: step.to().clone(),
+                });
+            }
+            match &step {
+                Step::Whole { from, to } if !self.finished_step => {
+                    // What the RAM blocks did not hold; all of it when no
+                    // RAM block was found.
+                    let counted = ranges.is_empty();
+                    let bytes = if counted {
+                        self.left_mib() * MIB
+                    } else {
+                        (self.left_mib() * MIB).min(64 * MIB)
+                    };
+                    return Some(Task::Finish {
+                        domain,
+                        pid,
+                        from: from.clone(),
+                        to: to.clone(),
+                        bytes,
+                        counted,
+                    });
+                }
+                _ => {
+                    self.step += 1;
+                    self.ranges = None;
+                    self.range = 0;
+                    self.offset = 0;
+                    self.finished_step = false;
+                }
+            }
+        }
+    }
+}
+
+/// Every guest whose memory is on its way, and what has moved.
+#[derive(Debug, Default)]
+pub struct Queue {
+    entries: BTreeMap<Key, Entry>,
+    arrived: BTreeMap<Key, (Vec<Step>, Instant)>,
+    generation: u64,
+    /// Bytes moved since the daemon started.
+    pub moved_total: u64,
+}
+
+fn show_steps(steps: &[Step]) -> String {
+    steps
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Queue {
+    pub fn is_idle(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Replaces what is to move with `works`: the cycle's plan for every
+    /// guest whose memory is off its placement. A guest with the same
+    /// target goes on where it was; a new target starts over (pages
+    /// already moved are where they go, so nothing moves twice); a guest
+    /// no longer listed stops.
+    pub fn retarget(&mut self, works: Vec<Work>, now: Instant) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut next: BTreeMap<Key, Entry> = BTreeMap::new();
+        self.arrived
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < REPASS_AFTER);
+        for mut work in works.into_iter().filter(|w| !w.steps.is_empty()) {
+            let key = key_of(&work.domain);
+            if self
+                .arrived
+                .get(&key)
+                .is_some_and(|(s, _)| *s == work.steps)
+            {
+                continue;
+            }
+            match self.entries.remove(&key) {
+                Some(mut e) if e.work.steps == work.steps => {
+                    work.harmed |= e.work.harmed;
+                    // The plan's figure is fresher; what moved since the
+                    // target was set counts against the older one only.
+                    e.work.mib = work.mib.max(e.moved / MIB);
+                    e.work.harmed = work.harmed;
+                    e.work.pid = work.pid;
+                    e.work.disks = work.disks;
+                    next.insert(key, e);
+                }
+                Some(e) => {
+                    self.generation += 1;
+                    changes.push(Change::Retargeted {
+                        domain: work.domain.clone(),
+                        from: show_steps(&e.work.steps),
+                        to: show_steps(&work.steps),
+                    });
+                    next.insert(key, Entry::new(work, self.generation, now));
+                }
+                None => {
+                    self.generation += 1;
+                    changes.push(Change::Started {
+                        domain: work.domain.clone(),
+                        mib: work.mib,
+                        steps: show_steps(&work.steps),
+                    });
+                    next.insert(key, Entry::new(work, self.generation, now));
+                }
+            }
+        }
+        for (_, e) in std::mem::take(&mut self.entries) {
+            changes.push(Change::Dropped {
+                domain: e.work.domain.clone(),
+                moved_mib: e.moved / MIB,
+                left_mib: e.left_mib(),
+            });
+        }
+        self.entries = next;
+        changes
+    }
+
+    /// The guest served next: one whose locality is below what it was
+    /// before numapin confined it first, then the one with the most memory
+    /// left to move; the name breaks ties.
+    fn first(&self, now: Instant) -> Option<&Key> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.waiting(now))
+            .min_by_key(|(_, e)| {
+                (
+                    !e.work.harmed,
+                    std::cmp::Reverse(e.left_mib()),
+                    e.work.domain.name.clone(),
+                )
+            })
+            .map(|(k, _)| k)
+    }
+
+    /// The next task, with its generation; `None` when nothing may move now.
+    /// `chunk` bounds the bytes of one move.
+    pub fn next(&mut self, now: Instant, chunk: u64) -> Option<(Task, u64)> {
+        let key = self.first(now)?.clone();
+        let e = self.entries.get_mut(&key)?;
+        let generation = e.generation;
+        if e.checked_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= ACTIVITY_EVERY)
+        {
+            let task = Task::CheckActivity {
+                domain: e.work.domain.clone(),
+                disks: e.work.disks.clone(),
+            };
+            return Some((task, generation));
+        }
+        e.next_task(chunk).map(|t| (t, generation))
+    }
+
+    fn entry(&mut self, d: &DomainRef, generation: u64) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(&key_of(d))
+            .filter(|e| e.generation == generation)
+    }
+
+    /// The answer of a [`Task::CheckActivity`]: `Some(reason)` holds the
+    /// guest (a job, a pause); it is checked again later.
+    pub fn checked(
+        &mut self,
+        d: &DomainRef,
+        generation: u64,
+        hold: Option<String>,
+        now: Instant,
+    ) -> Option<Change> {
+        let e = self.entry(d, generation)?;
+        e.checked_at = Some(now);
+        match hold {
+            None => {
+                e.held = None;
+                None
+            }
+            Some(reason) => {
+                let again = e.held.as_ref().is_some_and(|(r, _)| *r == reason);
+                e.held = Some((reason.clone(), now + HELD_RECHECK));
+                e.checked_at = None;
+                (!again).then(|| Change::Held {
+                    domain: d.clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// The ranges of the current step, from a [`Task::Resolve`].
+    pub fn resolved(&mut self, d: &DomainRef, generation: u64, ranges: Vec<(u64, u64)>) {
+        if let Some(e) = self.entry(d, generation) {
+            e.ranges = Some(ranges);
+            e.range = 0;
+            e.offset = 0;
+        }
+    }
+
+    /// A task done: `bytes` really moved. Says when the guest's memory has
+    /// arrived.
+    pub fn done(
+        &mut self,
+        task: &Task,
+        generation: u64,
+        bytes: u64,
+        now: Instant,
+    ) -> Option<Change> {
+        self.moved_total += bytes;
+        let d = task.domain().clone();
+        let e = self.entry(&d, generation)?;
+        e.moved += bytes;
+        match task {
+            Task::Move { end, .. } => {
+                if let Some(&(start, _)) = e.ranges.as_ref().and_then(|r| r.get(e.range)) {
+                    e.offset = end - start;
+                }
+            }
+            Task::Finish { .. } => e.finished_step = true,
+            _ => {}
+        }
+        let finished = self.all_done(&d);
+        finished.then(|| {
+            let e = self
+                .entries
+                .remove(&key_of(&d))
+                .expect("the entry just looked at");
+            self.arrived.insert(key_of(&d), (e.work.steps.clone(), now));
+            Change::Arrived {
+                domain: d,
+                moved_mib: e.moved / MIB,
+                secs: now.saturating_duration_since(e.since).as_secs_f64(),
+            }
+        })
+    }
+
+    /// Whether nothing is left of the guest's steps.
+    fn all_done(&self, d: &DomainRef) -> bool {
+        self.entries
+            .get(&key_of(d))
+            .is_some_and(|e| e.clone().next_task(u64::MAX).is_none())
+    }
+
+    /// A task failed: the guest is left for a while and tried again.
+    pub fn failed(
+        &mut self,
+        d: &DomainRef,
+        generation: u64,
+        error: String,
+        now: Instant,
+    ) -> Option<Change> {
+        let e = self.entry(d, generation)?;
+        e.held = Some((error.clone(), now + FAILED_RETRY));
+        e.checked_at = None;
+        e.ranges = None;
+        Some(Change::Failed {
+            domain: d.clone(),
+            error,
+        })
+    }
+
+    /// The guest is gone (its process exited): nothing more moves for it.
+    pub fn gone(&mut self, d: &DomainRef) {
+        self.entries.remove(&key_of(d));
+    }
+
+    /// Per guest, what is left and when it should be done at `mib_per_sec`,
+    /// in the order the guests are served.
+    pub fn progress(&self, mib_per_sec: f64, now: Instant) -> Vec<DomainProgress> {
+        let mut order: Vec<&Entry> = self.entries.values().collect();
+        order.sort_by_key(|e| {
+            (
+                !e.work.harmed,
+                std::cmp::Reverse(e.left_mib()),
+                e.work.domain.name.clone(),
+            )
+        });
+        let mut ahead = 0u64;
+        order
+            .into_iter()
+            .map(|e| {
+                ahead += e.left_mib();
+                DomainProgress {
+                    domain: e.work.domain.clone(),
+                    left_mib: e.left_mib(),
+                    moved_mib: e.moved / MIB,
+                    eta_secs: ahead as f64 / mib_per_sec.max(1.0),
+                    since_secs: now.saturating_duration_since(e.since).as_secs_f64(),
+                    held: e
+                        .held
+                        .as_ref()
+                        .filter(|(_, until)| now < *until)
+                        .map(|(r, _)| r.clone()),
+                }
+            })
+            .collect()
+    }
+}
