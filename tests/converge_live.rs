@@ -20,10 +20,13 @@ use numapin::libvirt::{DomainRef, Libvirt};
 
 const MIB: u64 = 1024 * 1024;
 
+/// Page moves asked for: (pid, start, end).
+type Moves = Arc<Mutex<Vec<(u32, u64, u64)>>>;
+
 /// The real host, with every page move recorded.
 struct Recording {
     inner: LivePages,
-    moves: Arc<Mutex<Vec<(u32, u64, u64)>>>,
+    moves: Moves,
 }
 
 impl PageHost for Recording {
@@ -45,7 +48,7 @@ impl PageHost for Recording {
     }
 }
 
-fn mover() -> (Mover, Arc<Mutex<Vec<(u32, u64, u64)>>>) {
+fn mover() -> (Mover, Moves) {
     let moves = Arc::new(Mutex::new(Vec::new()));
     let libvirt = Libvirt::new(URI, Duration::from_secs(10));
     let host = Recording {
@@ -108,10 +111,18 @@ fn a_paused_guest_s_memory_waits_and_goes_over_its_ram_once_resumed() {
             .is_some_and(|h| h.contains("paused"))
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(moved_bytes(&moves, d.pid()), 0, "a page range touched while paused");
+    assert_eq!(
+        moved_bytes(&moves, d.pid()),
+        0,
+        "a page range touched while paused"
+    );
 
     virsh(&["resume", &d.name]).unwrap();
-    assert!(mover.wait_idle(Duration::from_secs(60)), "{:?}", mover.progress());
+    assert!(
+        mover.wait_idle(Duration::from_secs(60)),
+        "{:?}",
+        mover.progress()
+    );
     // Every RAM block of the process was gone over: the guest's 64 MiB at
     // least (QEMU adds its ROMs and video RAM as blocks of their own).
     let covered = moved_bytes(&moves, d.pid());
@@ -162,10 +173,18 @@ fn a_block_job_holds_the_move_until_it_ends() {
             .and_then(|p| p.held.clone())
             .is_some_and(|h| h.contains("block copy on vda"))
     });
-    assert_eq!(moved_bytes(&moves, d.pid()), 0, "a page range touched under a job");
+    assert_eq!(
+        moved_bytes(&moves, d.pid()),
+        0,
+        "a page range touched under a job"
+    );
 
     virsh(&["blockjob", &d.name, "vda", "--abort"]).unwrap();
-    assert!(mover.wait_idle(Duration::from_secs(60)), "{:?}", mover.progress());
+    assert!(
+        mover.wait_idle(Duration::from_secs(60)),
+        "{:?}",
+        mover.progress()
+    );
     assert!(moved_bytes(&moves, d.pid()) >= 64 * MIB);
 }
 
@@ -177,10 +196,18 @@ fn a_guest_that_stops_mid_way_is_dropped_without_error() {
     let (mover, _) = mover();
     mover.retarget(vec![work(&d, &[])]);
     wait_for("the pause seen", Duration::from_secs(20), || {
-        mover.progress().domains.first().is_some_and(|p| p.held.is_some())
+        mover
+            .progress()
+            .domains
+            .first()
+            .is_some_and(|p| p.held.is_some())
     });
     d.destroy();
     // Checked again after the hold: libvirt says it is gone.
-    assert!(mover.wait_idle(Duration::from_secs(30)), "{:?}", mover.progress());
+    assert!(
+        mover.wait_idle(Duration::from_secs(30)),
+        "{:?}",
+        mover.progress()
+    );
     assert_eq!(mover.progress().moved_total_mib, 0);
 }
