@@ -12,9 +12,10 @@ Measures, per domain (all from the kernel's files):
   they ran: sum over nodes of (share of vCPU run time on the node in the
   last window) x (share of memory on the node);
 - the nodes its vCPU threads may run on (Cpus_allowed_list);
-- time until placed: from the start to the first sample after which its
-  vCPUs stay confined to fewer nodes than the host has and >= 90% of its
-  memory stays on those nodes;
+- time until confined: from the start to the first sample after which its
+  vCPUs stay confined to fewer nodes than the host has;
+- time until memory local: from the start to the first sample after which
+  it is confined and >= 90% of its memory stays on those nodes;
 - MiB moved: memory that changed node between samples;
 and per phase the manager's CPU time (utime+stime of numad or numapin,
 which includes the migrate_pages(2) work done in their context), libvirtd's
@@ -202,15 +203,18 @@ def summarize(phase, nodes):
     for name in phase["domains"]:
         rows = [s for s in phase["samples"] if s["domain"] == name]
         locs = [s["locality"] for s in rows if s["locality"] is not None]
-        placed = None
-        for i, s in enumerate(rows):
-            def ok(r):
-                allowed = set(r["allowed"])
-                mem = {int(k): v for k, v in r["mem"].items()}
-                return len(allowed) < nodes and share_on(mem, allowed) >= 0.9
-            if all(ok(r) for r in rows[i:]):
-                placed = s["t"]
-                break
+        def confined(r):
+            return len(set(r["allowed"])) < nodes
+
+        def local(r):
+            mem = {int(k): v for k, v in r["mem"].items()}
+            return confined(r) and share_on(mem, set(r["allowed"])) >= 0.9
+
+        def since(ok):
+            return next((s["t"] for i, s in enumerate(rows) if all(ok(r) for r in rows[i:])), None)
+
+        placed = since(local)
+        confined_at = since(confined)
         moved = 0.0
         for a, b in zip(rows, rows[1:]):
             keys = set(a["mem"]) | set(b["mem"])
@@ -223,6 +227,7 @@ def summarize(phase, nodes):
             "mean_locality": sum(locs) / len(locs) if locs else None,
             "allowed": rows[-1]["allowed"] if rows else [],
             "placed": placed,
+            "confined": confined_at,
             "moved": moved,
             "mem": rows[-1]["mem"] if rows else {},
         })
@@ -260,9 +265,10 @@ def render_header(numapin_settings):
         "*final* is the last sample, *mean* the average over the run;",
         "- *vCPU nodes*: the nodes the domain's vCPU threads may run on at the end "
         "(Cpus_allowed_list of its `CPU n/TCG` threads);",
-        "- *placed after*: seconds from the domain's start to the first sample after which its "
-        "vCPUs stay confined to fewer nodes than the host has and at least 90% of its memory "
-        "stays on those nodes (\"never\": not by the end);",
+        "- *confined after*: seconds from the domain's start to the first sample after which its "
+        "vCPUs stay confined to fewer nodes than the host has (\"never\": not by the end); "
+        "*memory local after*: to the first sample after which, besides, at least 90% of its "
+        "memory stays on those nodes;",
         "- *MiB moved*: memory that changed node between consecutive samples (half the sum of "
         "per-node changes); *kernel migrated*: the whole lab's `pgmigrate_success` over the phase;",
         "- *manager CPU*: user+system CPU seconds of the numad or numapin process over the phase, "
@@ -294,17 +300,19 @@ def render_section(topology, specs, duration, phases, took):
          f"{len(specs)} domains of {vcpus} vCPU{'s' if vcpus > 1 else ''} and {specs[0][1]} MiB, "
          f"sampled every {SAMPLE:.0f} s for {duration} s per manager.\n",
          "### At the end of each phase\n",
-         "| manager | domain | locality final | locality mean | vCPU nodes | memory per node (MiB) | placed after | MiB moved |",
-         "| --- | --- | ---: | ---: | --- | --- | ---: | ---: |"]
+         "| manager | domain | locality final | locality mean | vCPU nodes | memory per node (MiB) | confined after | memory local after | MiB moved |",
+         "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
     names = {"none": "kernel alone", "numad": "numad", "numapin": "numapin"}
     for ph in phases:
         for d in summarize(ph, nodes):
             mem = " ".join(f"N{k}={v:.0f}" for k, v in sorted(d["mem"].items()) if v >= 1)
             placed = "never" if d["placed"] is None else f"{d['placed']:.0f} s"
+            confined = "never" if d["confined"] is None else f"{d['confined']:.0f} s"
             L.append(f"| {names[ph['manager']]} | {d['domain']} | {pct(d['final_locality'])} | "
-                     f"{pct(d['mean_locality'])} | {fmt(d['allowed'])} | {mem} | {placed} | {d['moved']:.0f} |")
+                     f"{pct(d['mean_locality'])} | {fmt(d['allowed'])} | {mem} | {confined} | {placed} | "
+                     f"{d['moved']:.0f} |")
     L += ["",
-          "| manager | mean locality (all domains, whole run) | domains placed | manager CPU | libvirtd CPU | kernel migrated |",
+          "| manager | mean locality (all domains, whole run) | domains with memory local | manager CPU | libvirtd CPU | kernel migrated |",
           "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for ph in phases:
         s = summarize(ph, nodes)
@@ -328,6 +336,20 @@ def render_section(topology, specs, duration, phases, took):
                 cells.append("-" if r is None or abs(r["t"] - m) > SAMPLE else
                              f"{pct(r['locality'])} @{fmt(r['allowed'])}")
             L.append(f"| {names[ph['manager']]} | {name} | " + " | ".join(cells) + " |")
+    L += ["", "Mean locality over the domains at each time (the samples nearest to it):\n",
+          "| manager | " + " | ".join(f"{m} s" for m in marks) + " |",
+          "| --- | " + " | ".join("---:" for _ in marks) + " |"]
+    for ph in phases:
+        cells = []
+        for m in marks:
+            locs = []
+            for name in ph["domains"]:
+                rows = [s for s in ph["samples"] if s["domain"] == name and s["locality"] is not None]
+                r = min(rows, key=lambda s: abs(s["t"] - m)) if rows else None
+                if r is not None and abs(r["t"] - m) <= SAMPLE:
+                    locs.append(r["locality"])
+            cells.append(pct(sum(locs) / len(locs)) if locs else "-")
+        L.append(f"| {names[ph['manager']]} | " + " | ".join(cells) + " |")
     return "\n".join(L) + "\n\n"
 
 
