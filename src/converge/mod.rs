@@ -10,9 +10,9 @@
 //! first cycle plans the same placement (numapin's pins are read back) and
 //! the moves go on from where the pages are, so nothing moves twice. A
 //! move stops when the plan changes (it re-targets), when the guest starts
-//! a job or is paused (checked at most a second before each chunk, so a
-//! chunk under way when a job starts is the most that can overlap it: a
-//! quarter second of moving at the rate), and when it stops.
+//! a job or is paused (checked before each chunk, so a chunk under way
+//! when a job starts, a quarter second of moving at the rate, is the most
+//! that can overlap it), and when it stops.
 
 pub mod mover;
 pub mod queue;

@@ -11,9 +11,9 @@ use crate::libvirt::DomainRef;
 
 use super::{DomainProgress, Step, Work};
 
-/// How often a guest whose memory moves is checked for a job or a pause:
-/// memory never moves under a job, so a chunk never starts later than this
-/// after the last check.
+/// How old a check for a job or a pause may be when a chunk starts. Each
+/// chunk also needs a check of its own (see [`Queue::done`]), so this only
+/// bounds the wait for the rate between the check and the chunk.
 pub const ACTIVITY_EVERY: Duration = Duration::from_secs(1);
 /// How long a guest held by a job or pause waits before the next check.
 pub const HELD_RECHECK: Duration = Duration::from_secs(5);
@@ -395,6 +395,9 @@ impl Queue {
         let d = task.domain().clone();
         let e = self.entry(&d, generation)?;
         e.moved += bytes;
+        // The next chunk needs a fresh check: memory never starts moving
+        // under a job libvirt already reports.
+        e.checked_at = None;
         match task {
             Task::Move { end, .. } => {
                 if let Some(&(start, _)) = e.ranges.as_ref().and_then(|r| r.get(e.range)) {
