@@ -1,65 +1,111 @@
-//! Compares placement strategies on seeded traces and prints a table per
-//! host: memory locality (distance-weighted, 1 = all local), share of
-//! guests that fit one node but span several, node CPU and memory
-//! imbalance (most minus least busy node, averaged over the run), moves of
-//! running domains and GiB of memory migrated.
+//! Compares placement strategies on seeded traces by the guests' modelled
+//! speed (and locality, spanning, imbalance, moves, GiB migrated).
 //!
-//! With `--seeds`, every host and strategy runs once per seed and the
-//! tables summarise the seeds: mean and median per strategy; for numapin,
-//! per metric, the seeds where it is better than, tied with or worse than
-//! each baseline; and the mean per-seed difference from numad's periodic
-//! rebalancing with a 95% t interval.
+//! Without `--seeds`, one table per host for one seed. With `--seeds`,
+//! every host and strategy runs once per seed; per host: mean and median
+//! per strategy, the mean speed with every guest's memory-boundness `m`
+//! fixed from 0 to 1, and issue 15's bar judged per seed
+//! (`numapin::simulate::report`); then the busy-host start, numapin and
+//! numad's daemon taking over hosts whose guests run unpinned. `--plot
+//! DIR` also writes the charts of docs/SIMULATION.md there.
 //!
 //! ```sh
 //! cargo run --release --example simulate                     # seed 1
 //! cargo run --release --example simulate -- 42               # another seed
 //! cargo run --release --example simulate -- --seeds 1-20     # seeds 1 to 20
-//! cargo run --release --example simulate -- --seeds 1-5,9 --jobs 1
+//! cargo run --release --example simulate -- --seeds 1-20 --plot docs
 //! ```
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use numapin::simulate::{Metrics, SimConfig, Strategy, TraceShape, compare, simulate, trace};
+use numapin::simulate::converge::{self, Convergence};
+use numapin::simulate::report::HostRuns;
+use numapin::simulate::stats::{median, seed_list};
+use numapin::simulate::trace::Fleet;
+use numapin::simulate::{
+    Metrics, SimConfig, Strategy, TraceShape, compare, plot, run, simulate, speed, trace,
+};
 use numapin::synth::HostShape;
 
-/// numapin with other `min_gain`s, after the default config: a coarser
-/// threshold (fewer moves), and one that rebalances at almost any gap (how
-/// even bound guests can be kept at all, and what that migrates).
+/// numapin with other `min_gain`s (one-seed tables only).
 const VARIANTS: [(&str, f64); 2] = [
     ("numapin, min_gain 0.1", 0.1),
     ("numapin, min_gain 0.01", 0.01),
 ];
 
-fn variant(config: &SimConfig, min_gain: f64) -> SimConfig {
-    let mut c = config.clone();
-    c.planner.planner.min_gain = min_gain;
-    c
+const USAGE: &str =
+    "usage: simulate [SEED] | simulate --seeds FIRST-LAST[,SEED...] [--jobs N] [--plot DIR]";
+
+/// A busy-host start runs this long.
+const HORIZON_S: u64 = 3600;
+
+struct Host {
+    label: &'static str,
+    shape: HostShape,
+    fleet: Fleet,
+    /// Issue 15's bar is set on these hosts.
+    bar: bool,
 }
 
-const USAGE: &str = "usage: simulate [SEED] | simulate --seeds FIRST-LAST[,SEED...] [--jobs N]";
-
-fn hosts() -> Vec<(&'static str, HostShape)> {
+fn hosts() -> Vec<Host> {
     let mut four = HostShape::new(4, 8, 2, 64 * 1024);
     four.nodes_per_socket = 2;
     let mut eight = HostShape::new(8, 8, 2, 64 * 1024);
     eight.nodes_per_socket = 4;
+    let mut cxl = HostShape::new(2, 24, 2, 384 * 1024);
+    cxl.memory_only_nodes = vec![256 * 1024];
+    let mixed = |label, shape| Host {
+        label,
+        shape,
+        fleet: Fleet::Mixed,
+        bar: true,
+    };
+    let production = |label, shape| Host {
+        label,
+        shape,
+        fleet: Fleet::Production,
+        bar: false,
+    };
     vec![
-        (
+        mixed(
             "2 nodes / 80 CPUs, 192 GiB per node",
             HostShape::new(2, 20, 2, 192 * 1024),
         ),
-        ("4 nodes / 64 CPUs, 64 GiB per node (2 per socket)", four),
-        ("8 nodes / 128 CPUs, 64 GiB per node (4 per socket)", eight),
+        mixed("4 nodes / 64 CPUs, 64 GiB per node (2 per socket)", four),
+        mixed("8 nodes / 128 CPUs, 64 GiB per node (4 per socket)", eight),
+        production(
+            "production fleet: 2 nodes / 96 CPUs, 512 GiB per node",
+            HostShape::new(2, 24, 2, 512 * 1024),
+        ),
+        production(
+            "production fleet, CXL: 2 nodes / 96 CPUs, 384 GiB per node, and a 256 GiB memory-only node",
+            cxl,
+        ),
     ]
+}
+
+fn shape(fleet: Fleet) -> TraceShape {
+    TraceShape {
+        fleet,
+        ..TraceShape::default()
+    }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match parse(&args) {
-        Ok(Mode::One(seed)) => one_seed(seed),
-        Ok(Mode::Seeds { seeds, jobs }) => many_seeds(&seeds, jobs),
+        Ok(Args { seeds: None, .. }) => one_seed(1),
+        Ok(Args {
+            seeds: Some(seeds),
+            jobs,
+            plot,
+            one: false,
+        }) => many_seeds(&seeds, jobs, plot.as_deref()),
+        Ok(Args {
+            seeds: Some(seeds), ..
+        }) => one_seed(seeds[0]),
         Err(e) => {
             eprintln!("{e}\n{USAGE}");
             std::process::exit(64)
@@ -67,14 +113,22 @@ fn main() {
     }
 }
 
-enum Mode {
-    One(u64),
-    Seeds { seeds: Vec<u64>, jobs: usize },
+struct Args {
+    seeds: Option<Vec<u64>>,
+    jobs: usize,
+    plot: Option<String>,
+    /// A lone seed, not `--seeds`.
+    one: bool,
 }
 
-fn parse(args: &[String]) -> Result<Mode, String> {
+fn parse(args: &[String]) -> Result<Args, String> {
     let number = |s: &str| s.parse::<u64>().map_err(|_| format!("not a seed: {s:?}"));
-    let (mut seeds, mut jobs) = (None, 2);
+    let mut out = Args {
+        seeds: None,
+        jobs: 2,
+        plot: None,
+        one: false,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -95,36 +149,43 @@ fn parse(args: &[String]) -> Result<Mode, String> {
                 }
                 all.sort_unstable();
                 all.dedup();
-                seeds = Some(all);
+                out.seeds = Some(all);
             }
             "--jobs" => {
                 let n = it.next().ok_or("--jobs needs a number")?;
-                jobs = n
+                out.jobs = n
                     .parse()
                     .ok()
                     .filter(|&j| j > 0)
                     .ok_or(format!("not a number of jobs: {n:?}"))?;
             }
-            s if args.len() == 1 => return Ok(Mode::One(number(s)?)),
+            "--plot" => out.plot = Some(it.next().ok_or("--plot needs a directory")?.clone()),
+            s if args.len() == 1 => {
+                out.seeds = Some(vec![number(s)?]);
+                out.one = true;
+            }
             s => return Err(format!("unexpected argument: {s:?}")),
         }
     }
-    Ok(match seeds {
-        Some(seeds) => Mode::Seeds { seeds, jobs },
-        None => Mode::One(1),
-    })
+    Ok(out)
 }
 
 fn print_setup(seeds: &str) {
     let config = SimConfig::default();
     let shape = TraceShape::default();
+    let (lo, hi) = speed::MEMORY_BOUND_RANGE;
     println!(
-        "{seeds}; {} h trace, memory {:.0}% subscribed on average, mean lifetime {} min; \
-         migration {} MiB/s; numapin every {} s; metrics averaged after {} s\n",
+        "{seeds}; {} h trace, mean lifetime {} min; mixed fleet: memory {:.0}% subscribed on \
+         average; production fleet: vCPUs 2.5 per host CPU; m drawn per guest from {lo}-{hi}; \
+         SMT sibling {}; {} x SLIT steps of extra latency; numad's migration {} MiB/s, \
+         numapin's background mover {} MiB/s; numapin every {} s; metrics averaged after {} s\n",
         shape.duration_s / 3600,
-        shape.memory_fill * 100.0,
         shape.mean_lifetime_s / 60,
+        shape.memory_fill * 100.0,
+        speed::SMT_SIBLING_GAIN,
+        speed::LATENCY_PER_SLIT,
         config.migrate_mib_per_s,
+        config.numapin_migrate_mib_per_s,
         config.numapin_interval_s,
         config.warm_up_s,
     );
@@ -140,20 +201,21 @@ fn arrivals(t: &trace::Trace) -> usize {
 fn one_seed(seed: u64) {
     print_setup(&format!("seed {seed}"));
     let config = SimConfig::default();
-    for (label, host) in hosts() {
-        let topo = host.build();
-        let t = trace::generate(&topo, &TraceShape::default(), seed);
-        println!("{label}: {} domains\n", arrivals(&t));
+    for host in hosts() {
+        let topo = host.shape.build();
+        let t = trace::generate(&topo, &shape(host.fleet), seed);
+        println!("{}: {} domains\n", host.label, arrivals(&t));
         println!(
-            "| strategy | locality | spanning | imbalance | CPU imbalance | memory imbalance | moves | GiB migrated |"
+            "| strategy | speed | slowest 5% | locality | spanning | imbalance | CPU imbalance | memory imbalance | moves | GiB migrated |"
         );
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for (s, m) in compare(&topo, &t, &config) {
             print_row(s.label(), &m);
         }
         for (label, min_gain) in VARIANTS {
-            let m = simulate(&topo, &t, Strategy::Numapin, &variant(&config, min_gain));
-            print_row(label, &m);
+            let mut c = config.clone();
+            c.planner.planner.min_gain = min_gain;
+            print_row(label, &simulate(&topo, &t, Strategy::Numapin, &c));
         }
         println!();
     }
@@ -161,7 +223,9 @@ fn one_seed(seed: u64) {
 
 fn print_row(label: &str, m: &Metrics) {
     println!(
-        "| {label} | {:.3} | {:.1}% | {:.3} | {:.3} | {:.3} | {} | {:.1} |",
+        "| {label} | {:.4} | {:.4} | {:.3} | {:.1}% | {:.3} | {:.3} | {:.3} | {} | {:.1} |",
+        m.speed,
+        m.slowest_5,
         m.locality,
         m.spanning * 100.0,
         m.imbalance,
@@ -172,48 +236,51 @@ fn print_row(label: &str, m: &Metrics) {
     );
 }
 
-/// One host and seed: domains that arrived and each strategy's metrics,
-/// in `Strategy::ALL` order, then numapin's [`VARIANTS`].
-type Run = (usize, Vec<Metrics>);
+/// One host and seed: each strategy's metrics in `Strategy::ALL` order,
+/// and for the production hosts the busy-host start of numapin and of
+/// numad's daemon.
+struct Run {
+    metrics: Vec<Metrics>,
+    busy: Option<[Convergence; 2]>,
+}
 
 /// Runs every host on every seed, `jobs` runs at a time; results by host,
 /// then seed, whatever order they finish in.
 fn run_all(seeds: &[u64], jobs: usize) -> Vec<Vec<Run>> {
-    let work = hosts().len() * seeds.len();
+    let hosts = hosts();
+    let work = hosts.len() * seeds.len();
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let results = Mutex::new(vec![None; work]);
+    let results: Mutex<Vec<Option<Run>>> = Mutex::new((0..work).map(|_| None).collect());
     let start = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(work) {
             scope.spawn(|| {
                 let config = SimConfig::default();
-                let variants: Vec<SimConfig> =
-                    VARIANTS.iter().map(|v| variant(&config, v.1)).collect();
-                let hosts = hosts();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= work {
                         break;
                     }
                     let (h, seed) = (i / seeds.len(), seeds[i % seeds.len()]);
-                    let topo = hosts[h].1.build();
-                    let t = trace::generate(&topo, &TraceShape::default(), seed);
-                    let mut metrics: Vec<Metrics> = compare(&topo, &t, &config)
+                    let host = &hosts[h];
+                    let topo = host.shape.build();
+                    let t = trace::generate(&topo, &shape(host.fleet), seed);
+                    let metrics = compare(&topo, &t, &config)
                         .into_iter()
                         .map(|(_, m)| m)
                         .collect();
-                    for v in &variants {
-                        metrics.push(simulate(&topo, &t, Strategy::Numapin, v));
-                    }
-                    let run = (arrivals(&t), metrics);
-                    results.lock().expect("no worker panicked")[i] = Some(run);
+                    let busy = (host.fleet == Fleet::Production).then(|| {
+                        [Strategy::Numapin, Strategy::NumadPeriodic]
+                            .map(|s| converge::busy_start(&topo, &t, s, &config, 300, HORIZON_S))
+                    });
+                    results.lock().expect("no worker panicked")[i] = Some(Run { metrics, busy });
                     eprintln!(
                         "[{}/{}] {:.0} s: {}, seed {seed}",
                         done.fetch_add(1, Ordering::Relaxed) + 1,
                         work,
                         start.elapsed().as_secs_f64(),
-                        hosts[h].0,
+                        host.label,
                     );
                 }
             });
@@ -223,7 +290,7 @@ fn run_all(seeds: &[u64], jobs: usize) -> Vec<Vec<Run>> {
         .into_inner()
         .expect("no worker panicked")
         .into_iter();
-    (0..hosts().len())
+    (0..hosts.len())
         .map(|_| {
             (&mut results)
                 .take(seeds.len())
@@ -233,329 +300,172 @@ fn run_all(seeds: &[u64], jobs: usize) -> Vec<Vec<Run>> {
         .collect()
 }
 
-/// A metric the seeds are summarised on.
-struct Measure {
-    name: &'static str,
-    get: fn(&Metrics) -> f64,
-    /// Smaller is better (else larger).
-    lower_is_better: bool,
-    /// Two runs within this of each other are a tie, said so.
-    tie: f64,
-    tie_text: &'static str,
-    /// Prints a value; `signed` for differences.
-    show: fn(f64, bool) -> String,
-}
-
-/// `v` with `decimals` decimals, signed for a difference.
-fn num(v: f64, signed: bool, decimals: usize) -> String {
-    if v.is_nan() {
-        return "n/a".to_owned();
-    }
-    // No "-0.0000" for a difference that rounds to zero.
-    let v = if (v * 10f64.powi(decimals as i32)).round() == 0.0 {
-        0.0
-    } else {
-        v
-    };
-    if signed && v != 0.0 {
-        format!("{v:+.decimals$}")
-    } else {
-        format!("{v:.decimals$}")
-    }
-}
-
-const MEASURES: [Measure; 5] = [
-    Measure {
-        name: "locality",
-        get: |m| m.locality,
-        lower_is_better: false,
-        tie: 0.001,
-        tie_text: "within 0.001",
-        show: |v, s| num(v, s, 4),
-    },
-    Measure {
-        name: "spanning",
-        get: |m| m.spanning * 100.0,
-        lower_is_better: true,
-        tie: 0.5,
-        tie_text: "within 0.5 points",
-        show: |v, s| num(v, s, 1) + "%",
-    },
-    Measure {
-        name: "imbalance",
-        get: |m| m.imbalance,
-        lower_is_better: true,
-        tie: 0.002,
-        tie_text: "within 0.002",
-        show: |v, s| num(v, s, 4),
-    },
-    Measure {
-        name: "GiB migrated",
-        get: |m| m.migrated_gib,
-        lower_is_better: true,
-        tie: 1.0,
-        tie_text: "within 1 GiB",
-        show: |v, s| num(v, s, 1),
-    },
-    Measure {
-        name: "moves",
-        get: |m| m.moves as f64,
-        lower_is_better: true,
-        tie: 0.0,
-        tie_text: "equal",
-        show: |v, s| num(v, s, 1),
-    },
-];
-
-/// Better, tied or worse for numapin, from the difference numapin minus
-/// the other.
-#[derive(Clone, Copy, PartialEq)]
-enum Outcome {
-    Better,
-    Tied,
-    Worse,
-}
-
-impl Measure {
-    fn outcome(&self, numapin: f64, other: f64) -> Outcome {
-        let d = numapin - other;
-        if d.abs() <= self.tie {
-            Outcome::Tied
-        } else if (d < 0.0) == self.lower_is_better {
-            Outcome::Better
-        } else {
-            Outcome::Worse
-        }
-    }
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-/// Two-sided 95% quantile of Student's t with `df` degrees of freedom; for
-/// df between the tabulated ones, that of the next lower (wider).
-fn t_975(df: usize) -> f64 {
-    const SMALL: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042,
-    ];
-    match df {
-        0 => f64::NAN,
-        1..=30 => SMALL[df - 1],
-        31..=39 => 2.042,
-        40..=59 => 2.021,
-        60..=119 => 2.000,
-        120.. => 1.980,
-    }
-}
-
-/// Mean of `d` and the half-width of its 95% t interval (NaN for fewer
-/// than two values).
-fn mean_interval(d: &[f64]) -> (f64, f64) {
-    let n = d.len();
-    let m = mean(d);
-    if n < 2 {
-        return (m, f64::NAN);
-    }
-    let var = d.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64;
-    (m, t_975(n - 1) * (var / n as f64).sqrt())
-}
-
-fn seed_list(seeds: &[u64]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < seeds.len() {
-        let mut j = i;
-        while j + 1 < seeds.len() && seeds[j + 1] == seeds[j] + 1 {
-            j += 1;
-        }
-        parts.push(if j > i {
-            format!("{}-{}", seeds[i], seeds[j])
-        } else {
-            seeds[i].to_string()
-        });
-        i = j + 1;
-    }
-    parts.join(",")
-}
-
-fn many_seeds(seeds: &[u64], jobs: usize) {
+fn many_seeds(seeds: &[u64], jobs: usize, plot_dir: Option<&str>) {
     let runs = run_all(seeds, jobs);
-    let n = seeds.len();
-    print_setup(&format!("seeds {} ({n})", seed_list(seeds)));
-    let ties: Vec<String> = MEASURES
-        .iter()
-        .map(|m| format!("{} {}", m.name, m.tie_text))
-        .collect();
-    println!(
-        "Comparisons are of numapin with the default config. Ties: {}. Differences are \
-         numapin minus the baseline, per seed; the interval is their mean ± t(0.975, n - 1) \
-         x standard deviation / √n.\n",
-        ties.join(", ")
-    );
-    let numapin = Strategy::ALL.len() - 1;
-    let mut rows: Vec<&str> = Strategy::ALL.iter().map(|s| s.label()).collect();
-    rows.extend(VARIANTS.iter().map(|v| v.0));
-    let periodic = Strategy::ALL
-        .iter()
-        .position(|&s| s == Strategy::NumadPeriodic)
-        .expect("a strategy");
-    for ((label, _), runs) in hosts().iter().zip(&runs) {
-        let domains: Vec<usize> = runs.iter().map(|r| r.0).collect();
-        let (fewest, most) = (domains.iter().min(), domains.iter().max());
-        // values[strategy][measure][seed]
-        let values: Vec<Vec<Vec<f64>>> = (0..rows.len())
-            .map(|s| {
-                MEASURES
-                    .iter()
-                    .map(|m| runs.iter().map(|r| (m.get)(&r.1[s])).collect())
-                    .collect()
-            })
-            .collect();
-        let total: usize = domains.iter().sum();
-        println!(
-            "{label}: {}-{} domains a seed (mean {:.1})\n",
-            fewest.expect("seeds"),
-            most.expect("seeds"),
-            total as f64 / n as f64,
-        );
-
-        print!("| strategy (mean / median) |");
-        for m in &MEASURES {
-            print!(" {} |", m.name);
-        }
-        println!("\n| --- |{}", " ---: |".repeat(MEASURES.len()));
-        for (s, row) in rows.iter().enumerate() {
-            print!("| {row} |");
-            for (k, m) in MEASURES.iter().enumerate() {
-                let v = &values[s][k];
-                print!(
-                    " {} / {} |",
-                    (m.show)(mean(v), false),
-                    (m.show)(median(v), false)
-                );
-            }
-            println!();
-        }
-        println!();
-
-        print!("| numapin against (seeds better / tied / worse) |");
-        for s in &Strategy::ALL[..numapin] {
-            print!(" {} |", s.label());
-        }
-        println!("\n| --- |{}", " ---: |".repeat(numapin));
-        for (k, m) in MEASURES.iter().enumerate() {
-            print!("| {} ({}) |", m.name, m.tie_text);
-            for b in 0..numapin {
-                let count = |o: Outcome| {
-                    (0..n)
-                        .filter(|&i| m.outcome(values[numapin][k][i], values[b][k][i]) == o)
-                        .count()
-                };
-                print!(
-                    " {} / {} / {} |",
-                    count(Outcome::Better),
-                    count(Outcome::Tied),
-                    count(Outcome::Worse)
-                );
-            }
-            println!();
-        }
-        println!();
-
-        println!(
-            "| against numad periodic | numad periodic mean | numapin mean | mean difference | 95% interval | seeds worse (difference) |"
-        );
-        println!("| --- | ---: | ---: | ---: | ---: | --- |");
-        for (k, m) in MEASURES.iter().enumerate() {
-            if !matches!(m.name, "locality" | "imbalance" | "GiB migrated") {
-                continue;
-            }
-            let (ours, theirs) = (&values[numapin][k], &values[periodic][k]);
-            let d: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a - b).collect();
-            let (md, half) = mean_interval(&d);
-            let worse: Vec<String> = (0..n)
-                .filter(|&i| m.outcome(ours[i], theirs[i]) == Outcome::Worse)
-                .map(|i| format!("{} ({})", seeds[i], (m.show)(d[i], true)))
-                .collect();
-            let interval = if half.is_nan() {
-                "n/a".to_owned()
-            } else {
-                format!(
-                    "{} to {}",
-                    (m.show)(md - half, true),
-                    (m.show)(md + half, true)
-                )
-            };
-            println!(
-                "| {} | {} | {} | {} | {} | {} |",
-                m.name,
-                (m.show)(mean(theirs), false),
-                (m.show)(mean(ours), false),
-                (m.show)(md, true),
-                interval,
-                if worse.is_empty() {
-                    "none".to_owned()
-                } else {
-                    worse.join(", ")
-                },
-            );
-        }
-        println!();
-        print_tradeoff(seeds, &rows, &values, periodic);
+    print_setup(&format!("seeds {} ({})", seed_list(seeds), seeds.len()));
+    let mut verdicts = Vec::new();
+    for (host, runs) in hosts().iter().zip(&runs) {
+        let metrics: Vec<Vec<Metrics>> = runs.iter().map(|r| r.metrics.clone()).collect();
+        let h = HostRuns {
+            label: host.label,
+            seeds,
+            runs: &metrics,
+        };
+        let mut out = String::new();
+        println!("### {}\n", host.label);
+        h.summary(&mut out);
+        h.sweep(&mut out);
+        let v = h.bar(&mut out);
+        print!("{out}");
+        verdicts.push((host.label, host.bar, v));
     }
-}
-
-/// Per numapin config, the seeds where it is worse on imbalance than no
-/// pinning and than numad periodic, and migrates more than numad periodic:
-/// what a lower or higher `min_gain` trades.
-fn print_tradeoff(seeds: &[u64], rows: &[&str], values: &[Vec<Vec<f64>>], periodic: usize) {
-    let measure = |name: &str| {
-        MEASURES
-            .iter()
-            .position(|m| m.name == name)
-            .expect("a measure")
-    };
-    let (imbalance, gib) = (measure("imbalance"), measure("GiB migrated"));
-    let no_pinning = Strategy::ALL
-        .iter()
-        .position(|&s| s == Strategy::NoPinning)
-        .expect("a strategy");
-    let worse = |row: usize, k: usize, base: usize| {
-        let m = &MEASURES[k];
-        let list: Vec<String> = (0..seeds.len())
-            .filter(|&i| m.outcome(values[row][k][i], values[base][k][i]) == Outcome::Worse)
-            .map(|i| seeds[i].to_string())
-            .collect();
-        match list.len() {
-            0 => "none".to_owned(),
-            c => format!("{c}: {}", list.join(", ")),
-        }
-    };
+    println!("### The bar (2, 4 and 8 nodes; production hosts for information)\n");
     println!(
-        "| seeds where numapin is worse | imbalance, against no pinning | imbalance, against numad periodic | GiB migrated, against numad periodic |"
+        "| host | mean speed: seeds met | slowest 5%, median seed: against no pinning / at start / periodic | locality: seeds met | migrated: seeds met | bar |"
     );
-    println!("| --- | --- | --- | --- |");
-    for (row, label) in rows.iter().enumerate().skip(Strategy::ALL.len() - 1) {
+    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    for (label, bar, v) in &verdicts {
         println!(
-            "| {label} | {} | {} | {} |",
-            worse(row, imbalance, no_pinning),
-            worse(row, imbalance, periodic),
-            worse(row, gib, periodic),
+            "| {label} | {} / {} | {:+.4} / {:+.4} / {:+.4} | {} / {} | {} / {} | {}{} |",
+            v.speed_ok,
+            v.seeds,
+            v.slowest_median_diff[0],
+            v.slowest_median_diff[1],
+            v.slowest_median_diff[2],
+            v.locality_ok,
+            v.seeds,
+            v.migrated_ok,
+            v.seeds,
+            if v.met() { "met" } else { "NOT met" },
+            if *bar { "" } else { " (information)" },
         );
     }
     println!();
+    print_busy_start(seeds, &runs);
+    if let Some(dir) = plot_dir {
+        write_plots(dir, seeds[0], &runs);
+    }
+}
+
+fn print_busy_start(seeds: &[u64], runs: &[Vec<Run>]) {
+    println!(
+        "### Busy-host start\n\nThe first population of each seed's trace runs unpinned, then the strategy takes over (no arrivals, departures or load changes; {} s). Time to confine every guest, time until {:.0}% of the memory is local (on its own cell's nodes, confined guests only), GiB migrated by then. Over seeds: median and largest; \"never\" counts seeds where it did not happen within the time.\n",
+        HORIZON_S,
+        converge::LOCAL_TARGET * 100.0
+    );
+    println!(
+        "| host | strategy | guests (median) | every guest confined: median / largest s (never) | guests confined at the end (median) | {:.0}% local: median / largest s (never) | local at the end (median) | GiB migrated (median) | moves (median) |",
+        converge::LOCAL_TARGET * 100.0
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let time = |v: Vec<Option<u64>>| {
+        let got: Vec<f64> = v.iter().flatten().map(|&s| s as f64).collect();
+        let never = v.len() - got.len();
+        if got.is_empty() {
+            format!("never ({never})")
+        } else {
+            format!(
+                "{:.0} / {:.0} ({never})",
+                median(&got),
+                got.iter().cloned().fold(0.0, f64::max)
+            )
+        }
+    };
+    for (host, runs) in hosts().iter().zip(runs) {
+        if host.fleet != Fleet::Production {
+            continue;
+        }
+        for (k, label) in ["numapin", "numad periodic"].iter().enumerate() {
+            let c: Vec<&Convergence> = runs
+                .iter()
+                .filter_map(|r| r.busy.as_ref().map(|b| &b[k]))
+                .collect();
+            let f =
+                |g: fn(&Convergence) -> f64| median(&c.iter().map(|x| g(x)).collect::<Vec<_>>());
+            println!(
+                "| {} | {label} | {:.0} | {} | {:.0} | {} | {:.3} | {:.1} | {:.0} |",
+                host.label,
+                f(|x| x.guests as f64),
+                time(c.iter().map(|x| x.confined_s).collect()),
+                f(|x| x.confined_at_end as f64),
+                time(c.iter().map(|x| x.local_s).collect()),
+                f(|x| x.local_at_end),
+                f(|x| x.migrated_gib),
+                f(|x| x.moves as f64),
+            );
+        }
+    }
+    println!("\n({} seeds: {})\n", seeds.len(), seed_list(seeds));
+}
+
+/// Speed over time per strategy for the first seed, on the two-node and
+/// eight-node hosts, and the busy-host start of the production host.
+fn write_plots(dir: &str, seed: u64, runs: &[Vec<Run>]) {
+    let config = SimConfig::default();
+    let hosts = hosts();
+    for (h, file) in [
+        (0, "simulate-speed-2-nodes.svg"),
+        (2, "simulate-speed-8-nodes.svg"),
+    ] {
+        let host = &hosts[h];
+        let topo = host.shape.build();
+        let t = trace::generate(&topo, &shape(host.fleet), seed);
+        let series: Vec<(&str, Vec<(f64, f64)>)> = Strategy::ALL
+            .iter()
+            .map(|&s| (s.label(), plot::smooth(&run(&topo, &t, s, &config).1, 12)))
+            .collect();
+        let low = series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|q| q.1))
+            .fold(1.0, f64::min);
+        let svg = plot::line_chart(
+            &format!(
+                "{}, seed {seed}: mean vCPU speed (1-minute means)",
+                host.label
+            ),
+            "modelled speed",
+            (((low - 0.01) * 50.0).floor() / 50.0, 1.0),
+            &series,
+        );
+        save(dir, file, &svg);
+    }
+    let p = hosts
+        .iter()
+        .position(|h| h.fleet == Fleet::Production)
+        .expect("a production host");
+    if let Some(busy) = &runs[p][0].busy {
+        let series: Vec<(&str, Vec<(f64, f64)>)> = ["numapin", "numad periodic"]
+            .iter()
+            .zip(busy)
+            .map(|(l, c)| {
+                (
+                    *l,
+                    c.series
+                        .iter()
+                        .filter(|(s, _)| *s <= 1800)
+                        .map(|&(s, v)| (s as f64, v))
+                        .collect(),
+                )
+            })
+            .collect();
+        let svg = plot::line_chart(
+            &format!(
+                "Busy-host start, {}, seed {seed}: share of memory local",
+                hosts[p].label.split(':').next().unwrap_or("")
+            ),
+            "memory local",
+            (0.0, 1.0),
+            &series,
+        );
+        save(dir, "simulate-busy-start.svg", &svg);
+    }
+}
+
+fn save(dir: &str, file: &str, svg: &str) {
+    let path = std::path::Path::new(dir).join(file);
+    if let Err(e) = std::fs::write(&path, svg) {
+        eprintln!("cannot write {}: {e}", path.display());
+        std::process::exit(74);
+    }
+    eprintln!("wrote {}", path.display());
 }

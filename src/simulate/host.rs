@@ -71,7 +71,10 @@ pub struct SimHost {
     pub topo: HostTopology,
     /// Node-to-node distances by index.
     pub distance: Vec<Vec<u32>>,
+    /// Hardware threads per node (0 on a memory-only node).
     pub cpus: Vec<f64>,
+    /// Cores per node: what runs at full speed before SMT siblings share.
+    pub cores: Vec<f64>,
     pub mem_mib: Vec<u64>,
     pub domains: BTreeMap<usize, SimDomain>,
     /// Placements of running domains changed (first placements excluded).
@@ -94,6 +97,19 @@ impl SimHost {
                 .map(|&a| ids.iter().map(|&b| topo.distance(a, b)).collect())
                 .collect(),
             cpus: topo.nodes.iter().map(|n| n.cpus.len() as f64).collect(),
+            cores: topo
+                .nodes
+                .iter()
+                .map(|n| {
+                    let cores: std::collections::BTreeSet<u32> = topo
+                        .cpus
+                        .iter()
+                        .filter(|c| c.node == n.id)
+                        .map(|c| c.siblings.iter().next().unwrap_or(c.id))
+                        .collect();
+                    cores.len() as f64
+                })
+                .collect(),
             mem_mib: topo.nodes.iter().map(|n| n.memory_mib).collect(),
             topo: topo.clone(),
             domains: BTreeMap::new(),
@@ -191,6 +207,27 @@ impl SimHost {
         (0..self.nodes() as u32).collect()
     }
 
+    /// Nodes with CPUs (not memory-only ones), by index.
+    pub fn cpu_nodes(&self) -> impl Iterator<Item = usize> + Clone + '_ {
+        (0..self.nodes()).filter(|&i| self.cpus[i] > 0.0)
+    }
+
+    /// MiB of a domain's memory not on the nodes it is being moved to.
+    pub fn misplaced_mib(&self, d: &SimDomain) -> u64 {
+        d.pieces
+            .iter()
+            .filter_map(|p| {
+                let target = p.target.as_ref()?;
+                Some(
+                    (0..p.memory.len())
+                        .filter(|&i| !target.contains(i as u32))
+                        .map(|i| p.memory[i])
+                        .sum::<u64>(),
+                )
+            })
+            .sum()
+    }
+
     /// Nodes by distance from `from`, nearest first, then by index.
     fn nearest(&self, from: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.nodes()).collect();
@@ -230,12 +267,31 @@ impl SimHost {
     }
 
     /// Moves memory of pieces toward their targets, up to `budget_mib` in
-    /// all, into the target node with the most room; returns MiB moved.
+    /// all, domain by domain in id order, into the target node with the
+    /// most room; returns MiB moved.
     pub fn migrate(&mut self, budget_mib: u64) -> u64 {
+        let ids: Vec<usize> = self.domains.keys().copied().collect();
+        self.migrate_in(&ids, budget_mib)
+    }
+
+    /// As [`Self::migrate`], the domains with the most memory away from
+    /// their targets first (numapin's background mover).
+    pub fn migrate_most_misplaced_first(&mut self, budget_mib: u64) -> u64 {
+        let mut ids: Vec<(u64, usize)> = self
+            .domains
+            .values()
+            .map(|d| (self.misplaced_mib(d), d.id))
+            .filter(|(m, _)| *m > 0)
+            .collect();
+        ids.sort_by_key(|&(m, id)| (std::cmp::Reverse(m), id));
+        let ids: Vec<usize> = ids.into_iter().map(|(_, id)| id).collect();
+        self.migrate_in(&ids, budget_mib)
+    }
+
+    fn migrate_in(&mut self, ids: &[usize], budget_mib: u64) -> u64 {
         let mut free = self.free_mib();
         let mut left = budget_mib;
-        let ids: Vec<usize> = self.domains.keys().copied().collect();
-        for id in ids {
+        for &id in ids {
             let d = self.domains.get_mut(&id).expect("listed above");
             for p in &mut d.pieces {
                 let Some(target) = &p.target else { continue };
@@ -297,8 +353,8 @@ mod tests {
         GuestSpec {
             vcpus,
             mem_mib,
-            cells: 0,
             load: 0.5,
+            ..GuestSpec::default()
         }
     }
 

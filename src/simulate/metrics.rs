@@ -1,10 +1,13 @@
-//! What a strategy achieves, sampled over the run: memory locality, guests
-//! spanning nodes needlessly, node imbalance, and what it cost in moves and
-//! migrated memory.
+//! What a strategy achieves, sampled over the run: modelled guest speed,
+//! memory locality, guests spanning nodes needlessly, node imbalance, and
+//! what it cost in moves and migrated memory.
+
+use std::collections::BTreeMap;
 
 use crate::topology::LOCAL_DISTANCE;
 
 use super::host::{SimDomain, SimHost};
+use super::speed::{self, SWEEP};
 
 /// One look at the host.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,6 +28,14 @@ pub struct Sample {
 /// A strategy's results over a run: samples averaged, costs summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Metrics {
+    /// Mean modelled speed over every vCPU and sample (1 = alone on an
+    /// idle node, memory local).
+    pub speed: f64,
+    /// Mean speed of the slowest 5% of guests (each guest's speed being
+    /// its mean over its samples).
+    pub slowest_5: f64,
+    /// Mean speed with every guest's `m` set to each of [`SWEEP`].
+    pub sweep: [f64; SWEEP.len()],
     pub locality: f64,
     pub spanning: f64,
     pub imbalance: f64,
@@ -45,6 +56,58 @@ impl Metrics {
         self.cpu_imbalance = mean(self.cpu_imbalance, s.cpu_imbalance);
         self.mem_imbalance = mean(self.mem_imbalance, s.mem_imbalance);
         self.samples += 1;
+    }
+}
+
+/// Guest speed summed over samples: per vCPU for the mean, per guest for
+/// the slowest.
+#[derive(Debug, Default)]
+pub struct SpeedTracker {
+    sum: f64,
+    sweep: [f64; SWEEP.len()],
+    vcpu_samples: f64,
+    /// Per domain: summed speed and samples.
+    guests: BTreeMap<usize, (f64, u32)>,
+}
+
+impl SpeedTracker {
+    /// Adds one sample of every domain; returns its mean vCPU speed.
+    pub fn add(&mut self, host: &SimHost) -> f64 {
+        let level = speed::node_levels(host);
+        let (mut sum, mut vcpus) = (0.0, 0.0);
+        for d in host.domains.values() {
+            let v = d.spec.vcpus as f64;
+            let pieces = speed::pieces(host, &level, d);
+            let s = speed::mean_speed(&pieces, d.spec.memory_bound);
+            sum += s * v;
+            vcpus += v;
+            for (acc, &m) in self.sweep.iter_mut().zip(&SWEEP) {
+                *acc += speed::mean_speed(&pieces, m) * v;
+            }
+            let g = self.guests.entry(d.id).or_default();
+            g.0 += s;
+            g.1 += 1;
+        }
+        self.sum += sum;
+        self.vcpu_samples += vcpus;
+        if vcpus > 0.0 { sum / vcpus } else { 1.0 }
+    }
+
+    /// Writes the speed figures into `m`.
+    pub fn finish(&self, m: &mut Metrics) {
+        let n = self.vcpu_samples.max(f64::MIN_POSITIVE);
+        m.speed = self.sum / n;
+        for (out, acc) in m.sweep.iter_mut().zip(&self.sweep) {
+            *out = acc / n;
+        }
+        let mut guests: Vec<f64> = self.guests.values().map(|(s, k)| s / *k as f64).collect();
+        guests.sort_by(f64::total_cmp);
+        let k = guests.len().div_ceil(20).max(1).min(guests.len());
+        m.slowest_5 = if k == 0 {
+            1.0
+        } else {
+            guests[..k].iter().sum::<f64>() / k as f64
+        };
     }
 }
 
@@ -113,7 +176,8 @@ pub fn sample(host: &SimHost) -> Sample {
     let used = host.used_mib();
     let cpu = |i: usize| load[i] / host.cpus[i];
     let mem = |i: usize| used[i] as f64 / host.mem_mib[i] as f64;
-    let nodes = 0..host.nodes();
+    // Memory-only nodes are a tier, not a place to balance guests over.
+    let nodes = host.cpu_nodes();
     Sample {
         locality: if total == 0 { 1.0 } else { sum / total as f64 },
         spanning: if fit == 0 {

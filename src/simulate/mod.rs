@@ -1,20 +1,27 @@
 //! A seeded placement-quality simulator: replays one trace of domain
 //! arrivals, load changes and departures on a host, once per strategy (no
 //! pinning, numad's advice at start, numad's periodic rebalancing, numapin),
-//! and measures memory locality, guests spanning nodes needlessly, node
-//! imbalance, moves and migrated memory.
+//! and measures the guests' modelled speed, memory locality, guests
+//! spanning nodes needlessly, node imbalance, moves and migrated memory.
 //!
 //! The model is coarse by design: vCPUs run on their bound nodes in
 //! proportion to the nodes' CPUs (on all nodes when unbound); memory is
 //! touched when a domain starts, within its binding or where its vCPUs
 //! first run, spilling to the nearest node with room; a binding that
-//! changes moves memory at a bounded, host-wide rate. It measures where
-//! things are, not how fast the guests run.
+//! changes moves memory at a bounded, host-wide rate. A vCPU's speed is
+//! its CPU share where it runs times a memory factor from the distance to
+//! its memory (`speed.rs`).
 
+pub mod converge;
+pub mod fleet;
 pub mod host;
 pub mod metrics;
 pub mod numad;
 pub mod numapin;
+pub mod plot;
+pub mod report;
+pub mod speed;
+pub mod stats;
 pub mod strategy;
 pub mod trace;
 
@@ -36,9 +43,13 @@ pub struct SimConfig {
     /// Metrics are sampled every tick from this time on (the first
     /// arrivals are over by then).
     pub warm_up_s: u64,
-    /// Host-wide page migration rate (migrate_pages(2) moves about a GiB
-    /// a second).
+    /// Host-wide page migration rate of numad and of a binding libvirt
+    /// changes (migrate_pages(2) moves about a GiB a second).
     pub migrate_mib_per_s: u64,
+    /// numapin's background memory mover: MiB per second for the whole
+    /// host, the guests with the most memory away from their nodes first.
+    /// Cycles do not wait for it.
+    pub numapin_migrate_mib_per_s: u64,
     /// numapin's cycle.
     pub numapin_interval_s: u64,
     /// numapin's config.
@@ -51,6 +62,7 @@ impl Default for SimConfig {
             tick_s: 5,
             warm_up_s: 600,
             migrate_mib_per_s: 1024,
+            numapin_migrate_mib_per_s: 512,
             numapin_interval_s: 30,
             planner: Config::default(),
         }
@@ -64,9 +76,22 @@ pub fn simulate(
     strategy: Strategy,
     config: &SimConfig,
 ) -> Metrics {
+    run(topo, trace, strategy, config).0
+}
+
+/// As [`simulate`], with the mean vCPU speed of every sample after the
+/// warm-up: (seconds from the start, speed).
+pub fn run(
+    topo: &HostTopology,
+    trace: &Trace,
+    strategy: Strategy,
+    config: &SimConfig,
+) -> (Metrics, Vec<(u64, f64)>) {
     let mut host = SimHost::new(topo);
     let mut placer = Placer::new(strategy, &config.planner, config.numapin_interval_s);
     let mut metrics = Metrics::default();
+    let mut speed = metrics::SpeedTracker::default();
+    let mut series = Vec::new();
     let mut events = trace.events.iter().peekable();
     let mut now = 0;
     while now <= trace.duration_s {
@@ -87,15 +112,17 @@ pub fn simulate(
             }
         }
         placer.tick(&mut host, now);
-        host.migrate(config.migrate_mib_per_s * config.tick_s);
+        placer.migrate(&mut host, config);
         if now >= config.warm_up_s {
             metrics.add(metrics::sample(&host));
+            series.push((now, speed.add(&host)));
         }
         now += config.tick_s;
     }
     metrics.moves = host.moves;
     metrics.migrated_gib = host.migrated_mib as f64 / 1024.0;
-    metrics
+    speed.finish(&mut metrics);
+    (metrics, series)
 }
 
 /// Every strategy on the same trace, in `Strategy::ALL` order.

@@ -389,8 +389,8 @@ mod tests {
         let spec = GuestSpec {
             vcpus: 4,
             mem_mib: 4096,
-            cells: 0,
             load: 0.9,
+            ..GuestSpec::default()
         };
         let mut daemon = Daemon::default();
         for id in 0..3 {
@@ -417,8 +417,8 @@ mod tests {
         let spec = GuestSpec {
             vcpus: 2,
             mem_mib: 6000,
-            cells: 0,
             load: 0.5,
+            ..GuestSpec::default()
         };
         host.arrive(0, &spec);
         host.allocate(0, 0, &[1.0, 0.0]);

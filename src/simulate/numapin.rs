@@ -7,12 +7,14 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
+use crate::guest::{CpuMode, Domain};
 use crate::idset::{CpuSet, NodeSet};
-use crate::observations::{DomainObservation, NodeObservation, Observations};
+use crate::observations::{DomainObservation, NestedActivity, NodeObservation, Observations};
 use crate::planner::{self, DomainInput, DomainPlan, PlanInput, Status};
 use crate::synth::{DomainExt, domain};
 
 use super::host::SimHost;
+use super::trace::{CpuKind, GuestSpec, HypervisorKind};
 
 pub struct Numapin {
     pub config: Config,
@@ -22,6 +24,45 @@ pub struct Numapin {
 
 fn name(id: usize) -> String {
     format!("vm-{id:05}")
+}
+
+/// The persistent and live definitions libvirt would show for a guest.
+fn definitions(id: usize, spec: &GuestSpec) -> (Domain, Domain) {
+    let mut defined = domain(&name(id), spec.vcpus, spec.mem_mib);
+    if spec.cells > 1 {
+        defined = defined.with_cells(spec.cells);
+    }
+    if spec.hypervisor == Some(HypervisorKind::Declared) {
+        return (defined.clone().nested(), defined.nested());
+    }
+    match spec.cpu {
+        CpuKind::Named => (defined.clone(), defined),
+        CpuKind::HostPassthrough => {
+            defined.cpu.mode = Some(CpuMode::HostPassthrough);
+            (defined.clone(), defined)
+        }
+        // The live definition of a running host-model guest lists every
+        // host feature, vmx included.
+        CpuKind::HostModel => (
+            defined.clone().host_model(),
+            defined.host_model().running_host_model(),
+        ),
+    }
+}
+
+/// What KVM's nested counters show for a guest that can run VMs: an
+/// observed hypervisor enters nested guests, the others do not. A named
+/// CPU model without vmx (every guest of the mixed fleet) shows nothing.
+fn nested_activity(spec: &GuestSpec) -> Option<NestedActivity> {
+    match (spec.hypervisor, spec.cpu) {
+        (Some(HypervisorKind::Observed), _) => Some(NestedActivity {
+            entries: 10_000,
+            running: true,
+            last_seen_secs: Some(1),
+        }),
+        (None, CpuKind::Named) => None,
+        _ => Some(NestedActivity::default()),
+    }
 }
 
 impl Numapin {
@@ -45,11 +86,7 @@ impl Numapin {
         }
         let mut inputs = Vec::new();
         for (&id, d) in &host.domains {
-            let mut defined = domain(&name(id), d.spec.vcpus, d.spec.mem_mib);
-            if d.spec.cells > 1 {
-                defined = defined.with_cells(d.spec.cells);
-            }
-            let mut live = defined.clone();
+            let (defined, mut live) = definitions(id, &d.spec);
             if let Some(pins) = self.pins.get(&id) {
                 live.cputune.vcpupin = pins.clone();
                 live.cputune.emulatorpin =
@@ -71,6 +108,7 @@ impl Numapin {
                 DomainObservation {
                     memory_mib,
                     vcpu_load: vec![d.load; d.spec.vcpus as usize],
+                    nested: nested_activity(&d.spec),
                     ..Default::default()
                 },
             );

@@ -96,14 +96,28 @@ impl Placer {
                 interval_s,
                 next_s,
             } => {
-                // Applying a plan migrates memory synchronously: the next
-                // cycle starts once the last one's migrations are done.
-                if now >= *next_s && !host.migrating() {
+                // The daemon pins in its cycle and moves memory in the
+                // background: cycles do not wait for the mover.
+                if now >= *next_s {
                     numapin.cycle(host, None);
                     *next_s = now + *interval_s;
                 }
             }
         }
+    }
+}
+
+impl Placer {
+    /// Memory movement over one tick: numapin's background mover at its
+    /// rate, most misplaced guests first; a changed binding elsewhere at
+    /// the host's rate, in the order the kernel happens to get to them.
+    pub fn migrate(&self, host: &mut SimHost, config: &super::SimConfig) {
+        match self {
+            Placer::Numapin { .. } => {
+                host.migrate_most_misplaced_first(config.numapin_migrate_mib_per_s * config.tick_s)
+            }
+            _ => host.migrate(config.migrate_mib_per_s * config.tick_s),
+        };
     }
 }
 
@@ -119,7 +133,8 @@ pub fn first_touch(host: &mut SimHost, id: usize) {
         let mut share = vec![0.0; host.nodes()];
         for _ in host.domains[&id].piece_vcpus(k) {
             let idle = |i: usize| host.cpus[i] - load[i];
-            let node = (0..host.nodes())
+            let node = host
+                .cpu_nodes()
                 .max_by(|&a, &b| idle(a).total_cmp(&idle(b)).then(b.cmp(&a)))
                 .expect("hosts have nodes");
             share[node] += 1.0;

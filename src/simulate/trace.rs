@@ -5,8 +5,10 @@
 use crate::synth::Rng;
 use crate::topology::HostTopology;
 
+use super::fleet;
+
 /// What an arriving domain asks for.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct GuestSpec {
     pub vcpus: u32,
     pub mem_mib: u64,
@@ -14,6 +16,31 @@ pub struct GuestSpec {
     pub cells: u32,
     /// Busy fraction of each vCPU (0-1).
     pub load: f64,
+    /// How memory-bound the guest is (`m` of the speed model, 0-1).
+    pub memory_bound: f64,
+    /// The guest's CPU model, as its definition gives it.
+    pub cpu: CpuKind,
+    /// Whether it runs VMs of its own, and what shows it.
+    pub hypervisor: Option<HypervisorKind>,
+    /// Mostly idle: its load changes stay low.
+    pub idle: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuKind {
+    /// A named model without vmx: cannot run VMs.
+    #[default]
+    Named,
+    HostPassthrough,
+    HostModel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HypervisorKind {
+    /// Requires vmx in its definition.
+    Declared,
+    /// host-passthrough, seen entering nested guests by KVM's counters.
+    Observed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +86,20 @@ pub struct TraceShape {
     pub mean_lifetime_s: u64,
     /// Mean time between two load changes of one domain.
     pub mean_load_change_s: u64,
+    pub fleet: Fleet,
+}
+
+/// What kind of guests a trace has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fleet {
+    /// Sized against a node: mostly small guests, some a quarter to half a
+    /// node, a few larger than a node; the population fills memory.
+    #[default]
+    Mixed,
+    /// Shaped like a production host (`fleet.rs`): small host-passthrough
+    /// and host-model guests, 70% mostly idle, a few nested hypervisors
+    /// with cells; the population fills the CPUs 2.5:1.
+    Production,
 }
 
 impl Default for TraceShape {
@@ -69,6 +110,7 @@ impl Default for TraceShape {
             memory_limit: 0.85,
             mean_lifetime_s: 3600,
             mean_load_change_s: 900,
+            fleet: Fleet::Mixed,
         }
     }
 }
@@ -102,11 +144,12 @@ fn guest(rng: &mut Rng, node_cpus: u32, node_mib: u64) -> GuestSpec {
         mem_mib,
         cells,
         load: load(rng),
+        ..GuestSpec::default()
     }
 }
 
 /// Most guests idle along, some are busy.
-fn load(rng: &mut Rng) -> f64 {
+pub(super) fn load(rng: &mut Rng) -> f64 {
     let busy = if rng.chance(0.25) { 0.6 } else { 0.05 };
     ((busy + rng.unit() * 0.35) * 100.0).round() / 100.0
 }
@@ -117,17 +160,30 @@ pub fn generate(topo: &HostTopology, shape: &TraceShape, seed: u64) -> Trace {
     let node_cpus = topo.nodes[0].cpus.len() as u32;
     let node_mib = topo.nodes[0].memory_mib;
     let host_mib: u64 = topo.nodes.iter().map(|n| n.memory_mib).sum();
+    let host_cpus = topo.cpus.len() as f64;
     // Mean memory of a guest from the size classes above.
     let mean_mib =
         0.7 * 4779.0 + 0.25 * (node_mib as f64 * 3.0 / 16.0) + 0.05 * node_mib as f64 * 1.25;
-    let population = ((host_mib as f64 * shape.memory_fill / mean_mib).round() as usize).max(1);
+    let population = match shape.fleet {
+        Fleet::Mixed => host_mib as f64 * shape.memory_fill / mean_mib,
+        Fleet::Production => host_cpus * fleet::OVERCOMMIT / fleet::MEAN_VCPUS,
+    };
+    let population = (population.round() as usize).max(1);
+    // m is drawn apart from the trace, so that the same seed gives the
+    // same arrivals and loads with or without it.
+    let mut bound_rng = Rng::new(seed ^ 0x6d65_6d6f_7279);
+    let (lo, hi) = super::speed::MEMORY_BOUND_RANGE;
     let limit = (host_mib as f64 * shape.memory_limit) as u64;
     let mut events: Vec<(u64, usize, Event)> = Vec::new();
     // Admitted domains: memory, arrival and end.
     let mut admitted: Vec<(u64, u64, u64)> = Vec::new();
     let mut next_id = 0;
     let mut arrive = |rng: &mut Rng, at: u64, events: &mut Vec<(u64, usize, Event)>| {
-        let spec = guest(rng, node_cpus, node_mib);
+        let mut spec = match shape.fleet {
+            Fleet::Mixed => guest(rng, node_cpus, node_mib),
+            Fleet::Production => fleet::guest(rng, node_cpus),
+        };
+        spec.memory_bound = ((lo + (hi - lo) * bound_rng.unit()) * 100.0).round() / 100.0;
         let end = at + exponential(rng, shape.mean_lifetime_s);
         let live: u64 = admitted
             .iter()
@@ -141,6 +197,7 @@ pub fn generate(topo: &HostTopology, shape: &TraceShape, seed: u64) -> Trace {
         let id = next_id;
         next_id += 1;
         let seq = events.len();
+        let idle = spec.idle;
         events.push((at, seq, Event::Arrive { id, spec }));
         let mut t = at;
         loop {
@@ -154,7 +211,10 @@ pub fn generate(topo: &HostTopology, shape: &TraceShape, seed: u64) -> Trace {
                 seq,
                 Event::Load {
                     id,
-                    load: load(rng),
+                    load: match shape.fleet {
+                        Fleet::Mixed => load(rng),
+                        Fleet::Production => fleet::load(rng, idle),
+                    },
                 },
             ));
         }
