@@ -424,9 +424,12 @@ def busy_start(repo):
     rate, mib = 4, 64  # MiB/s; MiB per domain
     count = len(t.nodes)
     src = min(t.nodes)
-    probes = start_many([(f"busystart{i}", mib, {}) for i in range(count)])
+    # Paused while their memory is moved: under TCG, moving a running busy
+    # domain's pages takes minutes (every page waits for a TLB flush).
+    probes = start_many([(f"busystart{i}", mib, {"paused": True}) for i in range(count)])
     for p in probes:
-        sh(["migratepages", str(p.pid), fmt(t.nodes), str(src)])
+        sh(["migratepages", str(p.pid), fmt(t.nodes), str(src)], timeout=300)
+        virsh("resume", p.name)
     time.sleep(2)
     for p in probes:
         assert share_on(p.numa_maps(), {src}) >= ON_NODE, f"{p.name}'s memory not on node {src}: {show_mem(p.numa_maps())}"
@@ -495,8 +498,9 @@ def converge_churn(repo):
     src = min(t.nodes)
     hogs = start_many([(f"churnhog{i}", 32, {"cpuset": fmt(t.nodes[src]), "numatune": ("strict", str(src))})
                        for i in range(len(t.nodes[src]))])
-    p = start("churn", mib)
-    sh(["migratepages", str(p.pid), fmt(t.nodes), str(src)])
+    p = start("churn", mib, paused=True)
+    sh(["migratepages", str(p.pid), fmt(t.nodes), str(src)], timeout=300)
+    virsh("resume", p.name)
     time.sleep(2)
     assert share_on(p.numa_maps(), {src}) >= ON_NODE, f"memory not on node {src}: {show_mem(p.numa_maps())}"
     np = daemon(repo, "numapin-churn-1.log", apply__migrate_rate_mib_s=rate)

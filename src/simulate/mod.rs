@@ -48,7 +48,8 @@ pub struct SimConfig {
     pub migrate_mib_per_s: u64,
     /// numapin's background memory mover: MiB per second for the whole
     /// host, the guests with the most memory away from their nodes first.
-    /// Cycles do not wait for it.
+    /// Cycles do not wait for it. The daemon's default
+    /// (`apply.migrate_rate_mib_s`).
     pub numapin_migrate_mib_per_s: u64,
     /// numapin's cycle.
     pub numapin_interval_s: u64,
@@ -62,7 +63,7 @@ impl Default for SimConfig {
             tick_s: 5,
             warm_up_s: 600,
             migrate_mib_per_s: 1024,
-            numapin_migrate_mib_per_s: 512,
+            numapin_migrate_mib_per_s: Config::default().apply.migrate_rate_mib_s,
             numapin_interval_s: 30,
             planner: Config::default(),
         }
