@@ -115,6 +115,13 @@ def journal_records():
     return out
 
 
+def pid_file():
+    try:
+        return int(read(SETTINGS["daemon"]["pid_file"]).strip())
+    except (OSError, ValueError):
+        return None
+
+
 class Domain:
     """One inner domain the soak created."""
 
@@ -182,6 +189,11 @@ class Daemon:
         """Sends sig to the running daemon; False when none runs."""
         with self.lock:
             if not self.proc or self.proc.poll() is not None:
+                return False
+            # Reload and rebalance go where systemd's ExecReload and
+            # `numapin rebalance` send them: the pid in the pid file,
+            # once numapin has written it.
+            if sig in (signal.SIGHUP, signal.SIGUSR1) and pid_file() != self.proc.pid:
                 return False
             if sig == signal.SIGTERM and self.expected is not None:
                 return False  # stopping already: a second SIGTERM exits at once, by design
@@ -256,7 +268,9 @@ class Stats:
         self.exits.append({"rc": rc, "expected": expected.name if expected else None, "lived": round(lived, 1)})
         if expected == signal.SIGKILL and rc == -signal.SIGKILL:
             return
-        if rc == 0 and expected == signal.SIGTERM:
+        # Killed by the SIGTERM itself (it came before numapin's handlers
+        # were set up): a clean stop for systemd too.
+        if rc in (0, -signal.SIGTERM) and expected == signal.SIGTERM:
             self.count("clean_stops")
             return
         self.violation("unexpected_exit", f"numapin exited {rc} (sent: {expected.name if expected else 'nothing'})"
