@@ -62,7 +62,10 @@ def read_live(names):
     outs = virsh_batch(cmds, timeout=30) if cmds else []
     if outs is None:
         return None
-    return {n: Live(*outs[3 * i:3 * i + 3]) for i, n in enumerate(names) if outs[3 * i].strip()}
+    # A domain any of whose three answers is missing (libvirtd went away
+    # halfway through the batch, or the domain stopped) is left out.
+    return {n: Live(*outs[3 * i:3 * i + 3]) for i, n in enumerate(names)
+            if all("CPU Affinity" in o or "numa_mode" in o for o in outs[3 * i:3 * i + 3])}
 
 
 def step_states(rec, live):

@@ -37,7 +37,7 @@ def later(seconds, fn):
     return t
 
 
-def wait_mid_transaction(w, u, memory=False, bound=8.0):
+def wait_mid_transaction(w, u, memory=False, bound=4.0):
     """For half the faults that target numapin or libvirt: wait (up to
     bound s) until a transaction is in flight, or a memory step of one,
     so faults land mid-transaction. Returns what was in flight."""
@@ -78,20 +78,21 @@ def sighup_valid(w, u):
     # A valid change the planner notices: the move threshold.
     settings = {k: dict(v) for k, v in SETTINGS.items()}
     settings["planner"]["min_gain"] = round(0.03 + 0.1 * u, 3)
-    write_config(settings_toml(settings))
-    return w.daemon.signal(signal.SIGHUP) and f"SIGHUP, valid config (min_gain {settings['planner']['min_gain']})"
+    with w.daemon.config_lock:
+        write_config(settings_toml(settings))
+        sent = w.daemon.signal(signal.SIGHUP)
+    return sent and f"SIGHUP, valid config (min_gain {settings['planner']['min_gain']})"
 
 
 def sighup_broken(w, u):
-    # The supervisor restarts nothing while the file is broken: a start
-    # on it would exit 78, which is right, but not what this fault tests.
-    w.daemon.config_ok.clear()
-    broken = settings_toml(SETTINGS) + ('planner.strategy = "sideways"\n' if u < 0.5 else "[planner\n")
-    write_config(broken)
-    sent = w.daemon.signal(signal.SIGHUP)
-    time.sleep(1.5)
-    write_config(settings_toml(SETTINGS))
-    w.daemon.config_ok.set()
+    # Under the config lock: the supervisor starts nothing on the broken file.
+    with w.daemon.config_lock:
+        broken = settings_toml(SETTINGS)
+        broken += 'planner.strategy = "sideways"\n' if u < 0.5 else "[planner\n"
+        write_config(broken)
+        sent = w.daemon.signal(signal.SIGHUP)
+        time.sleep(1.5)
+        write_config(settings_toml(SETTINGS))
     return sent and "SIGHUP, broken config"
 
 
