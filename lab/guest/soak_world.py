@@ -174,8 +174,18 @@ class Daemon:
 
     def start(self):
         with self.config_lock:
+            offset = self.logf.tell()
             self.spawn()
-            time.sleep(2)
+            # Until numapin has read its config (it logs "numapin starting"
+            # once it has), or has exited: under the lab's load an exec
+            # alone has taken over 2 s.
+            t0 = time.monotonic()
+            while self.proc.poll() is None and time.monotonic() - t0 < 60:
+                with open(LOG, errors="replace") as f:
+                    f.seek(offset)
+                    if "numapin starting" in f.read():
+                        break
+                time.sleep(0.1)
 
     def spawn(self):
         with self.lock:
