@@ -502,3 +502,52 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     }
     out
 }
+
+/// Found by the chaos soak (lab/soak): the pid file, where `numapin
+/// rebalance` and systemd's reload send SIGUSR1 and SIGHUP, was written
+/// before the daemon handled those signals, so one sent right after it
+/// appeared killed the daemon (their default action).
+#[test]
+fn signals_sent_as_soon_as_the_pid_file_appears_do_not_kill_the_daemon() {
+    common::require_libvirt();
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), "pidfile", "", "");
+    let pid_file = tmp.path().join("state/numapin.pid");
+    for round in 0..10 {
+        let _ = std::fs::remove_file(&pid_file);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_numapin"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let t0 = Instant::now();
+        // Polled tightly: the window was the few steps between the pid
+        // file and the handlers.
+        while std::fs::read_to_string(&pid_file).map_or(true, |p| p.trim() != pid.to_string()) {
+            assert!(t0.elapsed() < Duration::from_secs(20), "no pid file");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        for sig in [libc::SIGUSR1, libc::SIGHUP] {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, sig) };
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let early = child.try_wait().unwrap();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(
+            early.is_none(),
+            "round {round}: SIGUSR1/SIGHUP right after the pid file killed the daemon: {early:?}"
+        );
+        assert!(
+            status.success(),
+            "round {round}: exit {status:?} after SIGTERM"
+        );
+    }
+}

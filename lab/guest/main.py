@@ -5,6 +5,8 @@
                 scenarios.EXTRA run by name only) and prints
                 `LAB: RESULT name PASS|FAIL|SKIP secs detail`.
 --mode compare: runs lab/guest/compare.py with --args as its options.
+--mode soak:    runs the chaos soak (lab/guest/soak.py) with --args as its
+                options (seed=N,duration=SECONDS).
 """
 
 import argparse
@@ -57,6 +59,10 @@ def main():
     ap.add_argument("--args", default="all")
     a = ap.parse_args()
     scenarios.TOPOLOGY = a.topology
+    if a.mode == "soak":
+        import soak
+
+        return soak.main(a.repo, a.args.split(","))
     if a.mode == "compare":
         import compare
 

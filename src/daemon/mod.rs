@@ -108,6 +108,11 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
 
 async fn serve(opts: RunOptions, config: Config) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env();
+    // Handlers first: the pid file tells `numapin rebalance` and operators
+    // where to send SIGUSR1 and SIGHUP, whose default action would kill a
+    // daemon that has no handlers yet.
+    let (wake_tx, wake) = mpsc::unbounded_channel::<Wake>();
+    spawn_signal_handlers(wake_tx.clone())?;
     let state_dir = config.apply.state_dir.clone();
     // A dry-run daemon changes nothing, so it neither takes the lock nor
     // rolls anything back; it may run beside a real one.
@@ -128,7 +133,6 @@ async fn serve(opts: RunOptions, config: Config) -> Result<(), DaemonError> {
         source,
     })?;
 
-    let (wake_tx, wake) = mpsc::unbounded_channel::<Wake>();
     let events_tx = wake_tx.clone();
     let sink: EventSink = Arc::new(move |e| {
         let _ = events_tx.send(Wake::Event(e));
@@ -140,7 +144,6 @@ async fn serve(opts: RunOptions, config: Config) -> Result<(), DaemonError> {
         sink,
     );
     let host = LiveHost::new(lv.clone(), opts.root.clone());
-    spawn_signal_handlers(wake_tx.clone())?;
 
     let metrics = Arc::new(Metrics::new());
     let server = start_metrics(&config, &metrics)?;
