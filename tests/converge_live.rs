@@ -72,7 +72,8 @@ fn work(d: &TestDomain, disks: &[&str]) -> Work {
             from: NodeSet::new(),
             to: NodeSet::single(0),
         }],
-        mib: 64,
+        // More than one call's worth, so the RAM blocks are gone over.
+        mib: 1024,
         harmed: false,
     }
 }

@@ -25,6 +25,10 @@ pub const FAILED_RETRY: Duration = Duration::from_secs(60);
 pub const REPASS_AFTER: Duration = Duration::from_secs(300);
 
 const MIB: u64 = 1024 * 1024;
+/// A guest with no more than this off target moves it with one
+/// migrate_pages(2) call: a pass over its RAM blocks page by page would
+/// cost more than it moves.
+pub const ONE_CALL_MIB: u64 = 64;
 
 type Key = (String, u32);
 
@@ -170,6 +174,12 @@ impl Entry {
         let pid = self.work.pid;
         loop {
             let step = self.work.steps.get(self.step)?.clone();
+            if self.ranges.is_none()
+                && matches!(step, Step::Whole { .. })
+                && self.left_mib() <= ONE_CALL_MIB
+            {
+                self.ranges = Some(Vec::new());
+            }
             let Some(ranges) = &self.ranges else {
                 return Some(Task::Resolve { domain, pid, step });
             };
