@@ -421,7 +421,7 @@ def busy_start(repo):
     has room), and the memory of the others then follows in the background
     at no more than apply.migrate_rate_mib_s, checked from numa_maps."""
     t = topo()
-    rate, mib = 4, 64  # MiB/s; MiB per domain
+    rate, mib = 4, 48  # MiB/s; MiB per domain
     count = len(t.nodes)
     src = min(t.nodes)
     # Paused while their memory is moved: under TCG, moving a running busy
