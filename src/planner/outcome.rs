@@ -304,7 +304,7 @@ pub(super) fn score_of(
 ) -> Score {
     let fits_one = |info: &DomainInfo| {
         (0..after.ids.len()).any(|i| {
-            after.usable[i].len() >= info.vcpu_count() && after.mem_capacity[i] >= info.mem_mib
+            after.usable_cpus(i) >= info.vcpu_count() && after.mem_capacity[i] >= info.mem_mib
         })
     };
     let mut score = Score::default();

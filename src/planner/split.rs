@@ -36,6 +36,45 @@ impl SplitFailure {
     }
 }
 
+/// The most of a piece that nodes could take, summed node by node: what
+/// `split_fits` asks of each node (its share of the vCPUs, load and
+/// memory), added up. The shares of a split add up to the piece, so a set
+/// of nodes whose sums fall short of the piece cannot hold it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Room {
+    mem_mib: u128,
+    /// Dedicated: vCPUs the nodes can still dedicate; shared: their CPUs
+    /// left to shared vCPUs.
+    cpus: i64,
+    /// Shared demand (in CPUs) the nodes can still take.
+    load: f64,
+}
+
+impl Room {
+    fn add(&mut self, other: &Room) {
+        self.mem_mib += other.mem_mib;
+        self.cpus += other.cpus;
+        self.load += other.load;
+    }
+
+    fn too_few_cpus(&self, piece: &Piece, pol: CpuPolicy) -> bool {
+        let vcpus = piece.vcpus.len() as i64;
+        match pol {
+            CpuPolicy::Dedicated => vcpus > self.cpus,
+            // The margin covers rounding in the per-node loads.
+            CpuPolicy::Shared => vcpus > self.cpus || piece.load > self.load + 1e-6,
+        }
+    }
+
+    fn too_little_memory(&self, piece: &Piece) -> bool {
+        piece.mem_mib as u128 > self.mem_mib
+    }
+
+    fn holds(&self, piece: &Piece, pol: CpuPolicy) -> bool {
+        !self.too_few_cpus(piece, pol) && !self.too_little_memory(piece)
+    }
+}
+
 impl Chooser<'_> {
     /// A guest without cells split over nodes, as numapin left it: one
     /// affinity within the usable CPUs of its nodes, at least 90% of the
@@ -71,7 +110,7 @@ impl Chooser<'_> {
         let mut shares = SplitShares::default();
         shares
             .weights
-            .extend(at.iter().map(|&i| self.ledger.usable[i].len() as u64));
+            .extend(at.iter().map(|&i| self.ledger.usable_cpus(i) as u64));
         distribute_shares(piece.vcpus.len() as u64, &shares.weights, &mut shares.vcpus);
         shares.weights.clear();
         shares.weights.extend(
@@ -83,7 +122,7 @@ impl Chooser<'_> {
             shares.weights.clear();
             shares
                 .weights
-                .extend(at.iter().map(|&i| self.ledger.usable[i].len() as u64));
+                .extend(at.iter().map(|&i| self.ledger.usable_cpus(i) as u64));
         }
         distribute_shares(piece.mem_mib, &shares.weights, &mut shares.mem);
         Some(self.split_parts(piece, &at, &shares))
@@ -115,7 +154,7 @@ impl Chooser<'_> {
         let cpus = fewest(
             candidates
                 .iter()
-                .map(|&i| self.ledger.usable[i].len() as u64)
+                .map(|&i| self.ledger.usable_cpus(i) as u64)
                 .collect(),
             piece.vcpus.len() as u64,
         );
@@ -203,15 +242,15 @@ impl Chooser<'_> {
         pol: CpuPolicy,
     ) -> Result<(Vec<Part>, String), String> {
         let candidates = candidates.to_vec();
-        if self.cpus_too_few(piece, &candidates, pol) {
-            return Err(self.no_split_reason(piece));
-        }
-        let free: u128 = candidates
+        let rooms: Vec<Room> = candidates
             .iter()
-            .map(|&i| self.split_free_mib(piece, i) as u128)
-            .sum();
-        // More memory than all candidates have free: no split can hold it.
-        if piece.mem_mib as u128 > free {
+            .map(|&i| self.room(piece, i, pol))
+            .collect();
+        let mut all = Room::default();
+        rooms.iter().for_each(|r| all.add(r));
+        // Fewer CPUs, or less memory, than all candidates have free: no
+        // split can hold it.
+        if !all.holds(piece, pol) {
             return Err(self.no_split_reason(piece));
         }
         let ids: Vec<u32> = candidates.iter().map(|&i| self.ledger.ids[i]).collect();
@@ -227,6 +266,7 @@ impl Chooser<'_> {
         let mut far = vec![0u32; candidates.len()];
         for (k, &seed) in candidates.iter().enumerate() {
             let mut set = vec![seed];
+            let mut room = rooms[k];
             in_set.fill(false);
             in_set[k] = true;
             for (c, f) in far.iter_mut().enumerate() {
@@ -237,7 +277,9 @@ impl Chooser<'_> {
                 if best.as_ref().is_some_and(|(n, _, _, _)| set.len() > *n) {
                     break;
                 }
-                if self.split_fits(piece, &set, pol, &mut shares) {
+                // Most sets grown on a full host are too small: their sums
+                // rule them out before any share is worked out.
+                if room.holds(piece, pol) && self.split_fits(piece, &set, pol, &mut shares) {
                     let spread: u32 = set
                         .iter()
                         .flat_map(|&a| set.iter().map(move |&b| (a, b)))
@@ -274,6 +316,7 @@ impl Chooser<'_> {
                     break;
                 };
                 set.push(candidates[next]);
+                room.add(&rooms[next]);
                 in_set[next] = true;
                 for (c, f) in far.iter_mut().enumerate() {
                     *f = (*f).max(self.distances.get(ids[next], ids[c]));
@@ -335,26 +378,22 @@ impl Chooser<'_> {
         )
     }
 
-    /// Whether the candidates together lack the CPUs for the piece, so that
-    /// no split over any of them can fit (see `split_fits`: every node's
-    /// vCPU share and load must fit it, and the shares add up to the piece).
-    pub(super) fn cpus_too_few(&self, piece: &Piece, candidates: &[usize], pol: CpuPolicy) -> bool {
+    /// What node index `i` could take of the piece at most (see [`Room`]
+    /// and `split_fits`: every node's share of the vCPUs, load and memory
+    /// must fit it).
+    fn room(&self, piece: &Piece, i: usize, pol: CpuPolicy) -> Room {
         let l = &self.ledger;
-        let vcpus = piece.vcpus.len() as i64;
-        match pol {
-            CpuPolicy::Dedicated => {
-                let room: i64 = candidates.iter().map(|&i| l.dedicated_room(i).max(0)).sum();
-                vcpus > room
-            }
-            CpuPolicy::Shared => {
-                let pool: i64 = candidates.iter().map(|&i| l.shared_cpus(i) as i64).sum();
-                let room: f64 = candidates
-                    .iter()
-                    .map(|&i| (l.shared_capacity(i) + 1e-9 - l.shared_load[i]).max(0.0))
-                    .sum();
-                // The margin covers rounding in the per-node loads.
-                vcpus > pool || piece.load > room + 1e-6
-            }
+        let (cpus, load) = match pol {
+            CpuPolicy::Dedicated => (l.dedicated_room(i).max(0), 0.0),
+            CpuPolicy::Shared => (
+                l.shared_cpus(i) as i64,
+                (l.shared_capacity(i) + 1e-9 - l.shared_load[i]).max(0.0),
+            ),
+        };
+        Room {
+            mem_mib: self.split_free_mib(piece, i) as u128,
+            cpus,
+            load,
         }
     }
 
@@ -372,7 +411,7 @@ impl Chooser<'_> {
 
     pub(super) fn fits_an_empty_node(&self, info: &DomainInfo, piece: &Piece) -> bool {
         self.candidates(info).into_iter().any(|i| {
-            self.ledger.usable[i].len() >= piece.vcpus.len()
+            self.ledger.usable_cpus(i) >= piece.vcpus.len()
                 && self.ledger.mem_capacity[i] >= piece.mem_mib
         })
     }
@@ -390,7 +429,7 @@ impl Chooser<'_> {
         shares.weights.clear();
         shares
             .weights
-            .extend(set.iter().map(|&i| self.ledger.usable[i].len() as u64));
+            .extend(set.iter().map(|&i| self.ledger.usable_cpus(i) as u64));
         distribute_shares(piece.vcpus.len() as u64, &shares.weights, &mut shares.vcpus);
         shares.weights.clear();
         shares
