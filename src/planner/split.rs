@@ -254,24 +254,44 @@ impl Chooser<'_> {
             return Err(self.no_split_reason(piece));
         }
         let ids: Vec<u32> = candidates.iter().map(|&i| self.ledger.ids[i]).collect();
+        let n = candidates.len();
+        // Distances between candidates (by position), read once: the
+        // growth below looks at every pair for every seed.
+        let dist: Vec<u32> = ids
+            .iter()
+            .flat_map(|&a| ids.iter().map(move |&b| (a, b)))
+            .map(|(a, b)| self.distances.get(a, b))
+            .collect();
+        // Each candidate's place among equally near ones: the least
+        // pressed first, then the lowest id.
         let pressure: Vec<f64> = candidates
             .iter()
             .map(|&i| self.ledger.pressure(i))
             .collect();
+        let mut by_pressure: Vec<usize> = (0..n).collect();
+        by_pressure.sort_by(|&a, &b| {
+            pressure[a]
+                .total_cmp(&pressure[b])
+                .then(ids[a].cmp(&ids[b]))
+        });
+        let mut rank = vec![0u64; n];
+        for (r, &c) in by_pressure.iter().enumerate() {
+            rank[c] = r as u64;
+        }
         let mut shares = SplitShares::default();
         let mut best: Option<(usize, u32, f64, Vec<Part>)> = None;
         // Per candidate (by position): whether it is in the set, and its
         // largest distance from the set's members.
-        let mut in_set = vec![false; candidates.len()];
-        let mut far = vec![0u32; candidates.len()];
+        let mut in_set = vec![false; n];
+        let mut far = vec![0u32; n];
         for (k, &seed) in candidates.iter().enumerate() {
             let mut set = vec![seed];
+            // The same set by position among the candidates.
+            let mut at = vec![k];
             let mut room = rooms[k];
             in_set.fill(false);
             in_set[k] = true;
-            for (c, f) in far.iter_mut().enumerate() {
-                *f = self.distances.get(ids[k], ids[c]);
-            }
+            far.copy_from_slice(&dist[k * n..(k + 1) * n]);
             loop {
                 // A larger set than the best so far cannot win.
                 if best.as_ref().is_some_and(|(n, _, _, _)| set.len() > *n) {
@@ -280,10 +300,10 @@ impl Chooser<'_> {
                 // Most sets grown on a full host are too small: their sums
                 // rule them out before any share is worked out.
                 if room.holds(piece, pol) && self.split_fits(piece, &set, pol, &mut shares) {
-                    let spread: u32 = set
+                    let spread: u32 = at
                         .iter()
-                        .flat_map(|&a| set.iter().map(move |&b| (a, b)))
-                        .map(|(a, b)| self.distances.get(self.ledger.ids[a], self.ledger.ids[b]))
+                        .flat_map(|&a| at.iter().map(move |&b| a * n + b))
+                        .map(|ab| dist[ab])
                         .sum();
                     let closer = |n: usize, d: u32| (set.len(), spread).cmp(&(n, d));
                     if best
@@ -304,22 +324,18 @@ impl Chooser<'_> {
                 }
                 // The nearest node; among equally near ones the least
                 // pressed, then the lowest id.
-                let next = (0..candidates.len())
+                let next = (0..n)
                     .filter(|&c| !in_set[c])
-                    .min_by(|&a, &b| {
-                        far[a]
-                            .cmp(&far[b])
-                            .then(pressure[a].total_cmp(&pressure[b]))
-                            .then(ids[a].cmp(&ids[b]))
-                    });
+                    .min_by_key(|&c| ((far[c] as u64) << 32) | rank[c]);
                 let Some(next) = next else {
                     break;
                 };
                 set.push(candidates[next]);
+                at.push(next);
                 room.add(&rooms[next]);
                 in_set[next] = true;
-                for (c, f) in far.iter_mut().enumerate() {
-                    *f = (*f).max(self.distances.get(ids[next], ids[c]));
+                for (f, &d) in far.iter_mut().zip(&dist[next * n..(next + 1) * n]) {
+                    *f = (*f).max(d);
                 }
             }
         }
