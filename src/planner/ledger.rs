@@ -255,7 +255,8 @@ impl Ledger {
             * self.overcommit
     }
 
-    fn cpu_fits(&self, i: usize, part: &Demand, policy: CpuPolicy) -> bool {
+    /// Whether the node's CPUs can take the part (memory aside).
+    pub fn cpu_fits(&self, i: usize, part: &Demand, policy: CpuPolicy) -> bool {
         let n = part.vcpus;
         match policy {
             CpuPolicy::Dedicated => self.dedicated_room(i) >= n as i64,

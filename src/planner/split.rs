@@ -285,9 +285,11 @@ impl Chooser<'_> {
         let mut in_set = vec![false; n];
         let mut far = vec![0u32; n];
         for (k, &seed) in candidates.iter().enumerate() {
-            let mut set = vec![seed];
+            let mut set = Vec::with_capacity(n);
+            set.push(seed);
             // The same set by position among the candidates.
-            let mut at = vec![k];
+            let mut at = Vec::with_capacity(n);
+            at.push(k);
             let mut room = rooms[k];
             in_set.fill(false);
             in_set[k] = true;
@@ -447,6 +449,22 @@ impl Chooser<'_> {
             .weights
             .extend(set.iter().map(|&i| self.ledger.usable_cpus(i) as u64));
         distribute_shares(piece.vcpus.len() as u64, &shares.weights, &mut shares.vcpus);
+        let load_of = |n: u64| piece.load * n as f64 / piece.vcpus.len().max(1) as f64;
+        // Once the summed room holds the piece, a set fails on some node's
+        // CPUs rather than on memory: those are checked first, before the
+        // memory is divided (the checks below repeat them).
+        let cpus_fit = set.iter().zip(&shares.vcpus).all(|(&i, &n)| {
+            let demand = Demand {
+                vcpus: n as usize,
+                mem_mib: 0,
+                hugepage_kib: None,
+                load: load_of(n),
+            };
+            self.ledger.cpu_fits(i, &demand, pol)
+        });
+        if !cpus_fit {
+            return false;
+        }
         shares.weights.clear();
         shares
             .weights
@@ -462,7 +480,7 @@ impl Chooser<'_> {
                 vcpus: n,
                 mem_mib: shares.mem[k],
                 hugepage_kib: piece.hugepage_kib,
-                load: piece.load * n as f64 / piece.vcpus.len().max(1) as f64,
+                load: load_of(n as u64),
             };
             self.ledger.fits(i, &demand, pol)
         })
