@@ -7,9 +7,12 @@ use super::cpus::Pins;
 use super::domain_info::{DomainInfo, MemoryHandling};
 use super::ledger::Part;
 
+/// `host_smt`: the host's [`HostTopology::smt_width`], worked out once
+/// per plan rather than once per dedicated guest.
 pub fn advice_for(
     info: &DomainInfo,
     topo: &HostTopology,
+    host_smt: usize,
     parts: Option<&[Part]>,
     pins: Option<&Pins>,
 ) -> Vec<String> {
@@ -84,7 +87,6 @@ pub fn advice_for(
         );
     }
     if info.is_dedicated() {
-        let host_smt = topo.smt_width();
         let threads = d.threads_per_core() as usize;
         if host_smt >= 2 && threads == 1 {
             out.push(format!(

@@ -218,6 +218,12 @@ impl Ledger {
         self.ids.binary_search(&node).ok()
     }
 
+    /// How many CPUs guests may use on the node: `usable[i].len()`,
+    /// counted once rather than in the split search's inner loop.
+    pub fn usable_cpus(&self, i: usize) -> usize {
+        self.usable_len[i]
+    }
+
     pub fn has_cpus(&self, i: usize) -> bool {
         self.usable_len[i] > 0
     }
@@ -249,7 +255,8 @@ impl Ledger {
             * self.overcommit
     }
 
-    fn cpu_fits(&self, i: usize, part: &Demand, policy: CpuPolicy) -> bool {
+    /// Whether the node's CPUs can take the part (memory aside).
+    pub fn cpu_fits(&self, i: usize, part: &Demand, policy: CpuPolicy) -> bool {
         let n = part.vcpus;
         match policy {
             CpuPolicy::Dedicated => self.dedicated_room(i) >= n as i64,

@@ -298,6 +298,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         distances: &analyzer.distances,
         dedicated: &dedicated,
         undedicated: topo.online_cpus().difference(&dedicated),
+        smt_width: topo.smt_width(),
     };
     let mut domains: Vec<DomainPlan> = infos
         .iter()

@@ -21,6 +21,8 @@ pub(super) struct Context<'a> {
     pub dedicated: &'a CpuSet,
     /// The host's online CPUs less those.
     pub undedicated: CpuSet,
+    /// [`HostTopology::smt_width`], for the advice.
+    pub smt_width: usize,
 }
 
 impl Context<'_> {
@@ -72,7 +74,7 @@ impl Context<'_> {
             memory_only_mib: BTreeMap::new(),
         };
         let parts = decision.and_then(|x| x.parts());
-        plan.advice = advice::advice_for(info, topo, parts, pins.as_ref());
+        plan.advice = advice::advice_for(info, topo, self.smt_width, parts, pins.as_ref());
         if let (Some(decision), Ok(_), Some(parts), Some(pins)) =
             (decision, &info.managed, parts, pins)
         {
@@ -289,7 +291,7 @@ pub(super) fn score_of(
 ) -> Score {
     let fits_one = |info: &DomainInfo| {
         (0..after.ids.len()).any(|i| {
-            after.usable[i].len() >= info.vcpu_count() && after.mem_capacity[i] >= info.mem_mib
+            after.usable_cpus(i) >= info.vcpu_count() && after.mem_capacity[i] >= info.mem_mib
         })
     };
     let mut score = Score::default();

@@ -71,7 +71,7 @@ pub fn vcpu_node_weights<'a>(
 ) -> BTreeMap<u32, f64> {
     // Per node index: summed share, and whether any vCPU may run there.
     let mut sums: Vec<(f64, bool)> = vec![(0.0, false); topo.nodes.len()];
-    let mut shares: Vec<(usize, f64)> = Vec::new();
+    let mut shares: Vec<(usize, f64)> = Vec::with_capacity(topo.nodes.len());
     let mut previous: Option<&CpuSet> = None;
     let mut count = 0.0;
     for set in affinities {
@@ -92,12 +92,15 @@ pub fn vcpu_node_weights<'a>(
             sums[i].1 = true;
         }
     }
-    topo.nodes
-        .iter()
-        .zip(sums)
-        .filter(|(_, (_, seen))| *seen)
-        .map(|(node, (sum, _))| (node.id, sum / count))
-        .collect()
+    // Inserted in ascending order, straight into the map: collecting
+    // would gather and sort the entries in a vector first.
+    let mut weights = BTreeMap::new();
+    for (node, (sum, seen)) in topo.nodes.iter().zip(sums) {
+        if seen {
+            weights.insert(node.id, sum / count);
+        }
+    }
+    weights
 }
 
 /// Locality (0-1) of memory placed as `memory` for vCPUs weighted as

@@ -36,6 +36,45 @@ impl SplitFailure {
     }
 }
 
+/// The most of a piece that nodes could take, summed node by node: what
+/// `split_fits` asks of each node (its share of the vCPUs, load and
+/// memory), added up. The shares of a split add up to the piece, so a set
+/// of nodes whose sums fall short of the piece cannot hold it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Room {
+    mem_mib: u128,
+    /// Dedicated: vCPUs the nodes can still dedicate; shared: their CPUs
+    /// left to shared vCPUs.
+    cpus: i64,
+    /// Shared demand (in CPUs) the nodes can still take.
+    load: f64,
+}
+
+impl Room {
+    fn add(&mut self, other: &Room) {
+        self.mem_mib += other.mem_mib;
+        self.cpus += other.cpus;
+        self.load += other.load;
+    }
+
+    fn too_few_cpus(&self, piece: &Piece, pol: CpuPolicy) -> bool {
+        let vcpus = piece.vcpus.len() as i64;
+        match pol {
+            CpuPolicy::Dedicated => vcpus > self.cpus,
+            // The margin covers rounding in the per-node loads.
+            CpuPolicy::Shared => vcpus > self.cpus || piece.load > self.load + 1e-6,
+        }
+    }
+
+    fn too_little_memory(&self, piece: &Piece) -> bool {
+        piece.mem_mib as u128 > self.mem_mib
+    }
+
+    fn holds(&self, piece: &Piece, pol: CpuPolicy) -> bool {
+        !self.too_few_cpus(piece, pol) && !self.too_little_memory(piece)
+    }
+}
+
 impl Chooser<'_> {
     /// A guest without cells split over nodes, as numapin left it: one
     /// affinity within the usable CPUs of its nodes, at least 90% of the
@@ -71,7 +110,7 @@ impl Chooser<'_> {
         let mut shares = SplitShares::default();
         shares
             .weights
-            .extend(at.iter().map(|&i| self.ledger.usable[i].len() as u64));
+            .extend(at.iter().map(|&i| self.ledger.usable_cpus(i) as u64));
         distribute_shares(piece.vcpus.len() as u64, &shares.weights, &mut shares.vcpus);
         shares.weights.clear();
         shares.weights.extend(
@@ -83,7 +122,7 @@ impl Chooser<'_> {
             shares.weights.clear();
             shares
                 .weights
-                .extend(at.iter().map(|&i| self.ledger.usable[i].len() as u64));
+                .extend(at.iter().map(|&i| self.ledger.usable_cpus(i) as u64));
         }
         distribute_shares(piece.mem_mib, &shares.weights, &mut shares.mem);
         Some(self.split_parts(piece, &at, &shares))
@@ -115,7 +154,7 @@ impl Chooser<'_> {
         let cpus = fewest(
             candidates
                 .iter()
-                .map(|&i| self.ledger.usable[i].len() as u64)
+                .map(|&i| self.ledger.usable_cpus(i) as u64)
                 .collect(),
             piece.vcpus.len() as u64,
         );
@@ -203,45 +242,70 @@ impl Chooser<'_> {
         pol: CpuPolicy,
     ) -> Result<(Vec<Part>, String), String> {
         let candidates = candidates.to_vec();
-        if self.cpus_too_few(piece, &candidates, pol) {
-            return Err(self.no_split_reason(piece));
-        }
-        let free: u128 = candidates
+        let rooms: Vec<Room> = candidates
             .iter()
-            .map(|&i| self.split_free_mib(piece, i) as u128)
-            .sum();
-        // More memory than all candidates have free: no split can hold it.
-        if piece.mem_mib as u128 > free {
+            .map(|&i| self.room(piece, i, pol))
+            .collect();
+        let mut all = Room::default();
+        rooms.iter().for_each(|r| all.add(r));
+        // Fewer CPUs, or less memory, than all candidates have free: no
+        // split can hold it.
+        if !all.holds(piece, pol) {
             return Err(self.no_split_reason(piece));
         }
         let ids: Vec<u32> = candidates.iter().map(|&i| self.ledger.ids[i]).collect();
+        let n = candidates.len();
+        // Distances between candidates (by position), read once: the
+        // growth below looks at every pair for every seed.
+        let dist: Vec<u32> = ids
+            .iter()
+            .flat_map(|&a| ids.iter().map(move |&b| (a, b)))
+            .map(|(a, b)| self.distances.get(a, b))
+            .collect();
+        // Each candidate's place among equally near ones: the least
+        // pressed first, then the lowest id.
         let pressure: Vec<f64> = candidates
             .iter()
             .map(|&i| self.ledger.pressure(i))
             .collect();
+        let mut by_pressure: Vec<usize> = (0..n).collect();
+        by_pressure.sort_by(|&a, &b| {
+            pressure[a]
+                .total_cmp(&pressure[b])
+                .then(ids[a].cmp(&ids[b]))
+        });
+        let mut rank = vec![0u64; n];
+        for (r, &c) in by_pressure.iter().enumerate() {
+            rank[c] = r as u64;
+        }
         let mut shares = SplitShares::default();
         let mut best: Option<(usize, u32, f64, Vec<Part>)> = None;
         // Per candidate (by position): whether it is in the set, and its
         // largest distance from the set's members.
-        let mut in_set = vec![false; candidates.len()];
-        let mut far = vec![0u32; candidates.len()];
+        let mut in_set = vec![false; n];
+        let mut far = vec![0u32; n];
         for (k, &seed) in candidates.iter().enumerate() {
-            let mut set = vec![seed];
+            let mut set = Vec::with_capacity(n);
+            set.push(seed);
+            // The same set by position among the candidates.
+            let mut at = Vec::with_capacity(n);
+            at.push(k);
+            let mut room = rooms[k];
             in_set.fill(false);
             in_set[k] = true;
-            for (c, f) in far.iter_mut().enumerate() {
-                *f = self.distances.get(ids[k], ids[c]);
-            }
+            far.copy_from_slice(&dist[k * n..(k + 1) * n]);
             loop {
                 // A larger set than the best so far cannot win.
                 if best.as_ref().is_some_and(|(n, _, _, _)| set.len() > *n) {
                     break;
                 }
-                if self.split_fits(piece, &set, pol, &mut shares) {
-                    let spread: u32 = set
+                // Most sets grown on a full host are too small: their sums
+                // rule them out before any share is worked out.
+                if room.holds(piece, pol) && self.split_fits(piece, &set, pol, &mut shares) {
+                    let spread: u32 = at
                         .iter()
-                        .flat_map(|&a| set.iter().map(move |&b| (a, b)))
-                        .map(|(a, b)| self.distances.get(self.ledger.ids[a], self.ledger.ids[b]))
+                        .flat_map(|&a| at.iter().map(move |&b| a * n + b))
+                        .map(|ab| dist[ab])
                         .sum();
                     let closer = |n: usize, d: u32| (set.len(), spread).cmp(&(n, d));
                     if best
@@ -262,21 +326,18 @@ impl Chooser<'_> {
                 }
                 // The nearest node; among equally near ones the least
                 // pressed, then the lowest id.
-                let next = (0..candidates.len())
+                let next = (0..n)
                     .filter(|&c| !in_set[c])
-                    .min_by(|&a, &b| {
-                        far[a]
-                            .cmp(&far[b])
-                            .then(pressure[a].total_cmp(&pressure[b]))
-                            .then(ids[a].cmp(&ids[b]))
-                    });
+                    .min_by_key(|&c| ((far[c] as u64) << 32) | rank[c]);
                 let Some(next) = next else {
                     break;
                 };
                 set.push(candidates[next]);
+                at.push(next);
+                room.add(&rooms[next]);
                 in_set[next] = true;
-                for (c, f) in far.iter_mut().enumerate() {
-                    *f = (*f).max(self.distances.get(ids[next], ids[c]));
+                for (f, &d) in far.iter_mut().zip(&dist[next * n..(next + 1) * n]) {
+                    *f = (*f).max(d);
                 }
             }
         }
@@ -335,26 +396,22 @@ impl Chooser<'_> {
         )
     }
 
-    /// Whether the candidates together lack the CPUs for the piece, so that
-    /// no split over any of them can fit (see `split_fits`: every node's
-    /// vCPU share and load must fit it, and the shares add up to the piece).
-    pub(super) fn cpus_too_few(&self, piece: &Piece, candidates: &[usize], pol: CpuPolicy) -> bool {
+    /// What node index `i` could take of the piece at most (see [`Room`]
+    /// and `split_fits`: every node's share of the vCPUs, load and memory
+    /// must fit it).
+    fn room(&self, piece: &Piece, i: usize, pol: CpuPolicy) -> Room {
         let l = &self.ledger;
-        let vcpus = piece.vcpus.len() as i64;
-        match pol {
-            CpuPolicy::Dedicated => {
-                let room: i64 = candidates.iter().map(|&i| l.dedicated_room(i).max(0)).sum();
-                vcpus > room
-            }
-            CpuPolicy::Shared => {
-                let pool: i64 = candidates.iter().map(|&i| l.shared_cpus(i) as i64).sum();
-                let room: f64 = candidates
-                    .iter()
-                    .map(|&i| (l.shared_capacity(i) + 1e-9 - l.shared_load[i]).max(0.0))
-                    .sum();
-                // The margin covers rounding in the per-node loads.
-                vcpus > pool || piece.load > room + 1e-6
-            }
+        let (cpus, load) = match pol {
+            CpuPolicy::Dedicated => (l.dedicated_room(i).max(0), 0.0),
+            CpuPolicy::Shared => (
+                l.shared_cpus(i) as i64,
+                (l.shared_capacity(i) + 1e-9 - l.shared_load[i]).max(0.0),
+            ),
+        };
+        Room {
+            mem_mib: self.split_free_mib(piece, i) as u128,
+            cpus,
+            load,
         }
     }
 
@@ -372,7 +429,7 @@ impl Chooser<'_> {
 
     pub(super) fn fits_an_empty_node(&self, info: &DomainInfo, piece: &Piece) -> bool {
         self.candidates(info).into_iter().any(|i| {
-            self.ledger.usable[i].len() >= piece.vcpus.len()
+            self.ledger.usable_cpus(i) >= piece.vcpus.len()
                 && self.ledger.mem_capacity[i] >= piece.mem_mib
         })
     }
@@ -390,8 +447,24 @@ impl Chooser<'_> {
         shares.weights.clear();
         shares
             .weights
-            .extend(set.iter().map(|&i| self.ledger.usable[i].len() as u64));
+            .extend(set.iter().map(|&i| self.ledger.usable_cpus(i) as u64));
         distribute_shares(piece.vcpus.len() as u64, &shares.weights, &mut shares.vcpus);
+        let load_of = |n: u64| piece.load * n as f64 / piece.vcpus.len().max(1) as f64;
+        // Once the summed room holds the piece, a set fails on some node's
+        // CPUs rather than on memory: those are checked first, before the
+        // memory is divided (the checks below repeat them).
+        let cpus_fit = set.iter().zip(&shares.vcpus).all(|(&i, &n)| {
+            let demand = Demand {
+                vcpus: n as usize,
+                mem_mib: 0,
+                hugepage_kib: None,
+                load: load_of(n),
+            };
+            self.ledger.cpu_fits(i, &demand, pol)
+        });
+        if !cpus_fit {
+            return false;
+        }
         shares.weights.clear();
         shares
             .weights
@@ -407,7 +480,7 @@ impl Chooser<'_> {
                 vcpus: n,
                 mem_mib: shares.mem[k],
                 hugepage_kib: piece.hugepage_kib,
-                load: piece.load * n as f64 / piece.vcpus.len().max(1) as f64,
+                load: load_of(n as u64),
             };
             self.ledger.fits(i, &demand, pol)
         })
