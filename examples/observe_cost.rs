@@ -50,6 +50,10 @@ enum Probe {
 /// the reader last took the figure.
 struct Prober {
     longest_ns: Arc<AtomicU64>,
+    /// Calls completed: a take waits for the call in flight to end, so a
+    /// call blocked by a read counts for that read even when it returns
+    /// after it.
+    calls: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -57,18 +61,25 @@ struct Prober {
 impl Prober {
     fn start(probe: Probe) -> Self {
         let longest_ns = Arc::new(AtomicU64::new(0));
+        let calls = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (l, s) = (longest_ns.clone(), stop.clone());
-        let thread = std::thread::spawn(move || run_probe(probe, &l, &s));
+        let (l, c, s) = (longest_ns.clone(), calls.clone(), stop.clone());
+        let thread = std::thread::spawn(move || run_probe(probe, &l, &c, &s));
         Self {
             longest_ns,
+            calls,
             stop,
             thread: Some(thread),
         }
     }
 
-    /// The longest call since the last take.
+    /// The longest call since the last take, once the call in flight has
+    /// returned.
     fn take(&self) -> Duration {
+        let seen = self.calls.load(Ordering::SeqCst);
+        while self.calls.load(Ordering::SeqCst) == seen {
+            std::hint::spin_loop();
+        }
         Duration::from_nanos(self.longest_ns.swap(0, Ordering::SeqCst))
     }
 }
@@ -82,7 +93,7 @@ impl Drop for Prober {
     }
 }
 
-fn run_probe(probe: Probe, longest: &AtomicU64, stop: &AtomicBool) {
+fn run_probe(probe: Probe, longest: &AtomicU64, calls: &AtomicU64, stop: &AtomicBool) {
     // 16 MiB of 4 KiB pages to fault in, dropped again once all are in.
     const REGION: usize = 16 << 20;
     let region = map(REGION);
@@ -104,6 +115,7 @@ fn run_probe(probe: Probe, longest: &AtomicU64, stop: &AtomicBool) {
             }
         }
         longest.fetch_max(t.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        calls.fetch_add(1, Ordering::SeqCst);
         if next == REGION {
             next = 0;
             // SAFETY: the whole mapping; not timed.
@@ -130,6 +142,18 @@ fn map(len: usize) -> *mut u8 {
     p.cast()
 }
 
+/// CPU time of the calling thread: unlike the wall clock, what other
+/// processes on a busy machine do leaves it alone.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: an out-parameter of the right type.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -139,22 +163,25 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-/// One reader, timed `reps` times; with a prober, the longest probe call
-/// during each read and during an idle window as long as the read.
+/// One reader, timed `reps` times (wall clock and the thread's CPU time);
+/// with a prober, the longest probe call during each read and during an
+/// idle window as long as the read.
 fn time_reader(
     reps: usize,
     prober: Option<&Prober>,
     read: &mut dyn FnMut() -> bool,
-) -> (Duration, Option<(Duration, Duration)>) {
+) -> (Duration, Duration, Option<(Duration, Duration)>) {
     let mut took = Vec::new();
+    let mut cpu = Vec::new();
     let (mut during, mut idle) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         if let Some(p) = prober {
             p.take();
         }
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), thread_cpu());
         assert!(read(), "reader failed");
         let d = t.elapsed();
+        cpu.push(thread_cpu() - c);
         took.push(d);
         if let Some(p) = prober {
             during.push(p.take());
@@ -163,7 +190,7 @@ fn time_reader(
         }
     }
     let lock = prober.map(|_| (median(during), median(idle)));
-    (median(took), lock)
+    (median(took), median(cpu), lock)
 }
 
 /// Joins (creating) a memory cgroup of its own, so memory.numa_stat counts
@@ -227,11 +254,11 @@ fn measure(label: &str, pid: u32, cells: &[(u32, u64)], reps: usize, probes: boo
     ];
     for (name, mut read) in readers {
         if !read() {
-            println!("| {label} | {name} | not readable | | |");
+            println!("| {label} | {name} | not readable | | | |");
             continue;
         }
-        let (took, _) = time_reader(reps, None, &mut read);
-        let mut row = format!("| {label} | {name} | {} |", ms(took));
+        let (took, cpu, _) = time_reader(reps, None, &mut read);
+        let mut row = format!("| {label} | {name} | {} | {} |", ms(took), ms(cpu));
         for probe in [Probe::Mmap, Probe::Fault] {
             if !probes {
                 row.push_str(" |");
@@ -239,7 +266,7 @@ fn measure(label: &str, pid: u32, cells: &[(u32, u64)], reps: usize, probes: boo
             }
             let p = Prober::start(probe);
             std::thread::sleep(Duration::from_millis(50));
-            let (_, lock) = time_reader(reps, Some(&p), &mut read);
+            let (_, _, lock) = time_reader(reps, Some(&p), &mut read);
             let (during, idle) = lock.expect("measured with a prober");
             row.push_str(&format!(" {} (idle {}) |", ms(during), ms(idle)));
         }
@@ -257,9 +284,9 @@ fn main() {
     };
     let reps: usize = value("--reps").map_or(15, |r| r.parse().expect("--reps N"));
     println!(
-        "| guest | reader | read (median of {reps}) | longest mmap+munmap during a read (idle window) | longest page fault during a read (idle window) |"
+        "| guest | reader | read, wall clock (median of {reps}) | read, CPU time | longest mmap+munmap during a read (idle window) | longest page fault during a read (idle window) |"
     );
-    println!("| --- | --- | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
     if let Some(pid) = value("--pid") {
         let pid: u32 = pid.parse().expect("--pid PID");
         // No cell sizes known: the cell-block row then finds no block.

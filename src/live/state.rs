@@ -194,20 +194,23 @@ impl Sampler {
     /// Ok(None): the domain stopped meanwhile. Err: it runs but cannot be
     /// understood (its XML does not parse).
     fn read_domain(&self, r: &DomainRef) -> Result<Option<LiveDomain>, String> {
-        let (live_xml, persistent_xml) = match self.libvirt.domain_xml(r) {
+        // The live XML is parsed on the connection's thread, where its disk
+        // targets are needed for the block-job query of the same call.
+        let reading = match self.libvirt.read_running(r, |xml| {
+            let live = domain_xml::parse(xml).map_err(|e| format!("live XML: {e}"));
+            let disks = live.as_ref().map(|l| l.disks.clone()).unwrap_or_default();
+            (live, disks)
+        }) {
             Ok(x) => x,
             Err(e) if e.is_gone() => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
-        let live = domain_xml::parse(&live_xml).map_err(|e| format!("live XML: {e}"))?;
+        let live = reading.parsed?;
+        let (live_xml, persistent_xml, activity) =
+            (reading.live_xml, reading.persistent_xml, reading.activity);
         let persistent = match &persistent_xml {
             Some(x) => Some(domain_xml::parse(x).map_err(|e| format!("persistent XML: {e}"))?),
             None => None,
-        };
-        let activity = match self.libvirt.activity(r, &live.disks) {
-            Ok(a) => a,
-            Err(e) if e.is_gone() => return Ok(None),
-            Err(e) => return Err(e.to_string()),
         };
         let pid = match pid_file::read(&self.root, &r.name) {
             Ok(pid) => Some(pid),
