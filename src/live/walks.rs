@@ -34,16 +34,22 @@ use crate::observe::{ObserveError, cgroup, numa_maps, statm};
 use super::memory::cell_blocks;
 
 /// A walk's figures are trusted this long when nothing else calls for a
-/// new one. The worst walk measured (an 8 GiB guest without huge pages:
-/// about 40 ms of reading, most of it with the mmap lock held) every 10
-/// minutes is under 0.01% of one CPU and one short stall per guest in 10
-/// minutes; the drift check catches any change large enough to matter to
-/// the planner well before.
+/// new one. Measured on the project's 2-CPU machine (docs/PERFORMANCE.md):
+/// reading numa_maps or smaps of an 8 GiB guest in 4 KiB pages costs
+/// about 0.1 s of CPU each, and its mmap calls wait for the read (0.1-0.3 s
+/// under load); with huge pages, under 1 ms. Walking every cycle (30 s by
+/// default) would cost 100 such guests with cells about 28 s of CPU per
+/// cycle (0.28 s for smaps and numa_maps each); every 10 minutes, a walk
+/// every 6 s on average (about 5% of one CPU) and one stall per guest in
+/// 10 minutes. Anything large enough to matter
+/// to the planner meanwhile is caught by the drift check.
 pub const WALK_REFRESH: Duration = Duration::from_secs(600);
 
 /// Share of a domain's memory that must have changed node (or appeared or
 /// gone) in its cheap figures since the last walk before it is walked
-/// again. The planner moves memory only for a gain larger than this.
+/// again. Below it the reused figures are at most this share off (less
+/// after rescaling); above it (a guest filling its memory, memory moved
+/// by someone else) they are read again at once.
 pub const DRIFT_SHARE: f64 = 0.10;
 
 /// What one domain's memory looks like this cycle.
