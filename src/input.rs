@@ -167,12 +167,19 @@ fn open_regular(path: &Path) -> Result<Option<File>, InputError> {
     Ok(Some(file))
 }
 
+/// First buffer size of [`read_bytes`].
+const READ_CHUNK: usize = 8192;
+
 /// The bytes of a regular file of at most `limit.max_bytes`.
 pub fn read_bytes(path: &Path, limit: Limit) -> Result<Vec<u8>, InputError> {
     let Some(file) = open_regular(path)? else {
         return Ok(Vec::new());
     };
-    let mut bytes = Vec::new();
+    // Room for most kernel files at once: they report no size, and from an
+    // empty buffer the standard library first reads 32 bytes to probe,
+    // one more read(2) of every /proc file each cycle (and the kernel
+    // renders the whole file for it).
+    let mut bytes = Vec::with_capacity(READ_CHUNK);
     file.take(limit.max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|source| InputError::Io {

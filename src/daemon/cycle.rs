@@ -263,6 +263,7 @@ impl Worker {
             self.placements.prune(&refs);
         }
         let plan = crate::live::plan(state, &self.config, &self.placements, req.rebalance, held);
+        self.sampler.want_memory_walk(memory_moves(&plan));
         report.managed = plan.domains.iter().filter(|d| d.managed).count();
         self.note_operator_changes(&plan);
         if self.dry_run {
@@ -383,6 +384,27 @@ impl Worker {
             }
         }
     }
+}
+
+/// The domains (by UUID) whose plan moves memory: the sampler walks their
+/// page tables at the next reading, and every other guest's only now and
+/// then (`live::walks`). Moves in flight outside a plan join this set
+/// where they are tracked.
+fn memory_moves(plan: &Plan) -> std::collections::BTreeSet<String> {
+    plan.domains
+        .iter()
+        .filter(|d| {
+            d.actions.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::SetMemoryNodeset { .. }
+                        | Action::MigratePages { .. }
+                        | Action::MoveCellMemory { .. }
+                )
+            })
+        })
+        .map(|d| d.uuid.clone())
+        .collect()
 }
 
 fn log_would_apply(plan: &Plan, report: &mut CycleReport) {

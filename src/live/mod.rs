@@ -6,6 +6,7 @@ pub mod memory;
 pub mod migrate;
 pub mod move_pages;
 pub mod state;
+pub mod walks;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

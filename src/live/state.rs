@@ -23,7 +23,7 @@ use crate::observe::threads::{self, Task};
 use crate::planner::DomainInput;
 use crate::topology::{HostTopology, capabilities, sysfs};
 
-use super::memory::{cell_blocks, cell_memory_mib, domain_memory_mib};
+use super::walks::{MemoryWalks, WALK_REFRESH};
 
 #[derive(Debug, Clone)]
 pub struct LiveDomain {
@@ -106,6 +106,8 @@ pub struct Sampler {
     nested: NestedTracker,
     /// The tracker's clock.
     started: Instant,
+    /// Figures from page-table walks and when to walk again.
+    walks: MemoryWalks,
 }
 
 impl Sampler {
@@ -118,7 +120,16 @@ impl Sampler {
             no_cell_blocks: Default::default(),
             nested: NestedTracker::new(1, PlannerConfig::default().nested_quiet_secs),
             started: Instant::now(),
+            walks: MemoryWalks::new(WALK_REFRESH),
         }
+    }
+
+    /// The domains (by UUID) whose memory a move is planned for or in
+    /// flight: their page tables are walked at each reading, every other
+    /// guest's only as [`super::walks`] says. Replaces the previous set;
+    /// the daemon sets it each cycle.
+    pub fn want_memory_walk(&mut self, uuids: std::collections::BTreeSet<String>) {
+        self.walks.want(uuids);
     }
 
     /// How guests are judged to run VMs: after `confirm_windows` sampling
@@ -183,20 +194,23 @@ impl Sampler {
     /// Ok(None): the domain stopped meanwhile. Err: it runs but cannot be
     /// understood (its XML does not parse).
     fn read_domain(&self, r: &DomainRef) -> Result<Option<LiveDomain>, String> {
-        let (live_xml, persistent_xml) = match self.libvirt.domain_xml(r) {
+        // The live XML is parsed on the connection's thread, where its disk
+        // targets are needed for the block-job query of the same call.
+        let reading = match self.libvirt.read_running(r, |xml| {
+            let live = domain_xml::parse(xml).map_err(|e| format!("live XML: {e}"));
+            let disks = live.as_ref().map(|l| l.disks.clone()).unwrap_or_default();
+            (live, disks)
+        }) {
             Ok(x) => x,
             Err(e) if e.is_gone() => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
-        let live = domain_xml::parse(&live_xml).map_err(|e| format!("live XML: {e}"))?;
+        let live = reading.parsed?;
+        let (live_xml, persistent_xml, activity) =
+            (reading.live_xml, reading.persistent_xml, reading.activity);
         let persistent = match &persistent_xml {
             Some(x) => Some(domain_xml::parse(x).map_err(|e| format!("persistent XML: {e}"))?),
             None => None,
-        };
-        let activity = match self.libvirt.activity(r, &live.disks) {
-            Ok(a) => a,
-            Err(e) if e.is_gone() => return Ok(None),
-            Err(e) => return Err(e.to_string()),
         };
         let pid = match pid_file::read(&self.root, &r.name) {
             Ok(pid) => Some(pid),
@@ -275,25 +289,18 @@ impl Sampler {
         for d in domains {
             let Some(pid) = d.pid else { continue };
             let mut o = DomainObservation::default();
-            match domain_memory_mib(&self.root, pid) {
-                Ok((mib, _)) => o.memory_mib = mib,
-                Err(e) => {
-                    tracing::debug!(domain = %d.r.name, error = %e, "memory per node unknown")
-                }
-            }
             let key = (d.r.uuid.clone(), d.r.id);
             let cells = &d.input.live.cpu.cells;
-            if cells.len() > 1 {
-                match cell_blocks(&self.root, pid, cells) {
-                    Ok(Some(blocks)) => o.cell_memory_mib = cell_memory_mib(&blocks),
-                    Ok(None) => {
-                        if self.no_cell_blocks.insert(key.clone()) {
-                            tracing::info!(domain = %d.r.name, cells = cells.len(), "guest cells' RAM blocks not found; its memory moves as a whole");
-                        }
+            match self.walks.read(&self.root, &key, pid, cells, now.at) {
+                Ok(m) => {
+                    o.memory_mib = m.memory_mib;
+                    o.cell_memory_mib = m.cell_memory_mib;
+                    if m.no_cell_blocks && self.no_cell_blocks.insert(key.clone()) {
+                        tracing::info!(domain = %d.r.name, cells = cells.len(), "guest cells' RAM blocks not found; its memory moves as a whole");
                     }
-                    Err(e) => {
-                        tracing::debug!(domain = %d.r.name, error = %e, "memory per guest cell unknown")
-                    }
+                }
+                Err(e) => {
+                    tracing::debug!(domain = %d.r.name, error = %e, "memory per node unknown")
                 }
             }
             if let (Some(before), Some(after)) = (
@@ -313,6 +320,8 @@ impl Sampler {
         }
         let running = domains.iter().map(|d| d.r.uuid.clone()).collect();
         self.nested.retain(&running);
+        let runs = domains.iter().map(|d| (d.r.uuid.clone(), d.r.id)).collect();
+        self.walks.retain(&runs);
         Ok(obs)
     }
 

@@ -11,6 +11,7 @@
 //!   ([`ram_blocks`]);
 //! - `proc/PID/cgroup`, then `memory.numa_stat` under `sys/fs/cgroup` (v2)
 //!   or `sys/fs/cgroup/memory` (v1) ([`cgroup`]);
+//! - `proc/PID/statm` ([`statm`]);
 //! - `proc/PID/task/TID/{stat,status}` ([`threads`]);
 //! - `proc/stat` ([`proc_stat`]);
 //! - `sys/devices/system/node/nodeN/numastat` ([`node_stats`]).
@@ -25,6 +26,7 @@ pub mod numa_maps;
 pub mod pid_file;
 pub mod proc_stat;
 pub mod ram_blocks;
+pub mod statm;
 pub mod threads;
 
 mod files;
