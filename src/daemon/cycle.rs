@@ -263,7 +263,11 @@ impl Worker {
             self.placements.prune(&refs);
         }
         let plan = crate::live::plan(state, &self.config, &self.placements, req.rebalance, held);
-        self.sampler.want_memory_walk(memory_moves(&plan));
+        let mut walk = memory_moves(&plan);
+        if let Some(mover) = &self.mover {
+            walk.extend(mover.progress().domains.into_iter().map(|d| d.domain.uuid));
+        }
+        self.sampler.want_memory_walk(walk);
         report.managed = plan.domains.iter().filter(|d| d.managed).count();
         self.note_operator_changes(&plan);
         if self.dry_run {
@@ -388,8 +392,7 @@ impl Worker {
 
 /// The domains (by UUID) whose plan moves memory: the sampler walks their
 /// page tables at the next reading, and every other guest's only now and
-/// then (`live::walks`). Moves in flight outside a plan join this set
-/// where they are tracked.
+/// then (`live::walks`). The mover's moves in flight join this set.
 fn memory_moves(plan: &Plan) -> std::collections::BTreeSet<String> {
     plan.domains
         .iter()
