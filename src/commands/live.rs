@@ -268,7 +268,8 @@ pub fn apply(
 /// `apply.memory_verify_timeout_secs`. Memory that has not arrived by then
 /// is left where it is on its way (the daemon, or the next apply, goes on
 /// with it); that is said, not an error.
-fn move_memory_now(s: &Session, works: Vec<Work>, root: &Path) -> Result<(), Failure> {
+fn move_memory_now(s: &Session, mut works: Vec<Work>, root: &Path) -> Result<(), Failure> {
+    works.retain(|w| !w.steps.is_empty());
     if works.is_empty() {
         return Ok(());
     }

@@ -240,6 +240,24 @@ pub struct Queue {
     pub moved_total: u64,
 }
 
+/// Whether two lists of steps send the memory to the same places (where
+/// it comes from changes as it moves).
+fn same_target(a: &[Step], b: &[Step]) -> bool {
+    let target = |s: &Step| match s {
+        Step::Cell { cell, to } => (Some(*cell), to.clone()),
+        Step::Whole { to, .. } => (None, to.clone()),
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| target(x) == target(y))
+}
+
+fn arrival(e: &Entry, now: Instant) -> Change {
+    Change::Arrived {
+        domain: e.work.domain.clone(),
+        moved_mib: e.moved / MIB,
+        secs: now.saturating_duration_since(e.since).as_secs_f64(),
+    }
+}
+
 fn show_steps(steps: &[Step]) -> String {
     steps
         .iter()
@@ -254,26 +272,37 @@ impl Queue {
     }
 
     /// Replaces what is to move with `works`: the cycle's plan for every
-    /// guest whose memory is off its placement. A guest with the same
-    /// target goes on where it was; a new target starts over (pages
-    /// already moved are where they go, so nothing moves twice); a guest
-    /// no longer listed stops.
+    /// guest whose memory is off its placement, and, with no steps, every
+    /// placed guest whose memory the plan finds in place. A guest with the
+    /// same target goes on where it was; a new target starts over (pages
+    /// already moved are where they go, so nothing moves twice); one the
+    /// plan finds in place has arrived; a guest no longer listed stops.
     pub fn retarget(&mut self, works: Vec<Work>, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut next: BTreeMap<Key, Entry> = BTreeMap::new();
         self.arrived
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < REPASS_AFTER);
-        for mut work in works.into_iter().filter(|w| !w.steps.is_empty()) {
+        for mut work in works {
             let key = key_of(&work.domain);
+            if work.steps.is_empty() {
+                // The plan has nothing left to move: what was under way
+                // has arrived (pages the pass had not reached yet were
+                // already in place).
+                if let Some(e) = self.entries.remove(&key) {
+                    changes.push(arrival(&e, now));
+                    self.arrived.insert(key, (e.work.steps, now));
+                }
+                continue;
+            }
             if self
                 .arrived
                 .get(&key)
-                .is_some_and(|(s, _)| *s == work.steps)
+                .is_some_and(|(s, _)| same_target(s, &work.steps))
             {
                 continue;
             }
             match self.entries.remove(&key) {
-                Some(mut e) if e.work.steps == work.steps => {
+                Some(mut e) if same_target(&e.work.steps, &work.steps) => {
                     work.harmed |= e.work.harmed;
                     // The plan's figure is fresher; what moved since the
                     // target was set counts against the older one only.
@@ -281,6 +310,9 @@ impl Queue {
                     e.work.harmed = work.harmed;
                     e.work.pid = work.pid;
                     e.work.disks = work.disks;
+                    // Where the memory still is changes as it moves; the
+                    // target does not.
+                    e.work.steps = work.steps;
                     next.insert(key, e);
                 }
                 Some(e) => {

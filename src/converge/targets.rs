@@ -42,7 +42,8 @@ impl LocalityBefore {
 
 /// The guests whose memory is to move: managed and placed, their
 /// transaction applied (or nothing else to change), running with no job,
-/// and with page moves in the plan.
+/// and with page moves in the plan. Placed guests with none come with no
+/// steps: their memory, as far as the plan sees, is in place.
 pub fn works(
     plan: &Plan,
     state: &LiveState,
@@ -60,9 +61,6 @@ pub fn works(
         .filter(|d| !failed.contains(d.uuid.as_str()))
         .filter_map(|d| {
             let steps = Step::from_actions(&d.actions);
-            if steps.is_empty() {
-                return None;
-            }
             let live = state.domains.iter().find(|l| l.r.uuid == d.uuid)?;
             if live.input.hold.is_some() {
                 return None;

@@ -144,6 +144,36 @@ fn a_new_target_starts_over_and_answers_for_the_old_one_are_ignored() {
 }
 
 #[test]
+fn a_shrinking_source_is_the_same_target_and_a_plan_with_nothing_left_means_arrival() {
+    let t0 = Instant::now();
+    let mut q = Queue::default();
+    let mut w = whole("a", 100);
+    w.steps = vec![Step::Whole {
+        from: "0,2".parse().unwrap(),
+        to: NodeSet::single(1),
+    }];
+    q.retarget(vec![w], t0);
+    let (check, generation) = q.next(t0, 64 * MIB).unwrap();
+    q.checked(check.domain(), generation, None, t0);
+    let (resolve, generation) = q.next(t0, 64 * MIB).unwrap();
+    q.resolved(resolve.domain(), generation, vec![(0, 128 * MIB)]);
+    let (chunk, generation) = q.next(t0, 64 * MIB).unwrap();
+    assert_eq!(q.done(&chunk, generation, 64 * MIB, t0), None);
+    // The next plan: what was on node 2 has moved, the target is the same.
+    assert!(q.retarget(vec![whole("a", 40)], t0).is_empty());
+    assert_eq!(q.progress(100.0, t0)[0].moved_mib, 64);
+    // The plan after that finds it all in place.
+    let mut settled = whole("a", 0);
+    settled.steps.clear();
+    let changes = q.retarget(vec![settled], t0);
+    assert!(
+        matches!(&changes[..], [Change::Arrived { moved_mib: 64, .. }]),
+        "{changes:?}"
+    );
+    assert!(q.is_idle());
+}
+
+#[test]
 fn a_guest_no_longer_planned_stops_and_says_how_far_it_came() {
     let t0 = Instant::now();
     let mut q = Queue::default();
