@@ -23,7 +23,7 @@ from soak_world import (CONFIG, LOG, SETTINGS, Daemon, Domain, Stats, journal_re
 
 WARMUP = 30  # seconds before the first fault: the first domains are placed
 FINAL_SETTLE = 300  # longest wait at the end for every guest to be placed
-GAP = (0.1, 1.1)  # seconds between two draws (uniform); about 4 in 10 draws apply (the rest find no target)
+GAP = (0.05, 0.85)  # seconds between two draws (uniform); many find no target or their kind still running
 
 
 class World:
@@ -77,6 +77,14 @@ class World:
             with self.lock:
                 for name in [n for n in self.domains if n not in listed]:
                     del self.domains[name]
+                # A start whose virsh lost libvirtd (restarted meanwhile)
+                # may have landed all the same: such domains are the soak's too.
+                adopt = [n for n in listed if n.startswith("soak-") and n not in self.domains]
+            for name in adopt:
+                d = Domain(name, "adopted", 0, 1, 1)
+                d.uuid = virsh("domuuid", name, timeout=15)[1].strip() or None
+                with self.lock:
+                    self.domains.setdefault(name, d)
         return self.running()
 
     def operator_took(self, d):
@@ -180,13 +188,18 @@ def finish(w, seed, duration, t0):
     t_calm = time.monotonic()
     if w.daemon.pid() is None:
         time.sleep(3)  # the supervisor brings it back
-    unplaced = all_placed(w)
-    while unplaced and time.monotonic() - t_calm < FINAL_SETTLE:
+    # Settled: every guest placed and no transaction left (one whose call
+    # libvirtd still carries out stays journaled until it returns).
+    unplaced, records = all_placed(w), journal_records()
+    while (unplaced or records) and time.monotonic() - t_calm < FINAL_SETTLE:
         time.sleep(5)
-        unplaced = all_placed(w)
+        unplaced, records = all_placed(w), journal_records()
     final_settle = time.monotonic() - t_calm
     for name in unplaced:
         w.stats.violation("not_placed_at_end", f"{name} still unconfined {final_settle:.0f}s after the last fault")
+    for r in records.values():
+        w.stats.violation("journal_stuck", f"{r['domain']['name']}: a transaction still journaled "
+                          f"{final_settle:.0f}s after the last fault")
     w.checker.finish()
     bound = SETTINGS["libvirt"]["call_timeout_secs"] + SETTINGS["apply"]["memory_verify_timeout_secs"] + 30
     rc, took = w.daemon.stop(bound)
