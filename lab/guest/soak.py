@@ -175,10 +175,16 @@ def calm(w):
                 f.write("1")
     with w.daemon.config_lock:
         write_config(settings_toml(SETTINGS))
+    # From libvirt's word, not the soak's model: a suspend or an abort
+    # whose virsh lost libvirtd (stopped, restarting) may have landed or
+    # not, and a held guest (paused, a job) is rightly left alone.
     for d in w.sync():
-        if d.paused:
+        state = virsh("domstate", d.name)[1].strip()
+        if state == "paused":
             virsh("resume", d.name)
-            d.paused = False
+        d.paused = False
+        virsh("blockjob", d.name, "hda", "--abort", timeout=30)
+        virsh("domjobabort", d.name)
 
 
 def finish(w, seed, duration, t0):
@@ -196,7 +202,11 @@ def finish(w, seed, duration, t0):
         unplaced, records = all_placed(w), journal_records()
     final_settle = time.monotonic() - t_calm
     for name in unplaced:
-        w.stats.violation("not_placed_at_end", f"{name} still unconfined {final_settle:.0f}s after the last fault")
+        state = virsh("domstate", name)[1].strip()
+        job = virsh("domjobinfo", name)[1].split("\n")[0].strip()
+        block = virsh("blockjob", name, "hda", "--info")[1].strip()
+        w.stats.violation("not_placed_at_end", f"{name} still unconfined {final_settle:.0f}s after the last fault "
+                          f"(state {state}; {job}; {block or 'no block job'})")
     for r in records.values():
         w.stats.violation("journal_stuck", f"{r['domain']['name']}: a transaction still journaled "
                           f"{final_settle:.0f}s after the last fault")

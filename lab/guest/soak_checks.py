@@ -12,7 +12,8 @@ are both back):
   is gone they are all as before it or all as planned (page locality is
   not part of this: memory converges later);
 - no managed vCPU stays pinned only to offline CPUs past the bound;
-- no managed guest shares a dedicated guest's CPUs past the bound;
+- no managed guest shares a dedicated guest's CPUs past the bound, once
+  they were seen exclusive (a guest with no room is placed shared);
 - an operator's pins and nodeset stay exactly as the operator left them;
 - no memory moves (numa_maps) while a libvirt job runs on the domain;
 - numapin's RSS and open files stay flat, and it never panics (soak.py).
@@ -122,6 +123,7 @@ class Checker:
         self.timers = {}  # condition -> first seen
         self.reported = set()
         self.offline_at = {}  # cpu -> when the soak took it offline
+        self.exclusive = set()  # (dedicated guest, its CPUs) seen used by no other managed guest
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.watch_journal, daemon=True),
@@ -274,16 +276,24 @@ class Checker:
             lv = live.get(d.name)
             if d.kind == "dedicated" and d.managed and lv and lv.vcpus and all(len(c) == 1 for c in lv.vcpus.values()):
                 dedicated[d.name] = set().union(*lv.vcpus.values())
+        shared = {owner: False for owner in dedicated}
         for d in names:
             lv = live.get(d.name)
             if lv is None or not d.managed or d.name in held or d.name in dedicated:
                 continue
             threads = set().union(lv.emulator or set(), *lv.online_vcpus(d).values())
             for owner, cpus in dedicated.items():
+                # Only CPUs seen exclusive count as dedicated: a guest that
+                # finds no room is placed on shared CPUs, by design, and a
+                # 1-vCPU guest on a 1-CPU node looks the same from libvirt.
                 if threads & cpus:
+                    shared[owner] = True
+                    if (owner, frozenset(cpus)) not in self.exclusive:
+                        continue
                     key = ("dedicated_shared", d.name, owner)
                     active.add(key)
                     self.overdue(key, now, f"{d.name} may run on {owner}'s dedicated CPUs {fmt(threads & cpus)}")
+        self.exclusive |= {(owner, frozenset(dedicated[owner])) for owner, s in shared.items() if not s}
 
     def note_settled(self, names, live, held, online, records, now):
         """Settled: numapin up, no transaction, every managed running guest
