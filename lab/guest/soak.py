@@ -228,11 +228,11 @@ def finish(w, seed, duration, t0):
 
 def resources(stats):
     """numapin's RSS and open files: the first third of the soak against
-    the last, each past its first 20 s of uptime (its start-up)."""
-    s = [x for x in stats.samples if x[4] >= 20]
-    if len(s) < 6:
+    the last, each past its first 10 s of uptime (its start-up)."""
+    s = [x for x in stats.samples if x[4] >= 10]
+    if len(s) < 3:
         return {"rss_kib": None, "fds": None}
-    third = len(s) // 3
+    third = max(1, len(s) // 3)
     early, late = s[:third], s[-third:]
     rss_e, rss_l = max(x[2] for x in early), max(x[2] for x in late)
     fds_e, fds_l = max(x[3] for x in early), max(x[3] for x in late)

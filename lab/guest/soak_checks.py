@@ -73,6 +73,10 @@ def step_states(rec, live):
     """Per pin or binding step of a journal record: 'target', 'prior',
     'both' (the step changes nothing) or 'other'."""
     prior = rec["prior"]
+    # CPUs offline when the record was first seen or now: libvirt leaves
+    # an offline CPU out of an affinity it reads from the kernel, so the
+    # same pin reads differently across a CPU's offline time.
+    off = rec.get("_offline", set()) | (cpulist(read("/sys/devices/system/cpu/present")) - online_cpus())
     out = []
     for step in rec.get("steps", []):
         kind = step.get("action")
@@ -87,12 +91,15 @@ def step_states(rec, live):
             now, was, want = live.vcpus[v], ids(prior["pins"]["vcpus"].get(str(v))), ids(step["cpus"])
         else:
             now, was, want = live.nodeset, ids(prior["binding"].get("nodeset")), ids(step["nodeset"])
-        out.append("both" if was == want == now else "target" if now == want else "prior" if now == was else "other")
+        if kind != "set_memory_nodeset":
+            now, was, want = now - off, was - off, want - off
+        out.append("both" if was == want == now else "target" if now == want else "prior" if now == was
+                   else f"other (now {fmt(now)}, before {fmt(was)}, planned {fmt(want)})")
     return out
 
 
 def mixed(states):
-    s = set(states) - {"both"}
+    s = {x.split(" ")[0] for x in states} - {"both"}
     return "other" in s or s == {"target", "prior"}
 
 
@@ -160,13 +167,15 @@ class Checker:
         while not self.stop.wait(0.3):
             now = time.monotonic()
             current = journal_records()
+            offline = cpulist(read("/sys/devices/system/cpu/present")) - online_cpus()
             with self.lock:
                 gone = {u: r for u, (r, _) in self.records.items() if u not in current}
                 for u, rec in current.items():
                     if u not in self.records or self.records[u][0]["started"] != rec["started"]:
                         self.stats.count("transactions_seen")
-                    seen = self.records.get(u, (None, now))[1]
-                    self.records[u] = (rec, seen)
+                    old = self.records.get(u)
+                    rec["_offline"] = old[0]["_offline"] if old else offline
+                    self.records[u] = (rec, old[1] if old else now)
                 for u in gone:
                     del self.records[u]
             for u, rec in gone.items():
