@@ -23,7 +23,7 @@ from soak_world import (CONFIG, LOG, SETTINGS, Daemon, Domain, Stats, journal_re
 
 WARMUP = 30  # seconds before the first fault: the first domains are placed
 FINAL_SETTLE = 300  # longest wait at the end for every guest to be placed
-GAP = (0.1, 1.1)  # seconds between two draws (uniform); about 4 in 10 draws apply (the rest find no target)
+GAP = (0.05, 0.85)  # seconds between two draws (uniform); many find no target or their kind still running
 
 
 class World:
@@ -77,6 +77,14 @@ class World:
             with self.lock:
                 for name in [n for n in self.domains if n not in listed]:
                     del self.domains[name]
+                # A start whose virsh lost libvirtd (restarted meanwhile)
+                # may have landed all the same: such domains are the soak's too.
+                adopt = [n for n in listed if n.startswith("soak-") and n not in self.domains]
+            for name in adopt:
+                d = Domain(name, "adopted", 0, 1, 1)
+                d.uuid = virsh("domuuid", name, timeout=15)[1].strip() or None
+                with self.lock:
+                    self.domains.setdefault(name, d)
         return self.running()
 
     def operator_took(self, d):
@@ -167,10 +175,16 @@ def calm(w):
                 f.write("1")
     with w.daemon.config_lock:
         write_config(settings_toml(SETTINGS))
+    # From libvirt's word, not the soak's model: a suspend or an abort
+    # whose virsh lost libvirtd (stopped, restarting) may have landed or
+    # not, and a held guest (paused, a job) is rightly left alone.
     for d in w.sync():
-        if d.paused:
+        state = virsh("domstate", d.name)[1].strip()
+        if state == "paused":
             virsh("resume", d.name)
-            d.paused = False
+        d.paused = False
+        virsh("blockjob", d.name, "hda", "--abort", timeout=30)
+        virsh("domjobabort", d.name)
 
 
 def finish(w, seed, duration, t0):
@@ -180,13 +194,22 @@ def finish(w, seed, duration, t0):
     t_calm = time.monotonic()
     if w.daemon.pid() is None:
         time.sleep(3)  # the supervisor brings it back
-    unplaced = all_placed(w)
-    while unplaced and time.monotonic() - t_calm < FINAL_SETTLE:
+    # Settled: every guest placed and no transaction left (one whose call
+    # libvirtd still carries out stays journaled until it returns).
+    unplaced, records = all_placed(w), journal_records()
+    while (unplaced or records) and time.monotonic() - t_calm < FINAL_SETTLE:
         time.sleep(5)
-        unplaced = all_placed(w)
+        unplaced, records = all_placed(w), journal_records()
     final_settle = time.monotonic() - t_calm
     for name in unplaced:
-        w.stats.violation("not_placed_at_end", f"{name} still unconfined {final_settle:.0f}s after the last fault")
+        state = virsh("domstate", name)[1].strip()
+        job = virsh("domjobinfo", name)[1].split("\n")[0].strip()
+        block = virsh("blockjob", name, "hda", "--info")[1].strip()
+        w.stats.violation("not_placed_at_end", f"{name} still unconfined {final_settle:.0f}s after the last fault "
+                          f"(state {state}; {job}; {block or 'no block job'})")
+    for r in records.values():
+        w.stats.violation("journal_stuck", f"{r['domain']['name']}: a transaction still journaled "
+                          f"{final_settle:.0f}s after the last fault")
     w.checker.finish()
     bound = SETTINGS["libvirt"]["call_timeout_secs"] + SETTINGS["apply"]["memory_verify_timeout_secs"] + 30
     rc, took = w.daemon.stop(bound)
@@ -205,11 +228,11 @@ def finish(w, seed, duration, t0):
 
 def resources(stats):
     """numapin's RSS and open files: the first third of the soak against
-    the last, each past its first 20 s of uptime (its start-up)."""
-    s = [x for x in stats.samples if x[4] >= 20]
-    if len(s) < 6:
+    the last, each past its first 10 s of uptime (its start-up)."""
+    s = [x for x in stats.samples if x[4] >= 10]
+    if len(s) < 3:
         return {"rss_kib": None, "fds": None}
-    third = len(s) // 3
+    third = max(1, len(s) // 3)
     early, late = s[:third], s[-third:]
     rss_e, rss_l = max(x[2] for x in early), max(x[2] for x in late)
     fds_e, fds_l = max(x[3] for x in early), max(x[3] for x in late)

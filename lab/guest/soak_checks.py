@@ -12,7 +12,8 @@ are both back):
   is gone they are all as before it or all as planned (page locality is
   not part of this: memory converges later);
 - no managed vCPU stays pinned only to offline CPUs past the bound;
-- no managed guest shares a dedicated guest's CPUs past the bound;
+- no managed guest shares a dedicated guest's CPUs past the bound, once
+  they were seen exclusive (a guest with no room is placed shared);
 - an operator's pins and nodeset stay exactly as the operator left them;
 - no memory moves (numa_maps) while a libvirt job runs on the domain;
 - numapin's RSS and open files stay flat, and it never panics (soak.py).
@@ -72,6 +73,10 @@ def step_states(rec, live):
     """Per pin or binding step of a journal record: 'target', 'prior',
     'both' (the step changes nothing) or 'other'."""
     prior = rec["prior"]
+    # CPUs offline when the record was first seen or now: libvirt leaves
+    # an offline CPU out of an affinity it reads from the kernel, so the
+    # same pin reads differently across a CPU's offline time.
+    off = rec.get("_offline", set()) | (cpulist(read("/sys/devices/system/cpu/present")) - online_cpus())
     out = []
     for step in rec.get("steps", []):
         kind = step.get("action")
@@ -86,12 +91,15 @@ def step_states(rec, live):
             now, was, want = live.vcpus[v], ids(prior["pins"]["vcpus"].get(str(v))), ids(step["cpus"])
         else:
             now, was, want = live.nodeset, ids(prior["binding"].get("nodeset")), ids(step["nodeset"])
-        out.append("both" if was == want == now else "target" if now == want else "prior" if now == was else "other")
+        if kind != "set_memory_nodeset":
+            now, was, want = now - off, was - off, want - off
+        out.append("both" if was == want == now else "target" if now == want else "prior" if now == was
+                   else f"other (now {fmt(now)}, before {fmt(was)}, planned {fmt(want)})")
     return out
 
 
 def mixed(states):
-    s = set(states) - {"both"}
+    s = {x.split(" ")[0] for x in states} - {"both"}
     return "other" in s or s == {"target", "prior"}
 
 
@@ -122,6 +130,7 @@ class Checker:
         self.timers = {}  # condition -> first seen
         self.reported = set()
         self.offline_at = {}  # cpu -> when the soak took it offline
+        self.exclusive = set()  # (dedicated guest, its CPUs) seen used by no other managed guest
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.watch_journal, daemon=True),
@@ -158,13 +167,15 @@ class Checker:
         while not self.stop.wait(0.3):
             now = time.monotonic()
             current = journal_records()
+            offline = cpulist(read("/sys/devices/system/cpu/present")) - online_cpus()
             with self.lock:
                 gone = {u: r for u, (r, _) in self.records.items() if u not in current}
                 for u, rec in current.items():
                     if u not in self.records or self.records[u][0]["started"] != rec["started"]:
                         self.stats.count("transactions_seen")
-                    seen = self.records.get(u, (None, now))[1]
-                    self.records[u] = (rec, seen)
+                    old = self.records.get(u)
+                    rec["_offline"] = old[0]["_offline"] if old else offline
+                    self.records[u] = (rec, old[1] if old else now)
                 for u in gone:
                     del self.records[u]
             for u, rec in gone.items():
@@ -274,16 +285,24 @@ class Checker:
             lv = live.get(d.name)
             if d.kind == "dedicated" and d.managed and lv and lv.vcpus and all(len(c) == 1 for c in lv.vcpus.values()):
                 dedicated[d.name] = set().union(*lv.vcpus.values())
+        shared = {owner: False for owner in dedicated}
         for d in names:
             lv = live.get(d.name)
             if lv is None or not d.managed or d.name in held or d.name in dedicated:
                 continue
             threads = set().union(lv.emulator or set(), *lv.online_vcpus(d).values())
             for owner, cpus in dedicated.items():
+                # Only CPUs seen exclusive count as dedicated: a guest that
+                # finds no room is placed on shared CPUs, by design, and a
+                # 1-vCPU guest on a 1-CPU node looks the same from libvirt.
                 if threads & cpus:
+                    shared[owner] = True
+                    if (owner, frozenset(cpus)) not in self.exclusive:
+                        continue
                     key = ("dedicated_shared", d.name, owner)
                     active.add(key)
                     self.overdue(key, now, f"{d.name} may run on {owner}'s dedicated CPUs {fmt(threads & cpus)}")
+        self.exclusive |= {(owner, frozenset(dedicated[owner])) for owner, s in shared.items() if not s}
 
     def note_settled(self, names, live, held, online, records, now):
         """Settled: numapin up, no transaction, every managed running guest

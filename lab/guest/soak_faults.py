@@ -363,8 +363,9 @@ def cpu_offline(w, u):
 # (weight, fault): the mix. Domains start as often as they go, so their
 # number wanders between 2 and MAX_DOMAINS.
 FAULTS = {
-    "sigkill": (5, sigkill),
-    "sigterm": (3, sigterm),
+    # Not so often that numapin never gets to work between kills.
+    "sigkill": (3, sigkill),
+    "sigterm": (2, sigterm),
     "sigstop_libvirtd": (2, sigstop_libvirtd),
     "libvirtd_restart": (2, restart_libvirtd),
     "domain_start": (5, start_domain),
