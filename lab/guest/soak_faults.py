@@ -167,7 +167,10 @@ def destroy_domain(w, u):
     if d is None or len(w.running()) <= 2:
         return None
     rc, _, err = virsh("destroy", d.name)
-    w.forget(d)
+    if rc == 0:
+        # Only then: a domain the model forgot would come back as adopted,
+        # without what the soak knows of it (an operator's pins).
+        w.forget(d)
     return f"destroyed {d.name}" + ("" if rc == 0 else f" (virsh: {err.strip()[:80]})")
 
 
