@@ -25,10 +25,6 @@ pub const FAILED_RETRY: Duration = Duration::from_secs(60);
 pub const REPASS_AFTER: Duration = Duration::from_secs(300);
 
 const MIB: u64 = 1024 * 1024;
-/// A guest with no more than this off target moves it with one
-/// migrate_pages(2) call: a pass over its RAM blocks page by page would
-/// cost more than it moves.
-pub const ONE_CALL_MIB: u64 = 64;
 
 type Key = (String, u32);
 
@@ -168,7 +164,10 @@ impl Entry {
     }
 
     /// The step's next task (no activity check), advancing past steps
-    /// that are done; `None` once every step is.
+    /// that are done; `None` once every step is. A guest with no more than
+    /// one chunk off target moves it with one migrate_pages(2) call: a
+    /// pass over its RAM blocks page by page would cost more than it
+    /// moves, and a chunk is what the rate allows at once.
     fn next_task(&mut self, chunk: u64) -> Option<Task> {
         let domain = self.work.domain.clone();
         let pid = self.work.pid;
@@ -176,7 +175,7 @@ impl Entry {
             let step = self.work.steps.get(self.step)?.clone();
             if self.ranges.is_none()
                 && matches!(step, Step::Whole { .. })
-                && self.left_mib() <= ONE_CALL_MIB
+                && self.left_mib() * MIB <= chunk
             {
                 self.ranges = Some(Vec::new());
             }
