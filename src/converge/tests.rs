@@ -80,7 +80,10 @@ fn a_little_memory_off_target_moves_in_one_call_without_a_pass_over_the_ram() {
     let (check, generation) = q.next(t0, 64 * MIB).unwrap();
     q.checked(check.domain(), generation, None, t0);
     // More than a chunk (a quarter second at the rate): a pass.
-    assert!(matches!(q.next(t0, 16 * MIB), Some((Task::Resolve { .. }, _))));
+    assert!(matches!(
+        q.next(t0, 16 * MIB),
+        Some((Task::Resolve { .. }, _))
+    ));
     let (task, generation) = q.next(t0, 64 * MIB).unwrap();
     assert!(
         matches!(task, Task::Finish { bytes, counted: true, .. } if bytes == 20 * MIB),
