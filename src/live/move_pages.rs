@@ -136,14 +136,33 @@ pub fn move_off(pid: u32, start: u64, end: u64, to: &[u32]) -> io::Result<u64> {
         addresses.clear();
         addresses.extend((next..next + n).map(|i| (start + i * page) as *mut libc::c_void));
         where_are(pid, &addresses, &mut status)?;
-        // Resident off target, or reported absent (perhaps a NUMA hinting
-        // entry over a resident page): these are asked to move.
-        let off: Vec<*mut libc::c_void> = addresses
+        // A page under a NUMA hinting entry reads as absent; one read
+        // resolves the entry, and a second query says where it really is,
+        // so a page already on target is neither moved nor counted.
+        let absent: Vec<*mut libc::c_void> = addresses
             .iter()
             .zip(&status)
-            .filter(|&(_, &s)| (s >= 0 && !wanted_on(s)) || s == -libc::ENOENT)
+            .filter(|&(_, &s)| s == -libc::ENOENT)
             .map(|(&a, _)| a)
             .collect();
+        let mut off: Vec<*mut libc::c_void> = addresses
+            .iter()
+            .zip(&status)
+            .filter(|&(_, &s)| s >= 0 && !wanted_on(s))
+            .map(|(&a, _)| a)
+            .collect();
+        if !absent.is_empty() {
+            touch(pid, &absent)?;
+            let mut again = Vec::new();
+            where_are(pid, &absent, &mut again)?;
+            off.extend(
+                absent
+                    .iter()
+                    .zip(&again)
+                    .filter(|&(_, &s)| s >= 0 && !wanted_on(s))
+                    .map(|(&a, _)| a),
+            );
+        }
         next += n;
         if off.is_empty() {
             continue;
@@ -154,18 +173,7 @@ pub fn move_off(pid: u32, start: u64, end: u64, to: &[u32]) -> io::Result<u64> {
         turn = (turn + off.len()) % to.len();
         let mut got = Vec::new();
         move_pages(pid, &off, &nodes, &mut got)?;
-        let absent: Vec<usize> = (0..got.len())
-            .filter(|&i| got[i] == -libc::ENOENT)
-            .collect();
         moved += got.iter().filter(|&&g| wanted_on(g)).count() as u64;
-        if !absent.is_empty() {
-            let again: Vec<*mut libc::c_void> = absent.iter().map(|&i| off[i]).collect();
-            let again_nodes: Vec<libc::c_int> = absent.iter().map(|&i| nodes[i]).collect();
-            touch(pid, &again)?;
-            let mut second = Vec::new();
-            move_pages(pid, &again, &again_nodes, &mut second)?;
-            moved += second.iter().filter(|&&g| wanted_on(g)).count() as u64;
-        }
     }
     Ok(moved * page)
 }
