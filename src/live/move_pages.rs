@@ -223,24 +223,7 @@ pub fn resident_in_range(pid: u32, start: u64, end: u64) -> io::Result<BTreeMap<
         let n = (count - next).min(BATCH as u64);
         addresses.clear();
         addresses.extend((next..next + n).map(|i| (start + i * page) as *mut libc::c_void));
-        status.clear();
-        status.resize(n as usize, 0);
-        // SAFETY: both arrays hold `n` entries; a null node array asks
-        // for the pages' nodes only.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_move_pages,
-                pid as libc::c_long,
-                n as libc::c_ulong,
-                addresses.as_ptr(),
-                std::ptr::null::<libc::c_int>(),
-                status.as_mut_ptr(),
-                0,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        where_are(pid, &addresses, &mut status)?;
         for &node in status.iter().filter(|&&s| s >= 0) {
             *out.entry(node as u32).or_default() += page;
         }
