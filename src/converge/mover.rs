@@ -109,10 +109,11 @@ pub struct Mover {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Bytes per move: a quarter second at the rate, between 1 and 64 MiB, so
-/// that a job check is never far behind and one call stays short.
+/// Bytes per move: a quarter second at the rate, between 2 and 64 MiB, so
+/// that a job check is never far behind and one call stays short; never
+/// less than one transparent huge page, which moves whole.
 fn chunk_bytes(mib_per_sec: f64) -> u64 {
-    ((mib_per_sec / 4.0) as u64).clamp(1, 64) * MIB
+    ((mib_per_sec / 4.0) as u64).clamp(2, 64) * MIB
 }
 
 impl Mover {

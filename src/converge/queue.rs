@@ -25,6 +25,8 @@ pub const FAILED_RETRY: Duration = Duration::from_secs(60);
 pub const REPASS_AFTER: Duration = Duration::from_secs(300);
 
 const MIB: u64 = 1024 * 1024;
+/// The transparent huge page size of x86-64 and of 4 KiB-page arm64.
+const HUGE_PAGE: u64 = 2 * MIB;
 
 type Key = (String, u32);
 
@@ -189,7 +191,12 @@ impl Entry {
                     self.offset = 0;
                     continue;
                 }
-                let stop = end.min(at.saturating_add(chunk.max(4096)));
+                // A chunk ends on a huge page boundary where it can: a
+                // transparent huge page moves whole, so a chunk ending
+                // inside one would move the rest of it too, uncounted.
+                let want = at.saturating_add(chunk.max(4096));
+                let aligned = want / HUGE_PAGE * HUGE_PAGE;
+                let stop = end.min(if aligned > at { aligned } else { want });
                 return Some(Task::Move {
                     domain,
                     pid,
