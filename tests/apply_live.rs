@@ -370,7 +370,7 @@ fn run(
     steps: &[Action],
     hook: &mut dyn StepHook,
 ) -> Outcome {
-    transaction::run(h, j, &opts(), &domain_ref(h, d), steps, hook).unwrap()
+    transaction::run(h, j, &opts(), &domain_ref(h, d), None, steps, hook).unwrap()
 }
 
 #[test]
@@ -410,6 +410,7 @@ fn a_failure_at_each_step_leaves_the_domain_as_it_was() {
                 &j,
                 &opts(),
                 &domain_ref(&h.inner, d),
+                None,
                 steps,
                 &mut NoHook,
             )
@@ -609,7 +610,7 @@ fn guest_cells_ram_blocks_are_found_and_moved_for_real() {
         fail_at: 1,
         calls: std::cell::Cell::new(0),
     };
-    let outcome = transaction::run(&failing, &j, &opts(), &r, &steps, &mut NoHook).unwrap();
+    let outcome = transaction::run(&failing, &j, &opts(), &r, None, &steps, &mut NoHook).unwrap();
     match &outcome {
         Outcome::RolledBack {
             failed_step,

@@ -115,7 +115,15 @@ pub fn apply_plan(
                     reason = %dp.reason,
                     "changing placement"
                 );
-                transaction::run(host, journal, opts, expected, &dp.actions, hook)?
+                transaction::run(
+                    host,
+                    journal,
+                    opts,
+                    expected,
+                    Some(&dp.planned_from),
+                    &dp.actions,
+                    hook,
+                )?
             }
         };
         // libvirt cannot unpin a running domain, so even a rollback leaves
@@ -125,7 +133,12 @@ pub fn apply_plan(
             Outcome::Applied { .. } | Outcome::RolledBack { restored: true, .. }
         );
         if let (true, Some(d)) = (numapins_left, running.iter().find(|r| r.uuid == dp.uuid)) {
-            remember(host, placements, d);
+            // A change made by another hand right after the transaction is
+            // theirs, not numapin's: only the live XML the actions left is
+            // recorded as numapin's own.
+            let left = matches!(outcome, Outcome::Applied { .. })
+                .then(|| dp.planned_from.after(&dp.actions));
+            remember_unless_changed(host, placements, d, left.as_ref());
         }
         log_outcome(&dp.name, &outcome);
         out.push(DomainOutcome {
@@ -140,10 +153,27 @@ pub fn apply_plan(
 
 /// Records the pins numapin left, so the next round knows them for its own.
 pub fn remember(host: &dyn DomainHost, placements: &Placements, d: &DomainRef) {
+    remember_unless_changed(host, placements, d, None)
+}
+
+/// [`remember`], unless the live XML differs from `left`, what numapin's
+/// change left: then someone changed the domain after it, and nothing is
+/// recorded, so the pins count as theirs.
+fn remember_unless_changed(
+    host: &dyn DomainHost,
+    placements: &Placements,
+    d: &DomainRef,
+    left: Option<&crate::planner::Recorded>,
+) {
     let result = host
         .recorded(d)
         .map_err(|e| e.to_string())
         .and_then(|recorded| {
+            if let Some(what) = left.and_then(|l| l.changes_to(&recorded)) {
+                return Err(format!(
+                    "changed by someone else after numapin's change ({what})"
+                ));
+            }
             placements
                 .record(&placements::Placement {
                     domain: d.clone(),

@@ -10,6 +10,7 @@ use crate::libvirt::{DomainRef, MemoryBinding, Pins};
 use crate::planner::Action;
 
 use super::fake::{FakeHost, FakeState};
+use super::host::DomainHost;
 use super::journal::{Journal, Prior, Record};
 use super::recovery::{RecoveryResult, recover, recover_pass};
 use super::transaction::{Outcome, run};
@@ -106,7 +107,7 @@ fn journal() -> (tempfile::TempDir, Journal) {
 }
 
 fn apply(host: &FakeHost, j: &Journal, steps: &[Action]) -> Outcome {
-    run(host, j, &opts(), &domain(), steps, &mut NoHook).unwrap()
+    run(host, j, &opts(), &domain(), None, steps, &mut NoHook).unwrap()
 }
 
 #[test]
@@ -302,6 +303,7 @@ fn a_transaction_killed_between_steps_is_rolled_back_at_the_next_start() {
                 &j,
                 &opts(),
                 &domain(),
+                None,
                 &steps(restrictive()),
                 &mut KillAt(at),
             )
@@ -342,7 +344,16 @@ fn persisting_writes_the_definition_after_the_live_change_is_verified() {
     let (_t, j) = journal();
     let mut o = opts();
     o.persist = true;
-    let outcome = run(&host, &j, &o, &domain(), &steps(restrictive()), &mut NoHook).unwrap();
+    let outcome = run(
+        &host,
+        &j,
+        &o,
+        &domain(),
+        None,
+        &steps(restrictive()),
+        &mut NoHook,
+    )
+    .unwrap();
     assert!(
         matches!(
             outcome,
@@ -434,6 +445,7 @@ fn memory_never_moves_under_a_job_that_started_meanwhile() {
         &j,
         &opts(),
         &domain(),
+        None,
         &steps(migrate()),
         &mut JobBeforeMemory(&host),
     )
@@ -670,6 +682,7 @@ fn a_cells_memory_never_moves_under_a_job_that_started_meanwhile() {
         &j,
         &opts(),
         &domain(),
+        None,
         &cell_steps(None),
         &mut JobBeforeCell(&host),
     )
@@ -710,6 +723,7 @@ fn a_transaction_killed_before_a_cell_move_is_rolled_back() {
             &j,
             &opts(),
             &domain(),
+            None,
             &cell_steps(None),
             &mut KillAt(3),
         )
@@ -773,5 +787,102 @@ fn a_journal_record_without_cell_memory_still_loads() {
     assert_eq!(
         j.pending().unwrap()[0].prior.cell_memory_mib,
         BTreeMap::new()
+    );
+}
+
+/// An operator's pin made between planning and applying is never
+/// overwritten: the transaction finds the live XML changed and leaves the
+/// domain untouched to the next plan.
+#[test]
+fn a_pin_changed_since_planning_skips_the_domain_untouched() {
+    let before = state(None);
+    let host = FakeHost::new(before.clone());
+    let planned_from = host.recorded(&domain()).unwrap();
+    host.state.borrow_mut().pins.emulator = set("2");
+    let (_t, j) = journal();
+    let outcome = run(
+        &host,
+        &j,
+        &opts(),
+        &domain(),
+        Some(&planned_from),
+        &steps(migrate()),
+        &mut NoHook,
+    )
+    .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason }
+            if reason.contains("changed since it was planned (emulator 0-7 -> 2)")),
+        "{outcome:?}"
+    );
+    assert!(host.changes.borrow().is_empty());
+    assert_eq!(host.snapshot().pins.emulator, set("2"));
+    assert!(j.pending().unwrap().is_empty());
+}
+
+/// An operator pins vCPU 1 while the transaction runs (after its first
+/// steps): that pin stays as the operator set it, the steps before are
+/// undone, and nothing after runs.
+struct OperatorPinsVcpu1<'a>(&'a FakeHost);
+impl StepHook for OperatorPinsVcpu1<'_> {
+    fn before_step(&mut self, _d: &DomainRef, index: usize, _s: &Action) {
+        if index == 2 {
+            self.0.state.borrow_mut().pins.vcpus.insert(1, set("3"));
+        }
+    }
+}
+
+#[test]
+fn a_pin_an_operator_makes_during_the_transaction_is_left_as_set() {
+    let before = state(None);
+    let host = FakeHost::new(before.clone());
+    let planned_from = host.recorded(&domain()).unwrap();
+    let (_t, j) = journal();
+    let outcome = run(
+        &host,
+        &j,
+        &opts(),
+        &domain(),
+        Some(&planned_from),
+        &steps(migrate()),
+        &mut OperatorPinsVcpu1(&host),
+    )
+    .unwrap();
+    match &outcome {
+        Outcome::RolledBack {
+            failed_step,
+            error,
+            restored,
+            ..
+        } => {
+            // Steps are counted from 1: the vCPU 1 pin is the fourth.
+            assert_eq!(*failed_step, 4);
+            assert!(
+                error
+                    .message
+                    .contains("pinned by someone else during the change (vCPU 1 0-7 -> 3)"),
+                "{error}"
+            );
+            assert!(restored);
+        }
+        other => panic!("{other:?}"),
+    }
+    let after = host.snapshot();
+    assert_eq!(
+        after.pins.vcpus[&1],
+        set("3"),
+        "the operator's pin was overwritten"
+    );
+    assert_eq!(after.pins.vcpus[&0], before.pins.vcpus[&0]);
+    assert_eq!(after.pins.emulator, before.pins.emulator);
+    assert_eq!(after.pins.iothreads, before.pins.iothreads);
+    assert!(
+        !host
+            .changes
+            .borrow()
+            .iter()
+            .any(|c| c.starts_with("vcpupin 1 ") || c.starts_with("migrate_pages")),
+        "{:?}",
+        host.changes.borrow()
     );
 }

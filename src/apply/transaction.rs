@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::host_error::{ErrorKind, HostError};
 use crate::idset::NodeSet;
-use crate::libvirt::{DomainRef, Scope};
-use crate::planner::Action;
+use crate::libvirt::{DomainRef, Pins, Scope};
+use crate::planner::{Action, Recorded};
 
 use super::host::DomainHost;
 use super::journal::{Journal, JournalError, Prior, Record};
@@ -71,12 +71,16 @@ impl Outcome {
 
 /// Runs the transaction of one domain. `expected` is the domain as it was
 /// when planned; a domain restarted since then is skipped, because its
-/// plan describes threads that no longer exist.
+/// plan describes threads that no longer exist. `planned_from` is the live
+/// pins and nodeset the plan was made from: a domain whose live XML says
+/// otherwise now was changed by someone else since (an operator's pin),
+/// and is skipped untouched, so that the next plan sees the change.
 pub fn run(
     host: &dyn DomainHost,
     journal: &Journal,
     opts: &ApplyOptions,
     expected: &DomainRef,
+    planned_from: Option<&Recorded>,
     steps: &[Action],
     hook: &mut dyn StepHook,
 ) -> Result<Outcome, JournalError> {
@@ -104,6 +108,9 @@ pub fn run(
     if let Some(reason) = precheck(host, &d, steps) {
         return Ok(reason);
     }
+    if let Some(changed) = planned_from.and_then(|p| changed_since_planning(host, &d, p)) {
+        return Ok(changed);
+    }
     let prior = match read_prior(host, &d, steps) {
         Ok(p) => p,
         Err(e) if e.is_gone() => {
@@ -120,11 +127,18 @@ pub fn run(
     let mut record = Record::new(d.clone(), prior, steps.to_vec());
     journal.write(&record)?;
 
+    // The pins as last read (the prior state, then each pin's read-back)
+    // and as they should be: the prior state with the steps done so far.
+    let mut last_pins = record.prior.pins.clone();
+    let mut expected_pins = record.prior.pins.clone();
     for (i, step) in steps.iter().enumerate() {
         hook.before_step(&d, i, step);
         // Checked before the step counts as started, so a refusal leaves
-        // nothing of it to undo (memory is never moved back under a job).
-        if let Err(error) = guard(host, &d, step) {
+        // nothing of it to undo (memory is never moved back under a job,
+        // an operator's pin made meanwhile is never overwritten).
+        if let Err(error) =
+            guard(host, &d, step).and_then(|()| untouched(step, &expected_pins, &last_pins))
+        {
             return fail(host, journal, &record, i, error);
         }
         record.attempted = i + 1;
@@ -137,8 +151,13 @@ pub fn run(
             of = steps.len(),
             "applying"
         );
-        if let Err(error) = execute(host, &d, step, opts) {
-            return fail(host, journal, &record, i, error);
+        match execute(host, &d, step, opts) {
+            Ok(Some(pins)) => {
+                set_pin(&mut expected_pins, step);
+                last_pins = pins;
+            }
+            Ok(None) => {}
+            Err(error) => return fail(host, journal, &record, i, error),
         }
     }
     if let Err(error) = verify_threads(host, &d, steps) {
@@ -236,44 +255,50 @@ pub(super) fn moves_memory(step: &Action) -> bool {
     )
 }
 
-/// Applies one step and reads it back.
+/// Applies one step and reads it back; the pins read back, for a pin.
 fn execute(
     host: &dyn DomainHost,
     d: &DomainRef,
     step: &Action,
     opts: &ApplyOptions,
-) -> Result<(), HostError> {
+) -> Result<Option<Pins>, HostError> {
     let mismatch =
         |what: String| HostError::new(&format!("verify {step}"), ErrorKind::Failed, &what);
     match step {
         Action::Vcpupin { vcpu, cpus } => {
             host.pin_vcpu(d, *vcpu, cpus, Scope::Live)?;
-            let now = host.pins(d)?.vcpus.get(vcpu).cloned();
-            if now.as_ref() != Some(cpus) {
+            let pins = host.pins(d)?;
+            let now = pins.vcpus.get(vcpu);
+            if now != Some(cpus) {
                 return Err(mismatch(format!(
                     "libvirt reports vCPU {vcpu} on {} after pinning it to {cpus}",
-                    show(now.as_ref())
+                    show(now)
                 )));
             }
+            return Ok(Some(pins));
         }
         Action::Emulatorpin { cpus } => {
             host.pin_emulator(d, cpus, Scope::Live)?;
-            let now = host.pins(d)?.emulator;
-            if &now != cpus {
+            let pins = host.pins(d)?;
+            if &pins.emulator != cpus {
                 return Err(mismatch(format!(
-                    "libvirt reports the emulator on {now} after pinning it to {cpus}"
+                    "libvirt reports the emulator on {} after pinning it to {cpus}",
+                    pins.emulator
                 )));
             }
+            return Ok(Some(pins));
         }
         Action::Iothreadpin { iothread, cpus } => {
             host.pin_iothread(d, *iothread, cpus, Scope::Live)?;
-            let now = host.pins(d)?.iothreads.get(iothread).cloned();
-            if now.as_ref() != Some(cpus) {
+            let pins = host.pins(d)?;
+            let now = pins.iothreads.get(iothread);
+            if now != Some(cpus) {
                 return Err(mismatch(format!(
                     "libvirt reports iothread {iothread} on {} after pinning it to {cpus}",
-                    show(now.as_ref())
+                    show(now)
                 )));
             }
+            return Ok(Some(pins));
         }
         Action::SetMemoryNodeset { nodeset } => {
             host.set_memory_nodeset(d, nodeset, Scope::Live)?;
@@ -296,7 +321,82 @@ fn execute(
             wait_for_cell_memory(host, d, *cell, to, opts)?;
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Skips a domain whose live pins or nodeset are no longer those the plan
+/// was made from: someone changed them since (an operator's `virsh
+/// vcpupin`), and the next plan, which sees the change, decides.
+fn changed_since_planning(
+    host: &dyn DomainHost,
+    d: &DomainRef,
+    planned_from: &Recorded,
+) -> Option<Outcome> {
+    match host.recorded(d) {
+        Ok(now) => planned_from.changes_to(&now).map(|what| Outcome::Skipped {
+            reason: format!("changed since it was planned ({what}); planned again next cycle"),
+        }),
+        Err(e) if e.is_gone() => Some(Outcome::Vanished {
+            during: "the check before the first step".into(),
+        }),
+        Err(e) => Some(Outcome::Skipped {
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Whether the domain's pins are still as the transaction left them
+/// (`expected`), as last read back: a pin another hand changed during the
+/// transaction (an operator's `virsh vcpupin`) is left as that hand set
+/// it, the steps before are undone and none after runs.
+fn untouched(step: &Action, expected: &Pins, last: &Pins) -> Result<(), HostError> {
+    let changes = pin_differences(expected, last);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(HostError::new(
+        &step.to_string(),
+        ErrorKind::Failed,
+        &format!(
+            "pinned by someone else during the change ({}); left so",
+            changes.join(", ")
+        ),
+    ))
+}
+
+/// `expected` with the pin `step` sets.
+fn set_pin(expected: &mut Pins, step: &Action) {
+    match step {
+        Action::Vcpupin { vcpu, cpus } => {
+            expected.vcpus.insert(*vcpu, cpus.clone());
+        }
+        Action::Emulatorpin { cpus } => expected.emulator = cpus.clone(),
+        Action::Iothreadpin { iothread, cpus } => {
+            expected.iothreads.insert(*iothread, cpus.clone());
+        }
+        _ => {}
+    }
+}
+
+/// Each thread whose pin differs, as "vCPU 1 0-7 -> 3".
+fn pin_differences(was: &Pins, is: &Pins) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut threads = |what: &str,
+                       a: &BTreeMap<u32, crate::idset::CpuSet>,
+                       b: &BTreeMap<u32, crate::idset::CpuSet>| {
+        for id in a.keys().chain(b.keys().filter(|k| !a.contains_key(k))) {
+            let (x, y) = (a.get(id), b.get(id));
+            if x != y {
+                out.push(format!("{what} {id} {} -> {}", show(x), show(y)));
+            }
+        }
+    };
+    threads("vCPU", &was.vcpus, &is.vcpus);
+    threads("iothread", &was.iothreads, &is.iothreads);
+    if was.emulator != is.emulator {
+        out.push(format!("emulator {} -> {}", was.emulator, is.emulator));
+    }
+    out
 }
 
 /// What a step's setting was before the transaction, for the log.

@@ -101,9 +101,61 @@ impl Recorded {
         self.pin_changes(cputune, live).is_empty()
     }
 
+    /// `self` with the pins and nodeset `actions` set: the live XML a
+    /// transaction of those actions leaves when nobody else touches it.
+    pub fn after(&self, actions: &[Action]) -> Recorded {
+        let mut out = self.clone();
+        for a in actions {
+            match a {
+                Action::Vcpupin { vcpu, cpus } => {
+                    out.cputune.vcpupin.insert(*vcpu, cpus.clone());
+                }
+                Action::Emulatorpin { cpus } => out.cputune.emulatorpin = Some(cpus.clone()),
+                Action::Iothreadpin { iothread, cpus } => {
+                    out.cputune.iothreadpin.insert(*iothread, cpus.clone());
+                }
+                Action::SetMemoryNodeset { nodeset } => out.nodeset = Some(nodeset.clone()),
+                Action::MigratePages { .. } | Action::MoveCellMemory { .. } => {}
+            }
+        }
+        out
+    }
+
+    /// Everything that differs between `self` and `now`, pins of any
+    /// thread and the memory nodeset: what changed on a domain between
+    /// two readings of its live XML.
+    pub fn changes_to(&self, now: &Recorded) -> Option<String> {
+        let ids = |a: &BTreeMap<u32, CpuSet>, b: &BTreeMap<u32, CpuSet>| {
+            a.keys()
+                .chain(b.keys())
+                .copied()
+                .collect::<std::collections::BTreeSet<u32>>()
+        };
+        let vcpus = ids(&self.cputune.vcpupin, &now.cputune.vcpupin);
+        let iothreads = ids(&self.cputune.iothreadpin, &now.cputune.iothreadpin);
+        let mut changes = self.pin_changes_of(&now.cputune, vcpus, &iothreads);
+        if self.nodeset != now.nodeset {
+            changes.push(format!(
+                "memory nodeset {} -> {}",
+                shown(self.nodeset.as_ref()),
+                shown(now.nodeset.as_ref())
+            ));
+        }
+        (!changes.is_empty()).then(|| changes.join(", "))
+    }
+
     fn pin_changes(&self, now: &CpuTune, live: &Domain) -> Vec<String> {
+        self.pin_changes_of(now, live.online_vcpus.iter(), &live.iothreads)
+    }
+
+    fn pin_changes_of<'a>(
+        &self,
+        now: &CpuTune,
+        vcpus: impl IntoIterator<Item = u32>,
+        iothreads: impl IntoIterator<Item = &'a u32>,
+    ) -> Vec<String> {
         let mut changes = Vec::new();
-        for vcpu in live.online_vcpus.iter() {
+        for vcpu in vcpus {
             let (was, is) = (self.cputune.vcpupin.get(&vcpu), now.vcpupin.get(&vcpu));
             if was != is {
                 changes.push(format!("vCPU {vcpu} {} -> {}", shown(was), shown(is)));
@@ -116,7 +168,7 @@ impl Recorded {
                 shown(now.emulatorpin.as_ref())
             ));
         }
-        for id in &live.iothreads {
+        for id in iothreads {
             let (was, is) = (self.cputune.iothreadpin.get(id), now.iothreadpin.get(id));
             if was != is {
                 changes.push(format!("iothread {id} {} -> {}", shown(was), shown(is)));
@@ -206,6 +258,11 @@ pub struct DomainPlan {
     /// guests that its threads may run on (numapin never changes it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_dedicated_cpus: Option<CpuSet>,
+    /// The live pins and memory nodeset the plan was made from: a
+    /// transaction that finds others has met an operator's change made
+    /// since, and leaves the domain to the next plan.
+    #[serde(skip)]
+    pub planned_from: Recorded,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -11,7 +11,7 @@ use super::cpus::Pins;
 use super::domain_info::{self, DomainInfo, MemoryHandling, distribute};
 use super::ledger::{Ledger, Part};
 use super::score::{Distances, Score, locality, round3, vcpu_node_weights};
-use super::{Action, CurrentView, DomainPlan, Status, actions, advice, cell_memory};
+use super::{Action, CurrentView, DomainPlan, Recorded, Status, actions, advice, cell_memory};
 
 /// What every domain's plan is made against.
 pub(super) struct Context<'a> {
@@ -72,6 +72,10 @@ impl Context<'_> {
             changed_by_operator: None,
             on_dedicated_cpus: None,
             memory_only_mib: BTreeMap::new(),
+            planned_from: Recorded {
+                cputune: d.cputune.clone(),
+                nodeset: d.numatune.as_ref().and_then(|n| n.nodeset.clone()),
+            },
         };
         let parts = decision.and_then(|x| x.parts());
         plan.advice = advice::advice_for(info, topo, self.smt_width, parts, pins.as_ref());
