@@ -306,10 +306,20 @@ fn the_bundled_demo_plans_as_documented() {
     assert!(score["locality_after"].as_f64() > score["locality_before"].as_f64());
     // The first cycle confines every guest and moves memory within the
     // budget; guests whose memory cannot move yet stay where it is, so
-    // balance comes from later moves: no node is overloaded meanwhile.
+    // balance comes from later moves: no node is overloaded meanwhile
+    // while another has room. This host's busy vCPUs outnumber its cores
+    // (pressure counts what vCPUs past the cores lose on shared ones), so
+    // both nodes end near full and one may pass it.
     assert!(score["spanning_after"].as_u64() < score["spanning_before"].as_u64());
-    for n in plan["nodes"].as_array().unwrap() {
-        assert!(n["pressure_after"].as_f64().unwrap() <= 1.0, "{n}");
+    let pressures: Vec<f64> = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["pressure_after"].as_f64().unwrap())
+        .collect();
+    let least = pressures.iter().copied().fold(f64::MAX, f64::min);
+    for p in &pressures {
+        assert!(*p <= 1.0 || least > 0.9, "{pressures:?}");
     }
     for d in plan["domains"].as_array().unwrap() {
         if d["managed"] == true {

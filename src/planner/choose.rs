@@ -467,8 +467,9 @@ impl Chooser<'_> {
         let pol = policy(info);
         let demand = piece.demand();
         // The largest share, the lowest node on a tie. Capacity allows a
-        // node only as long as it is not overloaded: its demand within its
-        // CPUs and memory, not just the overcommit.
+        // node only as long as it is not overloaded: its pressure within 1
+        // (demand and what it loses to shared cores within its CPUs, memory
+        // within its memory), not just the overcommit.
         let mut best: Option<(f64, usize)> = None;
         for i in 0..self.ledger.ids.len() {
             if !self.is_candidate(info, i)

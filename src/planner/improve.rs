@@ -123,7 +123,8 @@ impl Chooser<'_> {
 
     /// Whether one more of the guest's cells on `node` would put more than
     /// its even share there: ceil(cells / nodes it may use). Only a node
-    /// past its capacity (demand beyond its CPUs) lets a cell go there
+    /// past its capacity (pressure over 1: demand and the work it loses to
+    /// shared cores beyond its CPUs, or memory full) lets a cell go there
     /// all the same: capacity, not mere imbalance, forces it.
     fn crowds_cells(&self, info: &DomainInfo, parts: &[Part], node: u32) -> bool {
         let cells = parts.iter().filter(|p| p.cell.is_some()).count();

@@ -15,7 +15,8 @@ pub struct Score {
     pub locality_before: f64,
     pub locality_after: f64,
     /// Spread between the most and least loaded node (load is the larger
-    /// of CPU demand / capacity and memory used / capacity).
+    /// of CPU pressure, demand and what it loses on shared cores / CPUs,
+    /// and memory used / capacity).
     pub imbalance_before: f64,
     pub imbalance_after: f64,
     /// Domains that would fit one node but span several.
