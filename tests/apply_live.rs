@@ -707,6 +707,61 @@ fn a_domain_that_vanishes_between_plan_and_apply_does_not_stop_the_others() {
     assert_eq!(stays.vcpu_thread_cpus()[&0], "1");
 }
 
+/// The chaos soak's `operator_overwritten`: an operator pinned the
+/// emulator between numapin's plan and its transaction, and the
+/// transaction pinned it back. Now the transaction finds the live XML
+/// changed since planning and leaves the domain untouched, and nothing of
+/// it is recorded as numapin's.
+#[test]
+fn an_operators_pin_made_between_plan_and_apply_is_never_overwritten() {
+    let _s = serial();
+    let d = TestDomain::start("operator-between", &unbound());
+    let tmp = tempfile::tempdir().unwrap();
+    let config_path = isolated_config(tmp.path(), &[&d], "");
+    let config = numapin::config::Config::load(&config_path).unwrap();
+    let h = host();
+    let mut sampler = Sampler::new(h.libvirt.clone(), "/".into(), 1.0);
+    let state = sampler.read(Duration::ZERO).unwrap();
+    let inputs = state.inputs();
+    let plan = planner::plan(&PlanInput {
+        topology: &state.topology,
+        domains: &inputs,
+        observations: &state.observations,
+        config: &config,
+        rebalance_all: false,
+    });
+    let planned = plan.domains.iter().find(|p| p.name == d.name).unwrap();
+    assert!(!planned.actions.is_empty(), "nothing planned: {planned:?}");
+    common::virsh(&["emulatorpin", &d.name, "0", "--live"]).unwrap();
+    let j = Journal::open(&config.apply.state_dir).unwrap();
+    let placements = Placements::open(&config.apply.state_dir).unwrap();
+    let outcomes = numapin::apply::apply_plan(
+        &h,
+        &j,
+        &placements,
+        &opts(),
+        &plan,
+        &state.refs(),
+        &mut NoHook,
+    )
+    .unwrap();
+    let outcome = &outcomes.iter().find(|o| o.name == d.name).unwrap().outcome;
+    assert!(
+        matches!(outcome, Outcome::Skipped { reason } if reason.contains("changed since it was planned")
+            && reason.contains("emulator")),
+        "{outcome:?}"
+    );
+    let emulator = common::virsh(&["emulatorpin", &d.name, "--live"]).unwrap();
+    assert!(emulator.contains("*: 0"), "{emulator}");
+    assert!(j.pending().unwrap().is_empty());
+    let refs = state.refs();
+    let dom = refs.iter().find(|r| r.name == d.name).unwrap();
+    assert!(
+        placements.recorded_of(dom).is_none(),
+        "the operator's pin recorded as numapin's"
+    );
+}
+
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
