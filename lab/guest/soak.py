@@ -90,7 +90,8 @@ class World:
     def operator_took(self, d):
         live = read_live([d.name])
         if live and d.name in live:
-            d.operator = live[d.name].key()
+            # With the CPUs online then: see Live.same_pins.
+            d.operator = (live[d.name].key(), frozenset(online_cpus()))
 
     def libvirt_back(self):
         self.libvirt_back_at = time.monotonic()

@@ -55,6 +55,19 @@ class Live:
                 self.mode, frozenset(self.nodeset))
 
 
+def same_pins(was, was_online, now, now_online):
+    """Whether two key()s hold the same pins, up to CPUs offline at either
+    reading. libvirt shows a thread nobody pinned (an unplugged vCPU, say)
+    on every CPU online at the time, so a CPU going off or on line changes
+    what it shows though nobody changed the pin: a difference only in
+    such CPUs is not a change."""
+    common = was_online & now_online
+    (wv, we, wm, wn), (nv, ne, nm, nn) = was, now
+    if (wm, wn) != (nm, nn) or set(wv) != set(nv):
+        return False
+    return all(wv[v] & common == nv[v] & common for v in wv) and we & common == ne & common
+
+
 def read_live(names):
     """{name: Live} for the named domains, or None when libvirt does not answer."""
     cmds = []
@@ -258,10 +271,13 @@ class Checker:
             if lv is None:
                 continue
             if d.operator is not None:
-                if lv.key() != d.operator and ("operator", d.name) not in self.reported:
+                left, left_online = d.operator
+                if (not same_pins(left, left_online, lv.key(), frozenset(online))
+                        and ("operator", d.name) not in self.reported):
                     self.reported.add(("operator", d.name))
-                    self.stats.violation("operator_overwritten", f"{d.name}: the operator left {d.operator}, "
-                                         f"now {lv.key()}")
+                    self.stats.violation("operator_overwritten", f"{d.name}: the operator left {left} "
+                                         f"(CPUs {fmt(left_online)} online), now {lv.key()} "
+                                         f"(CPUs {fmt(online)} online)")
                 continue
             rec = records.get(d.name)
             if rec and mixed(step_states(rec, lv)):
