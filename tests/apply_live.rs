@@ -669,29 +669,9 @@ fn a_domain_that_vanishes_between_plan_and_apply_does_not_stop_the_others() {
     let config_path = isolated_config(tmp.path(), &[&stays, &goes], "");
     let config = numapin::config::Config::load(&config_path).unwrap();
     let h = host();
-    let mut sampler = Sampler::new(h.libvirt.clone(), "/".into(), 1.0);
-    let state = sampler.read(Duration::ZERO).unwrap();
-    let inputs = state.inputs();
-    let plan = planner::plan(&PlanInput {
-        topology: &state.topology,
-        domains: &inputs,
-        observations: &state.observations,
-        config: &config,
-        rebalance_all: false,
-    });
+    let (state, plan) = plan_now(&h, &config);
     goes.destroy();
-    let j = Journal::open(&config.apply.state_dir).unwrap();
-    let placements = Placements::open(&config.apply.state_dir).unwrap();
-    let outcomes = numapin::apply::apply_plan(
-        &h,
-        &j,
-        &placements,
-        &opts(),
-        &plan,
-        &state.refs(),
-        &mut NoHook,
-    )
-    .unwrap();
+    let outcomes = apply_all(&h, &config, &plan, &state.refs());
     let by_name: BTreeMap<&str, &Outcome> = outcomes
         .iter()
         .map(|o| (o.name.as_str(), &o.outcome))
@@ -720,31 +700,11 @@ fn an_operators_pin_made_between_plan_and_apply_is_never_overwritten() {
     let config_path = isolated_config(tmp.path(), &[&d], "");
     let config = numapin::config::Config::load(&config_path).unwrap();
     let h = host();
-    let mut sampler = Sampler::new(h.libvirt.clone(), "/".into(), 1.0);
-    let state = sampler.read(Duration::ZERO).unwrap();
-    let inputs = state.inputs();
-    let plan = planner::plan(&PlanInput {
-        topology: &state.topology,
-        domains: &inputs,
-        observations: &state.observations,
-        config: &config,
-        rebalance_all: false,
-    });
+    let (state, plan) = plan_now(&h, &config);
     let planned = plan.domains.iter().find(|p| p.name == d.name).unwrap();
     assert!(!planned.actions.is_empty(), "nothing planned: {planned:?}");
     common::virsh(&["emulatorpin", &d.name, "0", "--live"]).unwrap();
-    let j = Journal::open(&config.apply.state_dir).unwrap();
-    let placements = Placements::open(&config.apply.state_dir).unwrap();
-    let outcomes = numapin::apply::apply_plan(
-        &h,
-        &j,
-        &placements,
-        &opts(),
-        &plan,
-        &state.refs(),
-        &mut NoHook,
-    )
-    .unwrap();
+    let outcomes = apply_all(&h, &config, &plan, &state.refs());
     let outcome = &outcomes.iter().find(|o| o.name == d.name).unwrap().outcome;
     assert!(
         matches!(outcome, Outcome::Skipped { reason } if reason.contains("changed since it was planned")
@@ -753,13 +713,52 @@ fn an_operators_pin_made_between_plan_and_apply_is_never_overwritten() {
     );
     let emulator = common::virsh(&["emulatorpin", &d.name, "--live"]).unwrap();
     assert!(emulator.contains("*: 0"), "{emulator}");
-    assert!(j.pending().unwrap().is_empty());
+    let state_dir = &config.apply.state_dir;
+    assert!(
+        Journal::open(state_dir)
+            .unwrap()
+            .pending()
+            .unwrap()
+            .is_empty()
+    );
+    let placements = Placements::open(state_dir).unwrap();
     let refs = state.refs();
     let dom = refs.iter().find(|r| r.name == d.name).unwrap();
     assert!(
         placements.recorded_of(dom).is_none(),
         "the operator's pin recorded as numapin's"
     );
+}
+
+/// The host as it is now, and the plan for it, as a daemon's cycle makes
+/// them.
+fn plan_now(
+    h: &LiveHost,
+    config: &numapin::config::Config,
+) -> (numapin::live::LiveState, planner::Plan) {
+    let mut sampler = Sampler::new(h.libvirt.clone(), "/".into(), 1.0);
+    let state = sampler.read(Duration::ZERO).unwrap();
+    let inputs = state.inputs();
+    let plan = planner::plan(&PlanInput {
+        topology: &state.topology,
+        domains: &inputs,
+        observations: &state.observations,
+        config,
+        rebalance_all: false,
+    });
+    (state, plan)
+}
+
+/// Applies `plan` with the journal and placements of `config`'s state dir.
+fn apply_all(
+    h: &LiveHost,
+    config: &numapin::config::Config,
+    plan: &planner::Plan,
+    running: &[DomainRef],
+) -> Vec<numapin::apply::DomainOutcome> {
+    let j = Journal::open(&config.apply.state_dir).unwrap();
+    let placements = Placements::open(&config.apply.state_dir).unwrap();
+    numapin::apply::apply_plan(h, &j, &placements, &opts(), plan, running, &mut NoHook).unwrap()
 }
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {

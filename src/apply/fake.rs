@@ -205,12 +205,8 @@ impl DomainHost for FakeHost {
         self.running(d)?;
         let s = self.state.borrow();
         Ok(crate::planner::Recorded {
-            cputune: crate::guest::CpuTune {
-                vcpupin: s.pins.vcpus.clone(),
-                emulatorpin: Some(s.pins.emulator.clone()),
-                iothreadpin: s.pins.iothreads.clone(),
-            },
             nodeset: s.binding.nodeset.clone(),
+            ..super::transaction::pins_as_recorded(&s.pins)
         })
     }
 

@@ -110,6 +110,26 @@ fn apply(host: &FakeHost, j: &Journal, steps: &[Action]) -> Outcome {
     run(host, j, &opts(), &domain(), None, steps, &mut NoHook).unwrap()
 }
 
+/// The move of [`steps`] with `migrate()`, planned from `planned_from`.
+fn apply_planned(
+    host: &FakeHost,
+    j: &Journal,
+    planned_from: &crate::planner::Recorded,
+    hook: &mut dyn StepHook,
+) -> Outcome {
+    let steps = steps(migrate());
+    run(
+        host,
+        j,
+        &opts(),
+        &domain(),
+        Some(planned_from),
+        &steps,
+        hook,
+    )
+    .unwrap()
+}
+
 #[test]
 fn applies_every_step_and_leaves_no_journal() {
     for (mode, memory) in [(Some("restrictive"), restrictive()), (None, migrate())] {
@@ -800,16 +820,7 @@ fn a_pin_changed_since_planning_skips_the_domain_untouched() {
     let planned_from = host.recorded(&domain()).unwrap();
     host.state.borrow_mut().pins.emulator = set("2");
     let (_t, j) = journal();
-    let outcome = run(
-        &host,
-        &j,
-        &opts(),
-        &domain(),
-        Some(&planned_from),
-        &steps(migrate()),
-        &mut NoHook,
-    )
-    .unwrap();
+    let outcome = apply_planned(&host, &j, &planned_from, &mut NoHook);
     assert!(
         matches!(&outcome, Outcome::Skipped { reason }
             if reason.contains("changed since it was planned (emulator 0-7 -> 2)")),
@@ -838,16 +849,7 @@ fn a_pin_an_operator_makes_during_the_transaction_is_left_as_set() {
     let host = FakeHost::new(before.clone());
     let planned_from = host.recorded(&domain()).unwrap();
     let (_t, j) = journal();
-    let outcome = run(
-        &host,
-        &j,
-        &opts(),
-        &domain(),
-        Some(&planned_from),
-        &steps(migrate()),
-        &mut OperatorPinsVcpu1(&host),
-    )
-    .unwrap();
+    let outcome = apply_planned(&host, &j, &planned_from, &mut OperatorPinsVcpu1(&host));
     match &outcome {
         Outcome::RolledBack {
             failed_step,

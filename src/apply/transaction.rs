@@ -129,8 +129,8 @@ pub fn run(
 
     // The pins as last read (the prior state, then each pin's read-back)
     // and as they should be: the prior state with the steps done so far.
-    let mut last_pins = record.prior.pins.clone();
-    let mut expected_pins = record.prior.pins.clone();
+    let mut last_pins = pins_as_recorded(&record.prior.pins);
+    let mut expected_pins = last_pins.clone();
     for (i, step) in steps.iter().enumerate() {
         hook.before_step(&d, i, step);
         // Checked before the step counts as started, so a refusal leaves
@@ -153,8 +153,8 @@ pub fn run(
         );
         match execute(host, &d, step, opts) {
             Ok(Some(pins)) => {
-                set_pin(&mut expected_pins, step);
-                last_pins = pins;
+                expected_pins = expected_pins.after(std::slice::from_ref(step));
+                last_pins = pins_as_recorded(&pins);
             }
             Ok(None) => {}
             Err(error) => return fail(host, journal, &record, i, error),
@@ -348,55 +348,35 @@ fn changed_since_planning(
 /// Whether the domain's pins are still as the transaction left them
 /// (`expected`), as last read back: a pin another hand changed during the
 /// transaction (an operator's `virsh vcpupin`) is left as that hand set
-/// it, the steps before are undone and none after runs.
-fn untouched(step: &Action, expected: &Pins, last: &Pins) -> Result<(), HostError> {
-    let changes = pin_differences(expected, last);
-    if changes.is_empty() {
-        return Ok(());
-    }
-    Err(HostError::new(
-        &step.to_string(),
-        ErrorKind::Failed,
-        &format!(
-            "pinned by someone else during the change ({}); left so",
-            changes.join(", ")
-        ),
-    ))
-}
-
-/// `expected` with the pin `step` sets.
-fn set_pin(expected: &mut Pins, step: &Action) {
-    match step {
-        Action::Vcpupin { vcpu, cpus } => {
-            expected.vcpus.insert(*vcpu, cpus.clone());
-        }
-        Action::Emulatorpin { cpus } => expected.emulator = cpus.clone(),
-        Action::Iothreadpin { iothread, cpus } => {
-            expected.iothreads.insert(*iothread, cpus.clone());
-        }
-        _ => {}
-    }
-}
-
-/// Each thread whose pin differs, as "vCPU 1 0-7 -> 3".
-fn pin_differences(was: &Pins, is: &Pins) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut threads = |what: &str,
-                       a: &BTreeMap<u32, crate::idset::CpuSet>,
-                       b: &BTreeMap<u32, crate::idset::CpuSet>| {
-        for id in a.keys().chain(b.keys().filter(|k| !a.contains_key(k))) {
-            let (x, y) = (a.get(id), b.get(id));
-            if x != y {
-                out.push(format!("{what} {id} {} -> {}", show(x), show(y)));
-            }
-        }
+/// it, the steps before are undone and none after runs. Only pins count:
+/// neither side carries the nodeset.
+fn untouched(step: &Action, expected: &Recorded, last: &Recorded) -> Result<(), HostError> {
+    let pins_only = Recorded {
+        nodeset: None,
+        ..expected.clone()
     };
-    threads("vCPU", &was.vcpus, &is.vcpus);
-    threads("iothread", &was.iothreads, &is.iothreads);
-    if was.emulator != is.emulator {
-        out.push(format!("emulator {} -> {}", was.emulator, is.emulator));
+    match pins_only.changes_to(last) {
+        None => Ok(()),
+        Some(changes) => Err(HostError::new(
+            &step.to_string(),
+            ErrorKind::Failed,
+            &format!("pinned by someone else during the change ({changes}); left so"),
+        )),
     }
-    out
+}
+
+/// libvirt's pins (every thread's affinity) in the shape of a live
+/// `<cputune>`, without a nodeset, so that [`Recorded::changes_to`]
+/// compares and describes them.
+pub(super) fn pins_as_recorded(pins: &Pins) -> Recorded {
+    Recorded {
+        cputune: crate::guest::CpuTune {
+            vcpupin: pins.vcpus.clone(),
+            emulatorpin: Some(pins.emulator.clone()),
+            iothreadpin: pins.iothreads.clone(),
+        },
+        nodeset: None,
+    }
 }
 
 /// What a step's setting was before the transaction, for the log.

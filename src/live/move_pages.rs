@@ -341,28 +341,14 @@ struct FaultsMoveNothing {
 
 impl FaultsMoveNothing {
     fn on_this_thread() -> io::Result<Self> {
-        let mut mode: libc::c_int = -1;
-        // SAFETY: `mode` is a valid int to write; no nodemask is asked for
-        // (null, 0) and no address is given (flags 0).
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_get_mempolicy,
-                &mut mode as *mut libc::c_int,
-                std::ptr::null_mut::<libc::c_ulong>(),
-                0 as libc::c_ulong,
-                std::ptr::null_mut::<libc::c_void>(),
-                0 as libc::c_ulong,
-            )
-        };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
+        let mode = match thread_policy() {
+            Ok(mode) => mode,
             // A kernel without NUMA: no hinting faults either.
-            return if e.raw_os_error() == Some(libc::ENOSYS) {
-                Ok(Self { restore: false })
-            } else {
-                Err(e)
-            };
-        }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                return Ok(Self { restore: false });
+            }
+            Err(e) => return Err(e),
+        };
         if mode != MPOL_DEFAULT {
             // A policy set on purpose (the unit's NUMAPolicy=, say) has no
             // migrate-on-fault either: keep it.
@@ -380,6 +366,28 @@ impl Drop for FaultsMoveNothing {
             // the thread keeps MPOL_LOCAL, which allocates the same way.
             let _ = set_policy(MPOL_DEFAULT);
         }
+    }
+}
+
+/// The calling thread's memory policy mode (get_mempolicy(2)).
+fn thread_policy() -> io::Result<libc::c_int> {
+    let mut mode: libc::c_int = -1;
+    // SAFETY: `mode` is a valid int to write; no nodemask is asked for
+    // (null, 0) and no address is given (flags 0).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut mode as *mut libc::c_int,
+            std::ptr::null_mut::<libc::c_ulong>(),
+            0 as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            0 as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(mode)
     }
 }
 
@@ -455,37 +463,20 @@ mod tests {
         assert_eq!(got.values().sum::<u64>(), 4 * 4096, "{got:?}");
     }
 
-    fn thread_policy() -> libc::c_int {
-        let mut mode: libc::c_int = -1;
-        // SAFETY: as in FaultsMoveNothing::on_this_thread.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_get_mempolicy,
-                &mut mode as *mut libc::c_int,
-                std::ptr::null_mut::<libc::c_ulong>(),
-                0 as libc::c_ulong,
-                std::ptr::null_mut::<libc::c_void>(),
-                0 as libc::c_ulong,
-            )
-        };
-        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-        mode
-    }
-
     #[test]
     fn while_touching_the_thread_has_a_policy_without_migrate_on_fault() {
         // Each test runs on a thread of its own, with the default policy.
         std::thread::spawn(|| {
-            assert_eq!(thread_policy(), MPOL_DEFAULT);
+            assert_eq!(thread_policy().unwrap(), MPOL_DEFAULT);
             {
                 let _policy = FaultsMoveNothing::on_this_thread().unwrap();
-                assert_eq!(thread_policy(), MPOL_LOCAL);
+                assert_eq!(thread_policy().unwrap(), MPOL_LOCAL);
             }
-            assert_eq!(thread_policy(), MPOL_DEFAULT);
+            assert_eq!(thread_policy().unwrap(), MPOL_DEFAULT);
             // A policy of the thread's own stays as it was.
             set_policy(MPOL_LOCAL).unwrap();
             drop(FaultsMoveNothing::on_this_thread().unwrap());
-            assert_eq!(thread_policy(), MPOL_LOCAL);
+            assert_eq!(thread_policy().unwrap(), MPOL_LOCAL);
         })
         .join()
         .unwrap();
