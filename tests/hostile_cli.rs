@@ -364,3 +364,29 @@ fn invalid_utf8_gives_the_byte_offset() {
     let o = plan(dir.path());
     expect_failure(&o, 65, "invalid UTF-8 at byte 5");
 }
+
+/// A reader that goes away (`numapin plan ... | head -c0`) ends the command
+/// quietly and successfully, with SIGPIPE ignored as the daemon needs it.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let demo = demo();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_numapin"))
+        .args([
+            "plan",
+            "--snapshot",
+            demo.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before numapin writes anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}

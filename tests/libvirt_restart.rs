@@ -1,13 +1,14 @@
 //! libvirtd restarted under a running numapin: calls fail as
 //! "unavailable" (never hang), and the connection comes back by itself.
-//! A file of its own: the restart would disturb tests running alongside.
+//! A file of its own: the restart would disturb tests running alongside,
+//! and its tests take turns for the same reason.
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Spec, TestDomain, URI};
+use common::{Spec, TestDomain, URI, serial};
 use numapin::host_error::ErrorKind;
 use numapin::libvirt::Libvirt;
 
@@ -18,14 +19,7 @@ fn libvirtd_running() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-#[test]
-fn numapin_reconnects_after_libvirtd_restarts() {
-    let d = TestDomain::start("restart", &Spec::default());
-    numapin::libvirt::silence_default_error_printer();
-    let lv = Libvirt::new(URI, Duration::from_secs(10));
-    let before = lv.running_domains().unwrap();
-    assert!(before.iter().any(|r| r.name == d.name));
-
+fn stop_libvirtd() {
     assert!(
         Command::new("pkill")
             .args(["-x", "libvirtd"])
@@ -41,6 +35,27 @@ fn numapin_reconnects_after_libvirtd_restarts() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn start_libvirtd() {
+    let status = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/start-libvirt"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "libvirtd restarts");
+}
+
+#[test]
+fn numapin_reconnects_after_libvirtd_restarts() {
+    let _turn = serial();
+    let d = TestDomain::start("restart", &Spec::default());
+    numapin::libvirt::silence_default_error_printer();
+    let lv = Libvirt::new(URI, Duration::from_secs(10));
+    let before = lv.running_domains().unwrap();
+    assert!(before.iter().any(|r| r.name == d.name));
+
+    stop_libvirtd();
     let e = lv.running_domains().unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
     // While it is down, calls fail fast instead of hanging.
@@ -49,11 +64,7 @@ fn numapin_reconnects_after_libvirtd_restarts() {
     assert!(e.is_unreachable(), "{e}");
     assert!(t.elapsed() < Duration::from_secs(11), "{:?}", t.elapsed());
 
-    let status = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/start-libvirt"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "libvirtd restarts");
+    start_libvirtd();
     // The same handle reconnects (after its backoff) and sees the domain
     // that kept running meanwhile.
     let start = Instant::now();
@@ -76,4 +87,80 @@ fn numapin_reconnects_after_libvirtd_restarts() {
         .expect("still listed");
     assert_eq!(same.uuid, d.uuid());
     assert!(lv.pins(same).is_ok());
+}
+
+/// Regression (chaos soak, seed 7): the daemon died of SIGPIPE when
+/// libvirt's client wrote to the socket of a libvirtd that had just gone.
+/// The daemon ignores SIGPIPE, lives through libvirtd going away and
+/// coming back several times, and cycles again afterwards.
+#[test]
+fn the_daemon_survives_libvirtd_restarts_under_it() {
+    let _turn = serial();
+    let d = TestDomain::start("restart-daemon", &Spec::default());
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::isolated_config(
+        dir.path(),
+        &[&d],
+        &format!(
+            "[daemon]\ninterval_secs = 1\npid_file = \"{}\"\n",
+            dir.path().join("numapin.pid").display()
+        ),
+    );
+    let log = dir.path().join("daemon.log");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_numapin"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let good_cycles = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" INFO ") && l.contains("cycle:"))
+            .count()
+    };
+    let wait_for_a_good_cycle = |after: usize| {
+        let start = Instant::now();
+        while good_cycles() <= after {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no good cycle; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for_a_good_cycle(0);
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap();
+    assert_ne!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE not ignored"
+    );
+
+    for round in 0..3 {
+        stop_libvirtd();
+        // Cycles meanwhile fail: each one writes to a dead connection.
+        std::thread::sleep(Duration::from_secs(3));
+        start_libvirtd();
+        if let Some(exit) = daemon.try_wait().unwrap() {
+            panic!(
+                "the daemon died in round {round}: {exit}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        wait_for_a_good_cycle(good_cycles());
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 }

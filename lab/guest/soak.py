@@ -93,6 +93,17 @@ class World:
             # With the CPUs online then: see Live.same_pins.
             d.operator = (live[d.name].key(), frozenset(online_cpus()))
 
+    def claim_libvirt(self):
+        """Takes libvirtd for one fault (a stop or a restart), or False when
+        another fault has it. Faults run on threads of their own: a check
+        and a later set let a restart kill a libvirtd another fault had
+        stopped."""
+        with self.lock:
+            if self.libvirt_down.is_set():
+                return False
+            self.libvirt_down.set()
+            return True
+
     def libvirt_back(self):
         self.libvirt_back_at = time.monotonic()
         self.libvirt_down.clear()

@@ -140,6 +140,7 @@ class Checker:
         self.w = world
         self.stats = world.stats
         self.records = {}  # uuid -> (record, first seen)
+        self.generation = {}  # uuid -> transactions seen for it
         self.timers = {}  # condition -> first seen
         self.reported = set()
         self.offline_at = {}  # cpu -> when the soak took it offline
@@ -177,7 +178,11 @@ class Checker:
     # --- the journal --------------------------------------------------------
 
     def watch_journal(self):
-        while not self.stop.wait(0.3):
+        # Polled often and never blocked: a record checked on this thread
+        # (virsh calls, a 1.5 s confirmation) hid the next transaction of
+        # the same domain, whose result then looked like the old one's
+        # mixed state (soak seed 7, soak-187).
+        while not self.stop.wait(0.1):
             now = time.monotonic()
             current = journal_records()
             offline = cpulist(read("/sys/devices/system/cpu/present")) - online_cpus()
@@ -186,13 +191,15 @@ class Checker:
                 for u, rec in current.items():
                     if u not in self.records or self.records[u][0]["started"] != rec["started"]:
                         self.stats.count("transactions_seen")
+                        self.generation[u] = self.generation.get(u, 0) + 1
                     old = self.records.get(u)
+                    rec["_generation"] = self.generation[u]
                     rec["_offline"] = old[0]["_offline"] if old else offline
                     self.records[u] = (rec, old[1] if old else now)
                 for u in gone:
                     del self.records[u]
             for u, rec in gone.items():
-                self.ended(rec)
+                threading.Thread(target=self.ended, args=(rec,), daemon=True).start()
 
     def ended(self, rec):
         """A record disappeared: the domain must be all as before or all as planned."""
@@ -201,8 +208,10 @@ class Checker:
         name = rec["domain"]["name"]
         for attempt in range(2):
             live = read_live([name])
-            if not live or name not in live or rec["domain"]["uuid"] in journal_records():
-                return  # gone, libvirt away, or a new transaction began
+            uuid = rec["domain"]["uuid"]
+            if (not live or name not in live or uuid in journal_records()
+                    or self.generation.get(uuid) != rec["_generation"]):
+                return  # gone, libvirt away, or a new transaction began (or came and went)
             states = step_states(rec, live[name])
             if not mixed(states):
                 self.stats.count("transactions_ended_" + ("applied" if "target" in states else "unchanged"))

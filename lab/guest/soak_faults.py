@@ -13,6 +13,7 @@ import threading
 import time
 
 from labkit import WORK, fmt, log, read, topo
+from soak_checks import read_live
 from soak_world import SETTINGS, STATE_DIR, journal_records, settings_toml, virsh, write_config
 
 DOMAIN_KINDS = [  # (kind, MiB, vCPUs at start, max vCPUs)
@@ -107,18 +108,21 @@ def libvirtd_pid():
 
 
 def sigstop_libvirtd(w, u):
-    if w.libvirt_down.is_set():
+    if not w.claim_libvirt():
         return None
     where = wait_mid_transaction(w, u)
     pid = libvirtd_pid()
     if pid is None:
+        w.libvirt_back()
         return None
     seconds = SETTINGS["libvirt"]["call_timeout_secs"] + 2 + 6 * u
-    w.libvirt_down.set()
     os.kill(pid, signal.SIGSTOP)
 
     def resume():
-        os.kill(pid, signal.SIGCONT)
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
         w.libvirt_back()
 
     later(seconds, resume)
@@ -126,10 +130,9 @@ def sigstop_libvirtd(w, u):
 
 
 def restart_libvirtd(w, u):
-    if w.libvirt_down.is_set():
+    if not w.claim_libvirt():
         return None
     where = wait_mid_transaction(w, u)
-    w.libvirt_down.set()
     pid = libvirtd_pid()
     if pid:
         os.kill(pid, signal.SIGTERM)
@@ -289,6 +292,11 @@ def operator_vcpupin(w, u):
     if d is None:
         return None
     cpus = sorted(w.online())
+    # A pin to where vCPU 0 already is changes nothing libvirt can show:
+    # nobody could tell it from numapin's own pin, so it is no operator's.
+    live = read_live([d.name])
+    if live and d.name in live and len(cpus) > 1:
+        cpus = [c for c in cpus if live[d.name].vcpus.get(0) != {c}]
     cpu = cpus[int(u * 7919) % len(cpus)]
     rc, _, err = virsh("vcpupin", d.name, "0", str(cpu), "--live")
     if rc != 0:
@@ -304,6 +312,9 @@ def operator_numatune(w, u):
     if d is None:
         return None
     nodes = sorted(topo().nodes)
+    live = read_live([d.name])
+    if live and d.name in live and len(nodes) > 1:
+        nodes = [n for n in nodes if live[d.name].nodeset != {n}]
     node = nodes[int(u * 7919) % len(nodes)]
     # Memory moves inside libvirtd's call: bounded like every call here.
     rc, _, err = virsh("numatune", d.name, "--nodeset", str(node), "--live", timeout=60)
