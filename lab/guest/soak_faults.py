@@ -228,7 +228,10 @@ def job(w, u, kind):
     if d is None or sum(1 for x in w.running() if x.job) >= 2:
         return None
     where = wait_mid_transaction(w, u, memory=True)
-    d.job = kind
+    with d.changing:
+        if d.job is not None:
+            return None
+        d.job = kind
     if kind == "dump":
         # A live memory-only dump is a domain job for as long as it writes.
         path = f"{WORK}/{d.name}.core"
@@ -291,18 +294,21 @@ def operator_vcpupin(w, u):
     d = settled_domain(w, u)
     if d is None:
         return None
-    cpus = sorted(w.online())
-    # A pin to where vCPU 0 already is changes nothing libvirt can show:
-    # nobody could tell it from numapin's own pin, so it is no operator's.
-    live = read_live([d.name])
-    if live and d.name in live and len(cpus) > 1:
-        cpus = [c for c in cpus if live[d.name].vcpus.get(0) != {c}]
-    cpu = cpus[int(u * 7919) % len(cpus)]
-    rc, _, err = virsh("vcpupin", d.name, "0", str(cpu), "--live")
-    if rc != 0:
-        return f"operator vcpupin {d.name} refused ({err.strip()[:80]})"
-    w.operator_took(d)
-    return f"operator: virsh vcpupin {d.name} 0 {cpu}"
+    with d.changing:
+        if d.job is not None:
+            return None
+        cpus = sorted(w.online())
+        # A pin to where vCPU 0 already is changes nothing libvirt can show:
+        # nobody could tell it from numapin's own pin, so it is no operator's.
+        live = read_live([d.name])
+        if live and d.name in live and len(cpus) > 1:
+            cpus = [c for c in cpus if live[d.name].vcpus.get(0) != {c}]
+        cpu = cpus[int(u * 7919) % len(cpus)]
+        rc, _, err = virsh("vcpupin", d.name, "0", str(cpu), "--live")
+        if rc != 0:
+            return f"operator vcpupin {d.name} refused ({err.strip()[:80]})"
+        w.operator_took(d)
+        return f"operator: virsh vcpupin {d.name} 0 {cpu}"
 
 
 def operator_numatune(w, u):
@@ -311,17 +317,20 @@ def operator_numatune(w, u):
     d = settled_domain(w, u, restrictive=True)
     if d is None:
         return None
-    nodes = sorted(topo().nodes)
-    live = read_live([d.name])
-    if live and d.name in live and len(nodes) > 1:
-        nodes = [n for n in nodes if live[d.name].nodeset != {n}]
-    node = nodes[int(u * 7919) % len(nodes)]
-    # Memory moves inside libvirtd's call: bounded like every call here.
-    rc, _, err = virsh("numatune", d.name, "--nodeset", str(node), "--live", timeout=60)
-    if rc != 0:
-        return f"operator numatune {d.name} refused ({err.strip()[:80]})"
-    w.operator_took(d)
-    return f"operator: virsh numatune {d.name} --nodeset {node} --live"
+    with d.changing:
+        if d.job is not None:
+            return None
+        nodes = sorted(topo().nodes)
+        live = read_live([d.name])
+        if live and d.name in live and len(nodes) > 1:
+            nodes = [n for n in nodes if live[d.name].nodeset != {n}]
+        node = nodes[int(u * 7919) % len(nodes)]
+        # Memory moves inside libvirtd's call: bounded like every call here.
+        rc, _, err = virsh("numatune", d.name, "--nodeset", str(node), "--live", timeout=60)
+        if rc != 0:
+            return f"operator numatune {d.name} refused ({err.strip()[:80]})"
+        w.operator_took(d)
+        return f"operator: virsh numatune {d.name} --nodeset {node} --live"
 
 
 # --- the host ---------------------------------------------------------------

@@ -131,6 +131,11 @@ class Domain:
         self.uuid = None
         self.paused = False
         self.job = None  # "dump" or "blockcopy" while the soak runs one
+        # Held while a job starts and while an operator changes the domain,
+        # so an operator's numatune (which moves memory) never runs under a
+        # job the checker watches: libvirt queues it behind the job and runs
+        # it the moment the job ends, while virsh is still returning.
+        self.changing = threading.Lock()
         # Set once an operator changed its pins or nodeset: what they set,
         # which must stay as it is until the domain stops.
         self.operator = None
