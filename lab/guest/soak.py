@@ -268,8 +268,11 @@ def main(repo, args):
     t0 = time.monotonic()
     log(f"soak: seed {seed}, {duration}s of faults, config {CONFIG}, bound {BOUND}s")
     w.daemon.start()
-    for kind in ("idle", "restrictive", "dedicated"):
-        w.create(kind, 48 if kind != "dedicated" else 32, 1, 1)
+    # One of each kind but busy (which starts as faults go): a hotplug
+    # guest from the start, so even a short run resizes one.
+    for kind, mib, vcpus, max_vcpus in soak_faults.DOMAIN_KINDS:
+        if kind != "busy":
+            w.create(kind, mib, vcpus, max_vcpus)
     w.checker.start()
     plan = schedule(seed, duration)
     inject(w, plan, t0, duration)
