@@ -8,6 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use common::{Spec, TestDomain, URI, serial};
 use numapin::host_error::ErrorKind;
 use numapin::libvirt::Libvirt;
@@ -106,37 +107,16 @@ fn the_daemon_survives_libvirtd_restarts_under_it() {
             dir.path().join("numapin.pid").display()
         ),
     );
-    let log = dir.path().join("daemon.log");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_numapin"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NO_COLOR", "1")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let good_cycles = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
+    // Started once its first cycle is logged.
+    let mut daemon = Daemon::start(&config, &[], &[]);
+    let good_cycles = |d: &Daemon| {
+        d.log()
             .lines()
             .filter(|l| l.contains(" INFO ") && l.contains("cycle:"))
             .count()
     };
-    let wait_for_a_good_cycle = |after: usize| {
-        let start = Instant::now();
-        while good_cycles() <= after {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no good cycle; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    wait_for_a_good_cycle(0);
 
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
     let ignored = status
         .lines()
         .find_map(|l| l.strip_prefix("SigIgn:"))
@@ -153,14 +133,15 @@ fn the_daemon_survives_libvirtd_restarts_under_it() {
         // Cycles meanwhile fail: each one writes to a dead connection.
         std::thread::sleep(Duration::from_secs(3));
         start_libvirtd();
-        if let Some(exit) = daemon.try_wait().unwrap() {
+        if let Some(exit) = daemon.child.try_wait().unwrap() {
             panic!(
                 "the daemon died in round {round}: {exit}; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                daemon.log()
             );
         }
-        wait_for_a_good_cycle(good_cycles());
+        let before = good_cycles(&daemon);
+        daemon.wait_log("a good cycle", Duration::from_secs(60), |_| {
+            good_cycles(&daemon) > before
+        });
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }

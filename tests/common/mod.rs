@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::process::Command;
 use std::sync::OnceLock;
 
