@@ -23,6 +23,7 @@ pub mod score;
 mod split;
 mod tier;
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use serde::{Serialize, Serializer};
@@ -461,7 +462,8 @@ fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]
 
 /// Managed domains in the order they are served: the most constrained
 /// first (dedicated, then those with cells or bound memory), then larger
-/// before smaller, then by name.
+/// before smaller, then those whose node decides the most memory, then by
+/// name.
 fn service_order(infos: &[DomainInfo]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..infos.len())
         .filter(|&i| infos[i].is_managed())
@@ -472,12 +474,33 @@ fn service_order(infos: &[DomainInfo]) -> Vec<usize> {
             !d.is_dedicated(),
             d.pieces.len() == 1,
             d.fixed_nodes().is_none(),
-            std::cmp::Reverse(d.mem_mib),
-            std::cmp::Reverse(d.vcpu_count()),
+            Reverse(d.mem_mib),
+            Reverse(d.vcpu_count()),
+            Reverse(memory_at_stake(d)),
             i,
         )
     });
     order
+}
+
+/// MiB that a first confinement at home saves over the next best node: what
+/// the guest holds on its fullest node beyond its next fullest. Zero for a
+/// guest that is pinned, or has touched too little memory to be confined
+/// where it is (see [`choose::has_settled_memory`]).
+///
+/// Among alike guests, the one split evenly is indifferent and should not
+/// take, by its name alone, the home of one whose memory is all on that
+/// node: that would send the second away with everything to move, where
+/// serving it first moves nothing.
+fn memory_at_stake(d: &DomainInfo) -> u64 {
+    if d.current.pinned || !d.current.memory_observed || !choose::has_settled_memory(d) {
+        return 0;
+    }
+    let mut on_nodes: Vec<u64> = d.current.memory_mib.values().copied().collect();
+    on_nodes.sort_unstable_by(|a, b| b.cmp(a));
+    let fullest = on_nodes.first().copied().unwrap_or(0);
+    let next = on_nodes.get(1).copied().unwrap_or(0);
+    fullest - next
 }
 
 /// The ledger with managed domains where they are now, for "before" figures.

@@ -121,3 +121,39 @@ fn a_guest_with_settled_memory_is_confined_where_it_is_a_new_one_where_balance_s
         fresh.reason
     );
 }
+
+#[test]
+fn guests_whose_node_matters_most_choose_first() {
+    // The lab's 2x2 host at the daemon's start: three alike guests, all
+    // their RAM touched. vm0's is split evenly, vm1's is on node 0, vm2's on
+    // node 1; each node has room for the vCPUs of two at most before its
+    // pressure passes 1. Were vm0 served first, by its name, it would take
+    // node 0 and push vm1 (then vm2) away from all its memory. Served by
+    // what is at stake, vm1 and vm2 go home with nothing to move, and vm0,
+    // indifferent, moves only its half.
+    let topo = HostShape::new(2, 2, 1, 1536).build();
+    let mut guests = Vec::new();
+    let mut obs = Observations::default();
+    for (name, on_0, on_1) in [("vm0", 160, 160), ("vm1", 296, 24), ("vm2", 20, 300)] {
+        guests.push(passthrough(name, 2, 320));
+        obs.domains.insert(
+            name.into(),
+            DomainObservation {
+                memory_mib: BTreeMap::from([(0, on_0), (1, on_1)]),
+                ..Default::default()
+            },
+        );
+    }
+    let mut config = Config::default();
+    config.host.memory_headroom_mib = 32;
+    let p = run_inputs(&topo, &guests, &obs, &config);
+    for (name, home, mib) in [("vm1", 0, 24), ("vm2", 1, 20)] {
+        let d = get(&p, name);
+        assert!(matches!(d.status, Status::Placed), "{name}: {:?}", d.status);
+        assert_eq!(d.nodes.first(), Some(home), "{name}: {}", d.reason);
+        assert_eq!(d.migrate_mib, mib, "{name}: {}", d.reason);
+    }
+    let vm0 = get(&p, "vm0");
+    assert_eq!(vm0.nodes.len(), 1, "vm0: {}", vm0.reason);
+    assert_eq!(vm0.migrate_mib, 160, "vm0: {}", vm0.reason);
+}
