@@ -786,6 +786,7 @@ fn sigkill_between_steps_then_a_restart_restores_the_domain() {
     let state_dir = tmp.path().join("state");
     let h = host();
     let before = observe(&h, &d);
+    let apply_log = tmp.path().join("apply.log");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_numapin"))
         .args([
@@ -798,14 +799,25 @@ fn sigkill_between_steps_then_a_restart_restores_the_domain() {
         .arg("--config")
         .arg(&config)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&apply_log).unwrap())
         .spawn()
         .unwrap();
     // Step 1 (emulatorpin) is done once the pause before step 2 begins:
-    // the journal then says one step was started.
-    wait_for("the first step", Duration::from_secs(60), || {
-        attempted_steps(&state_dir) == 1 && observe(&h, &d).pins.emulator == set("1")
-    });
+    // the journal then says one step was started. Should it never be, what
+    // the apply said is the first thing to know.
+    let start = Instant::now();
+    while !(attempted_steps(&state_dir) == 1 && observe(&h, &d).pins.emulator == set("1")) {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            panic!(
+                "timed out waiting for the first step; the apply ({status}) said:\n{}\nthe domain is now {:?}",
+                std::fs::read_to_string(&apply_log).unwrap_or_default(),
+                observe(&h, &d)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let half = observe(&h, &d);
