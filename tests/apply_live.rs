@@ -761,17 +761,30 @@ fn apply_all(
     numapin::apply::apply_plan(h, &j, &placements, &opts(), plan, running, &mut NoHook).unwrap()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+fn wait_for(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    wait_for_or(what, timeout, done, String::new);
+}
+
+/// [`wait_for`], adding what `explain` says to the failure on a timeout.
+fn wait_for_or(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        if start.elapsed() >= timeout {
+            panic!("timed out waiting for {what}{}", explain());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn attempted_steps(state_dir: &Path) -> usize {
-    Journal::open(state_dir)
-        .and_then(|j| j.pending())
+    // `peek`, not `pending`: the test does not hold the state lock, and
+    // `pending` tidies the apply's half-written record away under it.
+    Journal::peek(state_dir)
         .ok()
         .and_then(|p| p.first().map(|r| r.attempted))
         .unwrap_or(0)
@@ -805,19 +818,20 @@ fn sigkill_between_steps_then_a_restart_restores_the_domain() {
     // Step 1 (emulatorpin) is done once the pause before step 2 begins:
     // the journal then says one step was started. Should it never be, what
     // the apply said is the first thing to know.
-    let start = Instant::now();
-    while !(attempted_steps(&state_dir) == 1 && observe(&h, &d).pins.emulator == set("1")) {
-        if start.elapsed() > Duration::from_secs(60) {
+    wait_for_or(
+        "the first step",
+        Duration::from_secs(60),
+        || attempted_steps(&state_dir) == 1 && observe(&h, &d).pins.emulator == set("1"),
+        || {
             let _ = child.kill();
-            let status = child.wait().unwrap();
-            panic!(
-                "timed out waiting for the first step; the apply ({status}) said:\n{}\nthe domain is now {:?}",
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            format!(
+                "; the apply ({status}) said:\n{}\nthe domain is now {:?}",
                 std::fs::read_to_string(&apply_log).unwrap_or_default(),
                 observe(&h, &d)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            )
+        },
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let half = observe(&h, &d);
