@@ -19,10 +19,21 @@ pub const ACTIVITY_EVERY: Duration = Duration::from_secs(1);
 pub const HELD_RECHECK: Duration = Duration::from_secs(5);
 /// How long a guest whose move failed waits before it is tried again.
 pub const FAILED_RETRY: Duration = Duration::from_secs(60);
-/// A target reached is not gone over again for this long, even if the
-/// plan still shows memory off it (pages the kernel cannot move, or
-/// figures that lag the move by a few seconds).
-pub const REPASS_AFTER: Duration = Duration::from_secs(300);
+/// A target reached is gone over again, when the plan still shows memory
+/// off it, this long after the arrival: pages the guest touched while the
+/// pass went by, or that the kernel could not move at that moment, go
+/// then. Each re-pass of the same target doubles the wait, up to
+/// [`REPASS_AT_MOST`], so pages the kernel never moves cost a scan of the
+/// guest's RAM every few minutes, not every cycle. The wait also outlasts
+/// figures that lag a move by a few seconds.
+pub const FIRST_REPASS: Duration = Duration::from_secs(30);
+/// The longest wait between two passes over a target already reached.
+pub const REPASS_AT_MOST: Duration = Duration::from_secs(300);
+/// A target reached goes over again at once when the memory the plan shows
+/// off it has grown by this much since its first look after the arrival:
+/// new pages landed off the guest's node(s), and they are not going to
+/// come on their own.
+pub const REPASS_GROWTH_MIB: u64 = 8;
 
 const MIB: u64 = 1024 * 1024;
 /// The transparent huge page size of x86-64 and of 4 KiB-page arm64.
@@ -236,11 +247,35 @@ impl Entry {
     }
 }
 
+/// A target a guest's memory reached, and when to go over it again.
+#[derive(Debug)]
+struct Arrival {
+    steps: Vec<Step>,
+    at: Instant,
+    /// MiB the plan showed off the target at its first look after `at`.
+    first_look: Option<u64>,
+    /// How long after `at` a re-pass may start.
+    wait: Duration,
+}
+
+impl Arrival {
+    /// Whether memory the plan shows off the same target (`off_mib`) is
+    /// worth a pass now. The first look only sets the baseline.
+    fn repass(&mut self, off_mib: u64, now: Instant) -> bool {
+        let Some(first) = self.first_look else {
+            self.first_look = Some(off_mib);
+            return false;
+        };
+        off_mib >= first.saturating_add(REPASS_GROWTH_MIB)
+            || now.saturating_duration_since(self.at) >= self.wait
+    }
+}
+
 /// Every guest whose memory is on its way, and what has moved.
 #[derive(Debug, Default)]
 pub struct Queue {
     entries: BTreeMap<Key, Entry>,
-    arrived: BTreeMap<Key, (Vec<Step>, Instant)>,
+    arrived: BTreeMap<Key, Arrival>,
     generation: u64,
     /// Bytes moved since the daemon started.
     pub moved_total: u64,
@@ -286,8 +321,12 @@ impl Queue {
     pub fn retarget(&mut self, works: Vec<Work>, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut next: BTreeMap<Key, Entry> = BTreeMap::new();
-        self.arrived
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < REPASS_AFTER);
+        // An arrival is remembered while its re-passes may still come, so
+        // that their wait keeps growing; a guest on its way keeps its own.
+        let entries = &self.entries;
+        self.arrived.retain(|key, a| {
+            entries.contains_key(key) || now.saturating_duration_since(a.at) < 2 * REPASS_AT_MOST
+        });
         for mut work in works {
             let key = key_of(&work.domain);
             if work.steps.is_empty() {
@@ -296,16 +335,17 @@ impl Queue {
                 // already in place).
                 if let Some(e) = self.entries.remove(&key) {
                     changes.push(arrival(&e, now));
-                    self.arrived.insert(key, (e.work.steps, now));
+                    self.arrive(key, e.work.steps, now);
                 }
                 continue;
             }
-            if self
-                .arrived
-                .get(&key)
-                .is_some_and(|(s, _)| same_target(s, &work.steps))
-            {
-                continue;
+            if let Some(a) = self.arrived.get_mut(&key) {
+                if !same_target(&a.steps, &work.steps) {
+                    self.arrived.remove(&key);
+                } else if !self.entries.contains_key(&key) && !a.repass(work.mib, now) {
+                    // (A re-pass under way goes on like any other pass.)
+                    continue;
+                }
             }
             match self.entries.remove(&key) {
                 Some(mut e) if same_target(&e.work.steps, &work.steps) => {
@@ -461,13 +501,30 @@ impl Queue {
                 .entries
                 .remove(&key_of(&d))
                 .expect("the entry just looked at");
-            self.arrived.insert(key_of(&d), (e.work.steps.clone(), now));
+            self.arrive(key_of(&d), e.work.steps.clone(), now);
             Change::Arrived {
                 domain: d,
                 moved_mib: e.moved / MIB,
                 secs: now.saturating_duration_since(e.since).as_secs_f64(),
             }
         })
+    }
+
+    /// Notes that `steps` were carried out: a re-pass of the same target
+    /// waits twice as long as the last one did.
+    fn arrive(&mut self, key: Key, steps: Vec<Step>, now: Instant) {
+        let wait = self
+            .arrived
+            .get(&key)
+            .filter(|a| same_target(&a.steps, &steps))
+            .map_or(FIRST_REPASS, |a| (a.wait * 2).min(REPASS_AT_MOST));
+        let arrival = Arrival {
+            steps,
+            at: now,
+            first_look: None,
+            wait,
+        };
+        self.arrived.insert(key, arrival);
     }
 
     /// Whether nothing is left of the guest's steps.

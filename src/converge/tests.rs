@@ -5,7 +5,9 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::queue::{Change, HELD_RECHECK, Queue, Task};
+use super::queue::{
+    Change, FIRST_REPASS, HELD_RECHECK, Queue, REPASS_AT_MOST, REPASS_GROWTH_MIB, Task,
+};
 use super::{Mover, PageHost, Step, Work};
 use crate::host_error::{ErrorKind, HostError};
 use crate::idset::NodeSet;
@@ -69,7 +71,90 @@ fn a_guest_moves_chunk_by_chunk_then_its_rest_and_arrives_once() {
     // The plan still shows the same target (figures lag the move): it is
     // not gone over again.
     assert!(q.retarget(vec![whole("a", 3)], t0).is_empty());
+    assert!(
+        q.retarget(vec![whole("a", 3)], t0 + FIRST_REPASS / 2)
+            .is_empty()
+    );
     assert!(q.is_idle());
+}
+
+#[test]
+fn memory_left_off_a_reached_target_goes_again_later_and_less_often_each_time() {
+    let t0 = Instant::now();
+    let mut q = Queue::default();
+    q.retarget(vec![whole("a", 100)], t0);
+    drive(&mut q, t0);
+    // 40 MiB stayed behind (the kernel could not move them then, or the
+    // guest touched them after the pass went by): gone over 30 s later.
+    let mut at = t0;
+    for wait in [
+        FIRST_REPASS,
+        2 * FIRST_REPASS,
+        4 * FIRST_REPASS,
+        8 * FIRST_REPASS,
+        REPASS_AT_MOST,
+        REPASS_AT_MOST,
+    ] {
+        assert!(
+            q.retarget(vec![whole("a", 40)], at).is_empty(),
+            "the first look after {wait:?}"
+        );
+        let early = at + wait - Duration::from_secs(1);
+        assert!(
+            q.retarget(vec![whole("a", 40)], early).is_empty(),
+            "re-passed before {wait:?}"
+        );
+        at += wait;
+        let changes = q.retarget(vec![whole("a", 40)], at);
+        assert!(
+            matches!(&changes[..], [Change::Started { mib: 40, .. }]),
+            "not re-passed after {wait:?}: {changes:?}"
+        );
+        let changes = drive(&mut q, at);
+        assert!(
+            matches!(&changes[..], [Change::Arrived { .. }]),
+            "{changes:?}"
+        );
+    }
+    // A new target forgets the old one's waits.
+    let mut elsewhere = whole("a", 40);
+    elsewhere.steps = vec![Step::Whole {
+        from: NodeSet::single(1),
+        to: NodeSet::single(0),
+    }];
+    let changes = q.retarget(vec![elsewhere.clone()], at);
+    assert!(
+        matches!(&changes[..], [Change::Started { .. }]),
+        "{changes:?}"
+    );
+    drive(&mut q, at);
+    assert!(q.retarget(vec![elsewhere.clone()], at).is_empty());
+    let changes = q.retarget(vec![elsewhere], at + FIRST_REPASS);
+    assert!(
+        matches!(&changes[..], [Change::Started { .. }]),
+        "{changes:?}"
+    );
+}
+
+#[test]
+fn memory_that_grows_off_a_reached_target_goes_at_once() {
+    let t0 = Instant::now();
+    let mut q = Queue::default();
+    q.retarget(vec![whole("a", 100)], t0);
+    drive(&mut q, t0);
+    let t1 = t0 + Duration::from_secs(5);
+    assert!(q.retarget(vec![whole("a", 12)], t1).is_empty());
+    // Less than the growth that counts: it waits.
+    let below = 12 + REPASS_GROWTH_MIB - 1;
+    assert!(q.retarget(vec![whole("a", below)], t1).is_empty());
+    let changes = q.retarget(
+        vec![whole("a", 12 + REPASS_GROWTH_MIB)],
+        t1 + Duration::from_secs(5),
+    );
+    assert!(
+        matches!(&changes[..], [Change::Started { .. }]),
+        "new pages off the target wait for nothing: {changes:?}"
+    );
 }
 
 #[test]
