@@ -108,7 +108,7 @@ impl StepHook for Progress<'_> {
 }
 
 impl Worker {
-    pub fn cycle(&mut self, req: CycleRequest, first_sample: Duration) -> CycleReport {
+    pub fn cycle(&mut self, req: CycleRequest, new_guest_window: Duration) -> CycleReport {
         let start = Instant::now();
         // Before the reading: a rollback changes what it would show.
         let held = match self.finish_unfinished() {
@@ -123,7 +123,7 @@ impl Worker {
                 return report;
             }
         };
-        let mut report = match self.sampler.read(first_sample) {
+        let mut report = match self.sampler.read(new_guest_window) {
             Ok(state) => self.plan_and_apply(&state, req, &held),
             Err(e) => CycleReport {
                 error: Some(crate::report::error_chain(&e)),

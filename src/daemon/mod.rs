@@ -29,8 +29,10 @@ use crate::metrics::{Metrics, MetricsServer};
 use cycle::{CycleReport, CycleRequest, Worker};
 use notify::Notifier;
 
-/// First reading: how long to measure loads before the first plan.
-const FIRST_SAMPLE: Duration = Duration::from_secs(1);
+/// How long the load of a guest not read before (every guest at the
+/// start, then each guest started since the last cycle) is measured
+/// before its first placement. A cycle with no such guest does not wait.
+const NEW_GUEST_WINDOW: Duration = Duration::from_secs(1);
 /// Wait between attempts to roll back unfinished transactions while
 /// libvirt is not reachable yet.
 const RECOVERY_RETRY: Duration = Duration::from_secs(2);
@@ -232,15 +234,12 @@ impl Daemon {
         let mut due: Option<Instant> = Some(Instant::now());
         let mut rebalance = false;
         let mut interval_at = Instant::now();
-        let mut first = true;
         loop {
             let watchdog = self.notifier.watchdog_interval();
             let next = due.unwrap_or(interval_at).min(interval_at);
             tokio::select! {
                 _ = sleep_until(next) => {
-                    let sample = if first { FIRST_SAMPLE } else { Duration::ZERO };
-                    let (report, follow_up) = self.run_cycle(CycleRequest { rebalance }, sample).await;
-                    first = false;
+                    let (report, follow_up) = self.run_cycle(CycleRequest { rebalance }, NEW_GUEST_WINDOW).await;
                     rebalance = follow_up.rebalance;
                     due = follow_up.cycle.then(|| {
                         Instant::now() + Duration::from_millis(self.config().daemon.event_delay_ms)
@@ -294,10 +293,11 @@ impl Daemon {
     async fn run_cycle(
         &mut self,
         req: CycleRequest,
-        first_sample: Duration,
+        new_guest_window: Duration,
     ) -> (CycleReport, FollowUp) {
         let worker = self.worker.clone();
-        let mut task = tokio::task::spawn_blocking(move || lock(&worker).cycle(req, first_sample));
+        let mut task =
+            tokio::task::spawn_blocking(move || lock(&worker).cycle(req, new_guest_window));
         let mut deferred = Vec::new();
         let report = loop {
             tokio::select! {

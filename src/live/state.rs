@@ -90,6 +90,23 @@ struct Reading {
     /// libvirt's vCPU counters (run-queue wait, nested entries), keyed
     /// the same way.
     vcpu_stats: BTreeMap<(String, u32), VcpuStats>,
+    /// Every domain run read, whether or not its threads and counters
+    /// could be: a run is measured over a window of its own once only.
+    runs: std::collections::BTreeSet<(String, u32)>,
+}
+
+fn run_key(d: &LiveDomain) -> (String, u32) {
+    (d.r.uuid.clone(), d.r.id)
+}
+
+/// The reading a run's rates are measured from: the window of its own
+/// (see [`Sampler::read`]) when it had one, else the last reading.
+fn earlier<'r>(
+    last: Option<&'r Reading>,
+    own_window: Option<&'r Reading>,
+    key: &(String, u32),
+) -> Option<&'r Reading> {
+    own_window.filter(|r| r.runs.contains(key)).or(last)
 }
 
 /// Reads live states; keeps the last reading so the next one can compute
@@ -148,10 +165,14 @@ impl Sampler {
         self.default_vcpu_load = load;
     }
 
-    /// Reads the host. Without a previous reading, takes one and waits
-    /// `first_interval` before the second, so loads are measured (a zero
-    /// interval leaves them to the configured default).
-    pub fn read(&mut self, first_interval: Duration) -> Result<LiveState, LiveError> {
+    /// Reads the host. Loads are rates over the time since the last
+    /// reading. A run with no reading yet (every guest of the first read,
+    /// a guest started since the last) is read once more `new_window`
+    /// before, so that its first placement goes by its measured load, not
+    /// by the configured default: a 2-vCPU guest that keeps one vCPU busy
+    /// fits where one of 2 busy vCPUs would not. A zero window leaves such
+    /// loads to the default.
+    pub fn read(&mut self, new_window: Duration) -> Result<LiveState, LiveError> {
         let capabilities_xml = self.libvirt.capabilities()?;
         let topology = capabilities::parse(&capabilities_xml).map_err(LiveError::Capabilities)?;
         let refs = self.libvirt.running_domains()?;
@@ -170,13 +191,21 @@ impl Sampler {
                 }
             }
         }
-        if self.last.is_none() && !first_interval.is_zero() {
-            self.last = Some(self.reading(&domains));
-            std::thread::sleep(first_interval);
-        }
-        let now = self.reading(&domains);
-        let observations = self.observations(&domains, &now)?;
+        let last = self.last.take();
+        let unread: Vec<&LiveDomain> = domains
+            .iter()
+            .filter(|d| last.as_ref().is_none_or(|l| !l.runs.contains(&run_key(d))))
+            .collect();
+        let own_window =
+            (!new_window.is_zero() && (last.is_none() || !unread.is_empty())).then(|| {
+                let r = self.reading(&unread);
+                std::thread::sleep(new_window);
+                r
+            });
+        let now = self.reading(&domains.iter().collect::<Vec<_>>());
+        let observations = self.observations(&domains, last.as_ref(), own_window.as_ref(), &now);
         self.last = Some(now);
+        let observations = observations?;
         let node_stats = node_stats::read(&self.root).unwrap_or_else(|e| {
             tracing::debug!(error = %e, "no per-node numastat counters");
             BTreeMap::new()
@@ -229,7 +258,7 @@ impl Sampler {
         }))
     }
 
-    fn reading(&self, domains: &[LiveDomain]) -> Reading {
+    fn reading(&self, domains: &[&LiveDomain]) -> Reading {
         let cpus = proc_stat::read(&self.root).unwrap_or_else(|e| {
             tracing::debug!(error = %e, "no per-CPU times");
             BTreeMap::new()
@@ -257,12 +286,17 @@ impl Sampler {
             cpus,
             tasks,
             vcpu_stats,
+            runs: domains.iter().map(|d| run_key(d)).collect(),
         }
     }
 
+    /// What `now` shows against `last` (or, for a run not in it, against
+    /// its `own_window`).
     fn observations(
         &mut self,
         domains: &[LiveDomain],
+        last: Option<&Reading>,
+        own_window: Option<&Reading>,
         now: &Reading,
     ) -> Result<Observations, LiveError> {
         let mut obs = Observations::default();
@@ -283,7 +317,7 @@ impl Sampler {
         // Domains that stopped need no note any more.
         self.no_cell_blocks
             .retain(|(uuid, id)| domains.iter().any(|d| d.r.uuid == *uuid && d.r.id == *id));
-        if let Some(before) = &self.last {
+        if let Some(before) = last.or(own_window) {
             obs.cpu_steal = proc_stat::steal_fractions(&before.cpus, &now.cpus);
         }
         for d in domains {
@@ -303,10 +337,9 @@ impl Sampler {
                     tracing::debug!(domain = %d.r.name, error = %e, "memory per node unknown")
                 }
             }
+            let before = earlier(last, own_window, &key);
             if let (Some(before), Some(after)) = (
-                self.last
-                    .as_ref()
-                    .and_then(|l| l.tasks.get(&key).map(|t| (t, l.at))),
+                before.and_then(|l| l.tasks.get(&key).map(|t| (t, l.at))),
                 now.tasks.get(&key),
             ) {
                 let (tasks_before, at) = before;
@@ -315,7 +348,7 @@ impl Sampler {
                     .map(|l| l.unwrap_or(self.default_vcpu_load))
                     .collect();
             }
-            self.observe_vcpu_stats(d, &key, now, &mut o);
+            self.observe_vcpu_stats(d, &key, before, now, &mut o);
             obs.domains.insert(d.r.name.clone(), o);
         }
         let running = domains.iter().map(|d| d.r.uuid.clone()).collect();
@@ -331,13 +364,11 @@ impl Sampler {
         &mut self,
         d: &LiveDomain,
         key: &(String, u32),
+        before: Option<&Reading>,
         now: &Reading,
         o: &mut DomainObservation,
     ) {
-        let Some((before, at)) = self
-            .last
-            .as_ref()
-            .and_then(|l| l.vcpu_stats.get(key).map(|s| (s, l.at)))
+        let Some((before, at)) = before.and_then(|l| l.vcpu_stats.get(key).map(|s| (s, l.at)))
         else {
             return;
         };
