@@ -81,3 +81,16 @@ lab_boot() {
   rc=${PIPESTATUS[0]}
   return "$rc"
 }
+
+# The watchdog line, when the guest kernel of the boot whose console is $1
+# locked up (its soft-lockup or RCU-stall watchdog panicked it before the
+# guest finished); nothing and exit 1 otherwise. Under TCG on a loaded
+# 2-core machine the emulated CPUs can starve each other: such a boot says
+# nothing about numapin. A stall warning alone is no lockup (stalls under
+# load often end); only one that lasted until the watchdog panicked counts.
+lab_locked_up() {
+  local console=$1 lockup
+  lockup=$(grep -a -m1 -e 'soft lockup - CPU#' -e 'detected stalls on CPUs' "$console" | tr -d '\r' || true)
+  [ -n "$lockup" ] && grep -aq 'Kernel panic' "$console" && ! grep -aq '^LAB: DONE' "$console" || return 1
+  echo "${lockup#*] }"
+}

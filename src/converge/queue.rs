@@ -20,20 +20,23 @@ pub const HELD_RECHECK: Duration = Duration::from_secs(5);
 /// How long a guest whose move failed waits before it is tried again.
 pub const FAILED_RETRY: Duration = Duration::from_secs(60);
 /// A target reached is gone over again, when the plan still shows memory
-/// off it, this long after the arrival: pages the guest touched while the
-/// pass went by, or that the kernel could not move at that moment, go
-/// then. Each re-pass of the same target doubles the wait, up to
-/// [`REPASS_AT_MOST`], so pages the kernel never moves cost a scan of the
-/// guest's RAM every few minutes, not every cycle. The wait also outlasts
+/// off it, this long after a pass that moved at least [`REPASS_MIB`]:
+/// pages the guest touched while the pass went by, or that the kernel could
+/// not move at that moment, go then. Each re-pass of the same target
+/// doubles the wait, up to [`REPASS_AT_MOST`]. The wait also outlasts
 /// figures that lag a move by a few seconds.
 pub const FIRST_REPASS: Duration = Duration::from_secs(30);
-/// The longest wait between two passes over a target already reached.
+/// The longest wait between two passes over a target already reached, and
+/// the wait after a pass that moved less than [`REPASS_MIB`]: what such a
+/// pass left is pages the kernel does not move, and going over them again
+/// costs a scan of the guest's RAM (under TCG, a minute of system time for
+/// 320 MiB) for nothing.
 pub const REPASS_AT_MOST: Duration = Duration::from_secs(300);
-/// A target reached goes over again at once when the memory the plan shows
-/// off it has grown by this much since its first look after the arrival:
-/// new pages landed off the guest's node(s), and they are not going to
-/// come on their own.
-pub const REPASS_GROWTH_MIB: u64 = 8;
+/// What makes a pass worth repeating soon: it moved this much, or the
+/// memory the plan shows off its target grew by this much since the first
+/// look after it arrived (new pages landed off the guest's node(s), and
+/// they are not going to come on their own); the latter goes at once.
+pub const REPASS_MIB: u64 = 8;
 
 const MIB: u64 = 1024 * 1024;
 /// The transparent huge page size of x86-64 and of 4 KiB-page arm64.
@@ -266,7 +269,7 @@ impl Arrival {
             self.first_look = Some(off_mib);
             return false;
         };
-        off_mib >= first.saturating_add(REPASS_GROWTH_MIB)
+        off_mib >= first.saturating_add(REPASS_MIB)
             || now.saturating_duration_since(self.at) >= self.wait
     }
 }
@@ -335,7 +338,7 @@ impl Queue {
                 // already in place).
                 if let Some(e) = self.entries.remove(&key) {
                     changes.push(arrival(&e, now));
-                    self.arrive(key, e.work.steps, now);
+                    self.arrive(key, e.work.steps, e.moved, now);
                 }
                 continue;
             }
@@ -501,7 +504,7 @@ impl Queue {
                 .entries
                 .remove(&key_of(&d))
                 .expect("the entry just looked at");
-            self.arrive(key_of(&d), e.work.steps.clone(), now);
+            self.arrive(key_of(&d), e.work.steps.clone(), e.moved, now);
             Change::Arrived {
                 domain: d,
                 moved_mib: e.moved / MIB,
@@ -510,14 +513,18 @@ impl Queue {
         })
     }
 
-    /// Notes that `steps` were carried out: a re-pass of the same target
-    /// waits twice as long as the last one did.
-    fn arrive(&mut self, key: Key, steps: Vec<Step>, now: Instant) {
-        let wait = self
-            .arrived
-            .get(&key)
-            .filter(|a| same_target(&a.steps, &steps))
-            .map_or(FIRST_REPASS, |a| (a.wait * 2).min(REPASS_AT_MOST));
+    /// Notes that `steps` were carried out, moving `moved` bytes: a
+    /// re-pass of the same target waits twice as long as the last one did,
+    /// and one after a pass that moved next to nothing waits the longest.
+    fn arrive(&mut self, key: Key, steps: Vec<Step>, moved: u64, now: Instant) {
+        let wait = if moved < REPASS_MIB * MIB {
+            REPASS_AT_MOST
+        } else {
+            self.arrived
+                .get(&key)
+                .filter(|a| same_target(&a.steps, &steps))
+                .map_or(FIRST_REPASS, |a| (a.wait * 2).min(REPASS_AT_MOST))
+        };
         let arrival = Arrival {
             steps,
             at: now,
