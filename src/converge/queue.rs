@@ -504,12 +504,9 @@ impl Queue {
                 .entries
                 .remove(&key_of(&d))
                 .expect("the entry just looked at");
-            self.arrive(key_of(&d), e.work.steps.clone(), e.moved, now);
-            Change::Arrived {
-                domain: d,
-                moved_mib: e.moved / MIB,
-                secs: now.saturating_duration_since(e.since).as_secs_f64(),
-            }
+            let change = arrival(&e, now);
+            self.arrive(key_of(&d), e.work.steps, e.moved, now);
+            change
         })
     }
 

@@ -40,6 +40,20 @@ fn drive(q: &mut Queue, now: Instant) -> Vec<Change> {
     drive_moving(q, now, true)
 }
 
+/// A queue whose guest "a" has reached its target once, `mib` planned, on
+/// a host whose pages move (`moves`) or stay; and the time it arrived.
+fn reached(mib: u64, moves: bool) -> (Queue, Instant) {
+    let t0 = Instant::now();
+    let mut q = Queue::default();
+    q.retarget(vec![whole("a", mib)], t0);
+    let changes = drive_moving(&mut q, t0, moves);
+    assert!(
+        matches!(&changes[..], [Change::Arrived { .. }]),
+        "{changes:?}"
+    );
+    (q, t0)
+}
+
 /// [`drive`], on a host whose pages move (`moves`) or stay where they are.
 fn drive_moving(q: &mut Queue, now: Instant, moves: bool) -> Vec<Change> {
     let mut changes = Vec::new();
@@ -90,10 +104,7 @@ fn a_guest_moves_chunk_by_chunk_then_its_rest_and_arrives_once() {
 
 #[test]
 fn memory_left_off_a_reached_target_goes_again_later_and_less_often_each_time() {
-    let t0 = Instant::now();
-    let mut q = Queue::default();
-    q.retarget(vec![whole("a", 100)], t0);
-    drive(&mut q, t0);
+    let (mut q, t0) = reached(100, true);
     // 40 MiB stayed behind (the kernel could not move them then, or the
     // guest touched them after the pass went by): gone over 30 s later.
     let mut at = t0;
@@ -148,14 +159,8 @@ fn memory_left_off_a_reached_target_goes_again_later_and_less_often_each_time() 
 
 #[test]
 fn memory_a_pass_could_not_move_waits_the_longest_before_the_next() {
-    let t0 = Instant::now();
-    let mut q = Queue::default();
-    q.retarget(vec![whole("a", 18)], t0);
-    let changes = drive_moving(&mut q, t0, false);
-    assert!(
-        matches!(&changes[..], [Change::Arrived { moved_mib: 0, .. }]),
-        "{changes:?}"
-    );
+    let (mut q, t0) = reached(18, false);
+    assert_eq!(q.moved_total, 0);
     // The 10 MiB the plan still shows are pages the kernel does not move:
     // another scan of the guest's RAM soon would move nothing either.
     assert!(q.retarget(vec![whole("a", 10)], t0).is_empty());
@@ -170,10 +175,7 @@ fn memory_a_pass_could_not_move_waits_the_longest_before_the_next() {
 
 #[test]
 fn memory_that_grows_off_a_reached_target_goes_at_once() {
-    let t0 = Instant::now();
-    let mut q = Queue::default();
-    q.retarget(vec![whole("a", 100)], t0);
-    drive(&mut q, t0);
+    let (mut q, t0) = reached(100, true);
     let t1 = t0 + Duration::from_secs(5);
     assert!(q.retarget(vec![whole("a", 12)], t1).is_empty());
     // Less than the growth that counts: it waits.
