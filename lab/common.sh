@@ -94,3 +94,25 @@ lab_locked_up() {
   [ -n "$lockup" ] && grep -aq 'Kernel panic' "$console" && ! grep -aq '^LAB: DONE' "$console" || return 1
   echo "${lockup#*] }"
 }
+
+# lab_boot, once more when the guest kernel locked up (lab_locked_up)
+# before it gave a verdict (a scenario that failed, a report written):
+# $1-$5 as for lab_boot, $6 where to keep the locked-up boot's console. Sets lab_attempt to the boot that counts (1 or
+# 2); returns the exit code of that boot.
+lab_boot_retrying() {
+  local topology=$1 timeout=$2 out=$3 args=$4 verbose=$5 kept=$6 rc lockup
+  lab_attempt=1
+  while :; do
+    rm -rf "$out"; mkdir -p "$out"
+    rc=0
+    lab_boot "$topology" "$timeout" "$out" "$args" "$verbose" || rc=$?
+    if [ $lab_attempt = 1 ] && lockup=$(lab_locked_up "$out/console.log") &&
+       ! grep -aq '^LAB: RESULT .* FAIL ' "$out/console.log" && [ ! -s "$out/section.md" ]; then
+      echo "lab: the guest kernel locked up, not a failure of numapin's ($lockup); its console is in ${kept#"$repo"/}; booting again"
+      cp "$out/console.log" "$kept"
+      lab_attempt=2
+      continue
+    fi
+    return "$rc"
+  done
+}
