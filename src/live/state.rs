@@ -267,7 +267,7 @@ impl Sampler {
             .iter()
             .filter_map(|d| {
                 let tasks = threads::read(&self.root, d.pid?).ok()?;
-                Some(((d.r.uuid.clone(), d.r.id), tasks))
+                Some((run_key(d), tasks))
             })
             .collect();
         let mut stats = self.libvirt.vcpu_stats().unwrap_or_else(|e| {
@@ -278,7 +278,7 @@ impl Sampler {
             .iter()
             .filter_map(|d| {
                 let s = stats.remove(&d.r.uuid)?;
-                Some(((d.r.uuid.clone(), d.r.id), s))
+                Some((run_key(d), s))
             })
             .collect();
         Reading {
@@ -323,7 +323,7 @@ impl Sampler {
         for d in domains {
             let Some(pid) = d.pid else { continue };
             let mut o = DomainObservation::default();
-            let key = (d.r.uuid.clone(), d.r.id);
+            let key = run_key(d);
             let cells = &d.input.live.cpu.cells;
             match self.walks.read(&self.root, &key, pid, cells, now.at) {
                 Ok(m) => {
@@ -353,7 +353,7 @@ impl Sampler {
         }
         let running = domains.iter().map(|d| d.r.uuid.clone()).collect();
         self.nested.retain(&running);
-        let runs = domains.iter().map(|d| (d.r.uuid.clone(), d.r.id)).collect();
+        let runs = domains.iter().map(run_key).collect();
         self.walks.retain(&runs);
         Ok(obs)
     }
