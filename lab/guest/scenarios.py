@@ -557,7 +557,7 @@ def converge_churn(repo):
             f"the restarted daemon moved {moved} MiB (of {left:.0f} left); paused: {paused_delta:.1f} MiB moved")
 
 
-# --- not in `all`: reproduces a numapin defect (see lab/README.md) ----------
+# --- a libvirtd slower than numapin waits for ------------------------------
 
 
 def slow_libvirt(repo):
@@ -582,7 +582,16 @@ def slow_libvirt(repo):
     wait_until("a libvirt call timed out", lambda: any("timed out" in ln for ln in np.log_lines()), timeout=300)
 
     # Then libvirtd finishes the move; give numapin a few cycles after that.
-    wait_until("libvirtd answers again", lambda: r.numatune()[1] != fmt(t.nodes), timeout=600)
+    # libvirtd holds the domain for as long as the kernel moves its pages
+    # (127 s in one CI run), longer than a virsh call is given here: a query
+    # it holds past that means "not yet", not a failure.
+    def moved_off_the_nodeset():
+        try:
+            return r.numatune()[1] != fmt(t.nodes)
+        except subprocess.TimeoutExpired:
+            return None
+
+    wait_until("libvirtd answers again", moved_off_the_nodeset, timeout=600)
     time.sleep(30)
     where = describe(r)
     log(where)
