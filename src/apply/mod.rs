@@ -112,6 +112,7 @@ pub fn apply_plan(
                     from = %dp.current.nodes,
                     to = %dp.nodes,
                     mib = dp.migrate_mib,
+                    load = dp.load,
                     reason = %dp.reason,
                     "changing placement"
                 );

@@ -230,6 +230,10 @@ pub struct DomainPlan {
     #[serde(serialize_with = "displayed")]
     pub hypervisor: Hypervisor,
     pub vcpus: u32,
+    /// The vCPU demand the plan counted, in CPUs: the share of time each
+    /// online vCPU ran plus the share it waited in the run queue, or
+    /// `planner.default_vcpu_load` for a vCPU not measured yet.
+    pub load: f64,
     pub memory_mib: u64,
     pub current: CurrentView,
     /// Target host nodes (current ones when the domain is not changed).

@@ -51,6 +51,7 @@ impl Context<'_> {
             nested_hypervisor: info.is_nested_hypervisor(),
             hypervisor: info.hypervisor,
             vcpus: info.vcpu_count() as u32,
+            load: round3(info.load),
             memory_mib: info.mem_mib,
             current,
             // Filled below: the target's, or as they are now.
