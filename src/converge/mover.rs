@@ -233,7 +233,16 @@ fn run(shared: &Shared, host: &dyn PageHost) {
             st.rate.charge(cost, now);
         }
         drop(st);
+        let (started, cpu_before) = (Instant::now(), thread_cpu());
         let answer = carry_out(host, &task);
+        tracing::debug!(
+            domain = %task.domain().name,
+            action = "move memory",
+            task = task.kind(),
+            secs = format_args!("{:.3}", started.elapsed().as_secs_f64()),
+            cpu_secs = format_args!("{:.3}", (thread_cpu() - cpu_before).as_secs_f64()),
+            "mover task done"
+        );
         st = shared.lock();
         let now = Instant::now();
         let change = match answer {
@@ -264,6 +273,21 @@ fn run(shared: &Shared, host: &dyn PageHost) {
             shared.wake.notify_all();
         }
     }
+}
+
+/// CPU time this thread has used: what a task cost the host beyond its
+/// wall time (a move's page walks and copies are kernel time here).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 enum Answer {

@@ -94,6 +94,18 @@ impl Task {
         }
     }
 
+    /// What the task does, for the log.
+    pub fn kind(&self) -> String {
+        match self {
+            Task::CheckActivity { .. } => "check activity".into(),
+            Task::Resolve { .. } => "find RAM blocks".into(),
+            Task::Move { start, end, .. } => {
+                format!("move_pages {start:#x}+{} MiB", (end - start) / MIB)
+            }
+            Task::Finish { from, to, .. } => format!("migrate_pages {from} -> {to}"),
+        }
+    }
+
     /// Bytes the rate is charged before the task runs.
     pub fn charge(&self) -> u64 {
         match self {
