@@ -300,8 +300,13 @@ def render_header(numapin_settings):
         "- *manager CPU*: user+system CPU seconds of the numad or numapin process over the phase, "
         "and the system part: migrate_pages(2) runs in its context, and under TCG a page move "
         "spins in the kernel until the emulated CPU running the busy vCPU acknowledges the TLB "
-        "flush, so system time here is mostly waiting; *libvirtd CPU*: libvirtd's, which serves "
-        "numapin's calls (and migrates a restrictive domain's memory);",
+        "flush, so system time here is mostly waiting. For numapin, *moving pages* is its memory "
+        "mover thread's share (move_pages(2) and migrate_pages(2) run there), *the rest* "
+        "observing, planning and pinning. numad, as root, calls migrate_pages(2) with "
+        "CAP_SYS_NICE, under which the kernel also moves the page cache other processes share "
+        "(the QEMU binary, libraries); numapin moves only the pages a guest alone maps; "
+        "*libvirtd CPU*: libvirtd's, which serves numapin's calls (and migrates a restrictive "
+        "domain's memory);",
         "- samples of a domain pause while a memory move holds its process's mmap lock "
         "(numa_maps cannot be read then): \"-\" in the table over time.\n",
         "Caveat: the lab emulates every CPU (TCG inside TCG), so absolute times, and "
