@@ -97,8 +97,9 @@ lab_locked_up() {
 
 # lab_boot, once more when the guest kernel locked up (lab_locked_up)
 # before it gave a verdict (a scenario that failed, a report written):
-# $1-$5 as for lab_boot, $6 where to keep the locked-up boot's console. Sets lab_attempt to the boot that counts (1 or
-# 2); returns the exit code of that boot.
+# $1-$5 as for lab_boot, $6 where to keep the locked-up boot's console.
+# Sets lab_attempt to the boot that counts (1 or 2); returns the exit code
+# of that boot.
 lab_boot_retrying() {
   local topology=$1 timeout=$2 out=$3 args=$4 verbose=$5 kept=$6 rc lockup
   lab_attempt=1

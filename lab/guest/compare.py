@@ -79,14 +79,7 @@ class Manager:
 
     def cpu_split(self):
         """(user, system) CPU seconds of the manager process."""
-        if not self.pid:
-            return 0.0, 0.0
-        try:
-            f = read(f"/proc/{self.pid}/stat").rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            return 0.0, 0.0
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(f[11]) / tick, int(f[12]) / tick
+        return (self.pid and labkit.stat_times(f"/proc/{self.pid}/stat")) or (0.0, 0.0)
 
     def thread_cpu(self, comm):
         """(user, system) CPU seconds of the manager's live threads named
@@ -95,20 +88,19 @@ class Manager:
         as an abandoned libvirt connection's does, counts in the process
         total only)."""
         user = system = 0.0
-        tick = os.sysconf("SC_CLK_TCK")
         try:
             tids = os.listdir(f"/proc/{self.pid}/task") if self.pid else []
         except FileNotFoundError:
             tids = []
         for tid in tids:
             try:
-                name, _, rest = read(f"/proc/{self.pid}/task/{tid}/stat").partition(" (")[2].rpartition(")")
+                name = read(f"/proc/{self.pid}/task/{tid}/comm").strip()
             except FileNotFoundError:
                 continue
-            if name == comm:
-                f = rest.split()
-                user += int(f[11]) / tick
-                system += int(f[12]) / tick
+            times = labkit.stat_times(f"/proc/{self.pid}/task/{tid}/stat") if name == comm else None
+            if times:
+                user += times[0]
+                system += times[1]
         return user, system
 
     def stop(self):

@@ -376,9 +376,17 @@ class Numapin:
             return f.read().splitlines()
 
 
-def proc_cpu_seconds(pid):
+def stat_times(path):
+    """(user, system) CPU seconds from a /proc/.../stat file, or None once
+    the process or thread is gone."""
     try:
-        f = read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+        f = read(path).rsplit(")", 1)[1].split()
     except FileNotFoundError:
         return None
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(f[11]) / tick, int(f[12]) / tick
+
+
+def proc_cpu_seconds(pid):
+    times = stat_times(f"/proc/{pid}/stat")
+    return sum(times) if times else None
