@@ -43,7 +43,7 @@ impl PageHost for Recording {
         self.inner.move_off(pid, start, end, to)
     }
 
-    fn migrate(&self, pid: u32, from: &NodeSet, to: &NodeSet) -> std::io::Result<()> {
+    fn migrate(&self, pid: u32, from: &NodeSet, to: &NodeSet) -> std::io::Result<Option<u64>> {
         self.inner.migrate(pid, from, to)
     }
 }

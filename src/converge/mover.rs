@@ -13,7 +13,7 @@ use crate::host_error::HostError;
 use crate::idset::NodeSet;
 use crate::libvirt::{DomainRef, Libvirt};
 use crate::live::{LiveHost, migrate, move_pages};
-use crate::observe::ram_blocks;
+use crate::observe::{numa_maps, ram_blocks};
 
 use super::queue::{Change, Queue, Task};
 use super::rate::Rate;
@@ -34,8 +34,9 @@ pub trait PageHost: Send {
     /// Moves the pages of `[start, end)` off other nodes onto `to`;
     /// returns the bytes moved.
     fn move_off(&self, pid: u32, start: u64, end: u64, to: &NodeSet) -> io::Result<u64>;
-    /// Moves the rest of the process's pages on `from` to `to`.
-    fn migrate(&self, pid: u32, from: &NodeSet, to: &NodeSet) -> io::Result<()>;
+    /// Moves the rest of the process's pages on `from` to `to`; returns
+    /// the bytes that left `from`, when they could be measured.
+    fn migrate(&self, pid: u32, from: &NodeSet, to: &NodeSet) -> io::Result<Option<u64>>;
 }
 
 /// The real host: libvirt for the checks, the kernel for the moves.
@@ -80,8 +81,23 @@ impl PageHost for LivePages {
         move_pages::move_off(pid, start, end, &nodes)
     }
 
-    fn migrate(&self, pid: u32, from: &NodeSet, to: &NodeSet) -> io::Result<()> {
-        migrate::migrate_pages(pid, from, to).map(|_| ())
+    fn migrate(&self, pid: u32, from: &NodeSet, to: &NodeSet) -> io::Result<Option<u64>> {
+        // migrate_pages(2) says only what it could not move; what it moved
+        // is what left `from` in the process's numa_maps. Shared pages, which
+        // it leaves, count on both sides; a read that fails leaves the
+        // charge at its estimate.
+        let on_from = || {
+            numa_maps::read(&self.host.root, pid).ok().map(|m| {
+                m.resident
+                    .iter()
+                    .filter(|(n, _)| from.contains(**n))
+                    .map(|(_, b)| *b)
+                    .sum::<u64>()
+            })
+        };
+        let before = on_from();
+        migrate::migrate_pages(pid, from, to)?;
+        Ok(before.zip(on_from()).map(|(b, a)| b.saturating_sub(a)))
     }
 }
 
@@ -235,12 +251,18 @@ fn run(shared: &Shared, host: &dyn PageHost) {
         drop(st);
         let (started, cpu_before) = (Instant::now(), thread_cpu());
         let answer = carry_out(host, &task);
+        let moved = match &answer {
+            Answer::Moved(bytes) => Some(*bytes),
+            Answer::Finished { moved, .. } => *moved,
+            _ => None,
+        };
         tracing::debug!(
             domain = %task.domain().name,
             action = "move memory",
             task = task.kind(),
             secs = format_args!("{:.3}", started.elapsed().as_secs_f64()),
             cpu_secs = format_args!("{:.3}", (thread_cpu() - cpu_before).as_secs_f64()),
+            moved_mib = format_args!("{}", moved.map_or("-".into(), |b| format!("{:.1}", b as f64 / MIB as f64))),
             "mover task done"
         );
         st = shared.lock();
@@ -252,10 +274,15 @@ fn run(shared: &Shared, host: &dyn PageHost) {
                 None
             }
             Answer::Moved(bytes) => {
-                st.rate.refund(cost.saturating_sub(bytes));
+                st.rate.settle(cost, bytes, now);
                 st.queue.done(&task, generation, bytes, now)
             }
-            Answer::Estimated(bytes) => st.queue.done(&task, generation, bytes, now),
+            Answer::Finished { moved, progress } => {
+                if let Some(moved) = moved {
+                    st.rate.settle(cost, moved, now);
+                }
+                st.queue.done(&task, generation, progress, now)
+            }
             Answer::Gone => {
                 st.queue.gone(task.domain());
                 tracing::info!(domain = %task.domain().name, action = "move memory", "stopped: the domain is gone");
@@ -294,7 +321,12 @@ enum Answer {
     Hold(Option<String>),
     Ranges(Vec<(u64, u64)>),
     Moved(u64),
-    Estimated(u64),
+    /// The rest of a process moved: the bytes measured (when they could
+    /// be), and the bytes that count toward the guest's progress.
+    Finished {
+        moved: Option<u64>,
+        progress: u64,
+    },
     Gone,
     Failed(String),
 }
@@ -333,9 +365,12 @@ fn carry_out(host: &dyn PageHost, task: &Task) -> Answer {
             bytes,
             counted,
             ..
-        } => host.migrate(*pid, from, to).map_or_else(syscall, |()| {
-            // The charge stands: what the call moved is not known.
-            Answer::Estimated(if *counted { *bytes } else { 0 })
+        } => host.migrate(*pid, from, to).map_or_else(syscall, |moved| {
+            // Progress counts the rest only when no RAM block was found
+            // (then it is all of the guest's memory); the rate is charged
+            // what moved, or the estimate when that is not known.
+            let progress = if *counted { moved.unwrap_or(*bytes) } else { 0 };
+            Answer::Finished { moved, progress }
         }),
     }
 }

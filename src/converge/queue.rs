@@ -71,9 +71,10 @@ pub enum Task {
         to: NodeSet,
     },
     /// After the RAM blocks: the rest of the process's memory, with
-    /// migrate_pages(2), charged as `bytes` (an estimate: that call says
-    /// nothing of what it moved). Counted as moved only when no RAM block
-    /// was found, so that the estimate is all the guest's memory.
+    /// migrate_pages(2). Charged `bytes` up front, an estimate (the call
+    /// says nothing of what it will move), and squared after with what
+    /// left the source nodes. Counted toward the guest's progress only
+    /// when no RAM block was found, so that the rest is all its memory.
     Finish {
         domain: DomainRef,
         pid: u32,

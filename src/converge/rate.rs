@@ -6,7 +6,8 @@
 //! window longer than a second, and a pass over memory already in place
 //! costs nothing. A restrictive nodeset change, which libvirt migrates in
 //! one call, is charged after the fact: the bucket goes into debt and the
-//! mover waits it out.
+//! mover waits it out. So is what the rest of a process (migrate_pages(2))
+//! moved beyond its estimate.
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,18 @@ impl Rate {
     pub fn refund(&mut self, bytes: u64) {
         self.tokens = (self.tokens + bytes as f64).min(self.capacity);
     }
+
+    /// Squares a task charged `charged` bytes up front with the `moved`
+    /// bytes it turned out to move: pays back the difference, or charges
+    /// it, into debt if need be (a call that moves the rest of a process
+    /// is charged an estimate before it runs).
+    pub fn settle(&mut self, charged: u64, moved: u64, now: Instant) {
+        if moved <= charged {
+            self.refund(charged - moved);
+        } else {
+            self.charge(moved - charged, now);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +150,21 @@ mod tests {
         r.charge(64 * MIB, t0);
         let wait = r.wait_for(MIB, t0);
         assert!((wait.as_secs_f64() - 31.5).abs() < 1e-6, "{wait:?}");
+    }
+
+    #[test]
+    fn settling_pays_back_an_overestimate_and_charges_an_underestimate() {
+        let t0 = Instant::now();
+        let mut r = Rate::new(10, t0);
+        // Charged 10 MiB, moved 4: 6 MiB back, the next 6 MiB go now.
+        r.charge(10 * MIB, t0);
+        r.settle(10 * MIB, 4 * MIB, t0);
+        assert_eq!(r.wait_for(6 * MIB, t0), Duration::ZERO);
+        // Charged 6 MiB (all there was), moved 26: 2 s of debt on top.
+        r.charge(6 * MIB, t0);
+        r.settle(6 * MIB, 26 * MIB, t0);
+        let wait = r.wait_for(10 * MIB, t0);
+        assert!((wait.as_secs_f64() - 3.0).abs() < 1e-6, "{wait:?}");
     }
 
     #[test]

@@ -419,8 +419,8 @@ impl PageHost for FakePages {
         Ok(bytes)
     }
 
-    fn migrate(&self, _pid: u32, _from: &NodeSet, _to: &NodeSet) -> io::Result<()> {
-        Ok(())
+    fn migrate(&self, _pid: u32, _from: &NodeSet, _to: &NodeSet) -> io::Result<Option<u64>> {
+        Ok(None)
     }
 }
 
