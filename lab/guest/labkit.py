@@ -220,6 +220,47 @@ class Probe:
                 per[int(n)] = per.get(int(n), 0) + int(pages) * kib / 1024
         return per
 
+    def binary_pages(self):
+        """Pages per node of QEMU's own binary that this process maps: file
+        pages every QEMU process shares (its code), which no move of one
+        guest's memory may take along."""
+        exe = os.readlink(f"/proc/{self.pid}/exe")
+        per = {}
+        for line in read(f"/proc/{self.pid}/numa_maps").splitlines():
+            if f"file={exe}" not in line.split():
+                continue
+            for n, pages in re.findall(r"\bN(\d+)=(\d+)", line):
+                per[int(n)] = per.get(int(n), 0) + int(pages)
+        return per
+
+    def ram_blocks(self):
+        """[(start, end)] of QEMU's RAM blocks: the mappings smaps marks
+        dc (MADV_DONTFORK), as numapin finds them."""
+        out, current = [], None
+        for line in read(f"/proc/{self.pid}/smaps").splitlines():
+            first = line.split(maxsplit=1)[0] if line.strip() else ""
+            if re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", first):
+                current = tuple(int(x, 16) for x in first.split("-"))
+            elif first == "VmFlags:" and "dc" in line.split()[1:] and current:
+                out.append(current)
+        return out
+
+    def rest_mib(self):
+        """MiB of what migrate_pages(2) without CAP_SYS_NICE moves of this
+        process besides its RAM blocks: its other anonymous memory and the
+        file pages only it maps (numa_maps prints mapmax only when more
+        than one process maps a page of the mapping)."""
+        blocks = self.ram_blocks()
+        total = 0.0
+        for line in read(f"/proc/{self.pid}/numa_maps").splitlines():
+            start = int(line.split(maxsplit=1)[0], 16)
+            if any(a <= start < b for a, b in blocks) or ("file=" in line and "mapmax=" in line):
+                continue
+            pages = sum(int(p) for p in re.findall(r"\bN\d+=(\d+)", line))
+            m = re.search(r"kernelpagesize_kB=(\d+)", line)
+            total += pages * (int(m.group(1)) if m else PAGE_KIB) / 1024
+        return total
+
     def vmas(self, min_mib=16):
         """[(start address, MiB per node)] of the big anonymous mappings (guest RAM blocks)."""
         out = []
