@@ -134,7 +134,10 @@ class DomainSampler:
             try:
                 cur = self.p.cpu_seconds()
             except (FileNotFoundError, ProcessLookupError):
-                return
+                if self.gone():
+                    return
+                self.stop.wait(TICK)
+                continue
             for tid, (cpu, secs) in cur.items():
                 prev = last.get(tid, (cpu, secs))[1]
                 self.ran.append((now, node_of.get(cpu), secs - prev))
@@ -149,7 +152,11 @@ class DomainSampler:
                 allowed = sorted(self.p.vcpu_nodes())
                 emulator = sorted(t.nodes_of(self.p.emulator()))
             except (FileNotFoundError, ProcessLookupError, ValueError):
-                return
+                # A QEMU thread that exits while its files are read is not
+                # the end of the domain: only a process that is gone is.
+                if self.gone():
+                    return
+                continue
             now = time.monotonic()
             recent = [(n, d) for (at, n, d) in list(self.ran) if at > now - WINDOW and n is not None]
             busy = sum(d for _, d in recent)
@@ -163,6 +170,9 @@ class DomainSampler:
                 "emulator": emulator, "mem": {str(n): round(v, 1) for n, v in mem.items()},
                 "ran": {str(n): round(v, 3) for n, v in run_share.items()}, "locality": locality,
             })
+
+    def gone(self):
+        return not os.path.exists(f"/proc/{self.p.pid}")
 
     def finish(self):
         self.stop.set()

@@ -262,7 +262,10 @@ fn run(shared: &Shared, host: &dyn PageHost) {
             task = task.kind(),
             secs = format_args!("{:.3}", started.elapsed().as_secs_f64()),
             cpu_secs = format_args!("{:.3}", (thread_cpu() - cpu_before).as_secs_f64()),
-            moved_mib = format_args!("{}", moved.map_or("-".into(), |b| format!("{:.1}", b as f64 / MIB as f64))),
+            moved_mib = moved
+                .map(|b| format!("{:.1}", b as f64 / MIB as f64))
+                .as_deref()
+                .unwrap_or("-"),
             "mover task done"
         );
         st = shared.lock();
