@@ -31,6 +31,7 @@ fn planner(c: &mut Criterion) {
                 observations: &fleet.observations,
                 config: &config,
                 rebalance_all: false,
+                confirm: None,
             };
             group.bench_with_input(BenchmarkId::new(&id, count), &input, |b, input| {
                 b.iter(|| plan(black_box(input)))

@@ -75,6 +75,7 @@ fn run(topo: &HostTopology, fleet: &Fleet, config: &Config, rebalance_all: bool)
         observations: &fleet.observations,
         config,
         rebalance_all,
+        confirm: None,
     })
 }
 

@@ -193,6 +193,7 @@ impl Host {
             observations: obs,
             config: &self.config,
             rebalance_all: false,
+            confirm: None,
         });
         std::hint::black_box(plan);
     }

@@ -104,6 +104,11 @@ pub struct PlannerConfig {
     /// domain stays where it is. A move that migrates memory must gain
     /// more: this times (1 + MiB migrated / `max_migrate_mib_per_cycle`).
     pub min_gain: f64,
+    /// Seconds every cycle of the daemon must have wanted a rebalancing
+    /// move of a placed domain before it is made: loads are measured over
+    /// one window, and a load that lasts one (a boot, a burst) would move
+    /// a guest and its memory for nothing (see [`crate::planner::wanted`]).
+    pub rebalance_wait_secs: u64,
     /// Most domains moved (re-placed, not first placed) in one cycle.
     pub max_moves_per_cycle: u32,
     /// Most memory, in MiB, migrated between nodes in one cycle.
@@ -129,6 +134,7 @@ impl Default for PlannerConfig {
             dedicate_nested: true,
             manage_pinned: false,
             min_gain: 0.05,
+            rebalance_wait_secs: 30,
             max_moves_per_cycle: 4,
             max_migrate_mib_per_cycle: 16 * 1024,
             cpu_overcommit: 4.0,

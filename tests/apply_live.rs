@@ -745,6 +745,7 @@ fn plan_now(
         observations: &state.observations,
         config,
         rebalance_all: false,
+        confirm: None,
     });
     (state, plan)
 }

@@ -256,6 +256,7 @@ fn check_config_prints_every_key() {
         "memory_headroom_mib",
         "strategy",
         "min_gain",
+        "rebalance_wait_secs",
         "max_moves_per_cycle",
         "cpu_overcommit",
     ] {

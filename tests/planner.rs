@@ -26,6 +26,7 @@ fn run(topo: &HostTopology, domains: Vec<Domain>, obs: &Observations, config: &C
         observations: obs,
         config,
         rebalance_all: false,
+        confirm: None,
     })
 }
 
@@ -250,6 +251,7 @@ fn a_well_placed_domain_stays_unless_the_gain_passes_the_threshold() {
         observations: &obs,
         config: &config,
         rebalance_all: true,
+        confirm: None,
     });
     assert_eq!(p.score.moves, 1, "{:#?}", p.domains);
 }
@@ -820,6 +822,7 @@ mod coexistence {
             observations: &obs,
             config: &config,
             rebalance_all: false,
+            confirm: None,
         })
         .domains
         .remove(0)

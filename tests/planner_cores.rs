@@ -45,6 +45,7 @@ fn run(topo: &HostTopology, guests: &[(&str, u32, u64, u32)]) -> Plan {
         observations: &obs,
         config: &config,
         rebalance_all: false,
+        confirm: None,
     })
 }
 

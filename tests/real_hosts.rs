@@ -25,6 +25,7 @@ fn run_inputs(
         observations: obs,
         config,
         rebalance_all: false,
+        confirm: None,
     })
 }
 

@@ -117,6 +117,8 @@ impl Session {
             &placements,
             rebalance,
             &all_held,
+            // One run has no earlier cycles: what it wants it makes.
+            None,
         ))
     }
 }

@@ -26,6 +26,7 @@ pub fn plan(
         observations: &snap.observations,
         config: &config,
         rebalance_all: rebalance,
+        confirm: None,
     });
     match format {
         Format::Json => print_json(&plan),

@@ -12,7 +12,7 @@ use crate::apply::{self, ApplyOptions, Journal, Outcome, Placements, StepHook};
 use crate::config::Config;
 use crate::libvirt::DomainRef;
 use crate::live::{LiveHost, LiveState, Sampler};
-use crate::planner::{Action, Plan};
+use crate::planner::{Action, MoveConfirmation, Plan, WantedMoves};
 use crate::report::status::{self, StatusReport};
 
 use crate::metrics::{DomainGauge, Metrics, NodeGauge};
@@ -51,6 +51,10 @@ pub struct Worker {
     pub mover: Option<Mover>,
     /// Each guest's locality when numapin first confined it.
     pub locality_before: LocalityBefore,
+    /// Rebalancing moves wanted by the cycles so far and not made yet.
+    pub wanted_moves: WantedMoves,
+    /// The clock `wanted_moves` counts on.
+    pub started: Instant,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -124,7 +128,7 @@ impl Worker {
             }
         };
         let mut report = match self.sampler.read(new_guest_window) {
-            Ok(state) => self.plan_and_apply(&state, req, &held),
+            Ok(state) => self.plan_and_apply(&state, req, &held, start),
             Err(e) => CycleReport {
                 error: Some(crate::report::error_chain(&e)),
                 ..CycleReport::default()
@@ -248,6 +252,7 @@ impl Worker {
         state: &LiveState,
         req: CycleRequest,
         held: &BTreeMap<String, String>,
+        start: Instant,
     ) -> CycleReport {
         let mut report = CycleReport {
             domains: state.domains.len(),
@@ -262,7 +267,23 @@ impl Worker {
         if !self.dry_run {
             self.placements.prune(&refs);
         }
-        let plan = crate::live::plan(state, &self.config, &self.placements, req.rebalance, held);
+        // Timed from the cycle's start, so that the wait is counted from
+        // when the loads that wanted a move were read.
+        let now = (start - self.started).as_secs_f64();
+        let confirm = MoveConfirmation {
+            wanted: &self.wanted_moves,
+            now,
+            after_secs: self.config.planner.rebalance_wait_secs as f64,
+        };
+        let plan = crate::live::plan(
+            state,
+            &self.config,
+            &self.placements,
+            req.rebalance,
+            held,
+            Some(confirm),
+        );
+        self.note_wanted_moves(&plan, now);
         let mut walk = memory_moves(&plan);
         if let Some(mover) = &self.mover {
             walk.extend(mover.progress().domains.into_iter().map(|d| d.domain.uuid));
@@ -289,6 +310,23 @@ impl Worker {
         }
         report.status = Some(status);
         report
+    }
+
+    /// Keeps the moves the plan wanted and did not make, and logs each
+    /// newly wanted one once.
+    fn note_wanted_moves(&mut self, plan: &Plan, now: f64) {
+        for (domain, to) in self.wanted_moves.update(plan, now) {
+            let d = plan.domains.iter().find(|d| d.name == domain);
+            let from = d.map(|d| d.current.nodes.to_string()).unwrap_or_default();
+            tracing::info!(
+                domain,
+                action = "want-move",
+                from,
+                to = %to,
+                wait_secs = self.config.planner.rebalance_wait_secs,
+                "rebalancing move wanted; made once every cycle for planner.rebalance_wait_secs has wanted it"
+            );
+        }
     }
 
     /// Logs, once per change, a domain numapin stopped managing because an

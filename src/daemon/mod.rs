@@ -180,6 +180,8 @@ async fn serve(opts: RunOptions, config: Config) -> Result<(), DaemonError> {
         stop: stop.clone(),
         mover,
         locality_before: Default::default(),
+        wanted_moves: Default::default(),
+        started: std::time::Instant::now(),
     }));
 
     let mut daemon = Daemon {

@@ -29,6 +29,7 @@ pub fn plan(
     placements: &crate::apply::Placements,
     rebalance: bool,
     held: &std::collections::BTreeMap<String, String>,
+    confirm: Option<crate::planner::MoveConfirmation>,
 ) -> crate::planner::Plan {
     let inputs: Vec<_> = state
         .domains
@@ -46,6 +47,7 @@ pub fn plan(
         observations: &state.observations,
         config,
         rebalance_all: rebalance,
+        confirm,
     })
 }
 

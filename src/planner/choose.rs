@@ -5,7 +5,10 @@
 //! 2. place: every other domain goes to the best node by strategy, or when
 //!    none has room, to the fewest and closest nodes (cells stay whole);
 //! 3. improve: while nodes are unbalanced by more than the threshold, move
-//!    the domain whose move helps most, within the per-cycle budget.
+//!    the domain whose move helps most, within the per-cycle budget (in the
+//!    daemon, once the move has been wanted for `planner.rebalance_wait_secs`).
+
+use std::collections::BTreeMap;
 
 use crate::config::{MemoryTier, Strategy};
 use crate::idset::NodeSet;
@@ -16,6 +19,7 @@ use super::domain_info::{CpuPolicy, DomainInfo, Piece};
 use super::ledger::{Demand, Ledger, Part};
 use super::score::Distances;
 use super::split::SplitFailure;
+use super::wanted::{MoveConfirmation, WantedMove};
 
 /// The outcome for one managed domain.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +100,11 @@ pub struct Chooser<'a> {
     /// Pieces no split could hold while guests were being placed (see
     /// [`super::split`]).
     pub split_failures: Vec<SplitFailure>,
+    /// When set, a rebalancing move of a placed guest is made only once
+    /// it has been wanted long enough (see [`super::wanted`]).
+    pub confirm: Option<MoveConfirmation<'a>>,
+    /// Rebalancing moves wanted and not made, by domain index.
+    pub wanted: BTreeMap<usize, WantedMove>,
 }
 
 /// Resident memory from which a guest counts as settled where it is (see

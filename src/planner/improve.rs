@@ -8,6 +8,7 @@ use super::cell_memory::{cells_of, memory_moves, migrate_mib};
 use super::choose::{Chooser, Decision, cells_why, is_move, policy};
 use super::domain_info::DomainInfo;
 use super::ledger::Part;
+use super::wanted::WantedMove;
 
 /// A rebalancing move considered by `improve`.
 struct Candidate {
@@ -19,6 +20,8 @@ struct Candidate {
     gain: f64,
     mib: u64,
     is_move: bool,
+    /// Whether the cycle's budget can pay for it.
+    affordable: bool,
 }
 
 impl Candidate {
@@ -41,7 +44,9 @@ impl Chooser<'_> {
     /// gap between the two nodes' pressures. `None` when it does not fit,
     /// puts a cell on a node with another of the guest's cells while a
     /// node without one could take it (see [`Self::has_cell_free_node`]),
-    /// gains no more than the threshold, or the budget cannot pay for it.
+    /// or gains no more than the threshold. Whether the budget can pay for
+    /// it is said in the candidate: a move wanted but not affordable this
+    /// cycle is still wanted (see [`super::wanted`]).
     /// The threshold grows with the memory the move migrates: `min_gain`
     /// x (1 + MiB / the per-cycle budget), so a large guest moves only for
     /// a gain worth its migration.
@@ -107,7 +112,7 @@ impl Chooser<'_> {
         };
         let is_move = is_move(info, &target);
         let threshold = self.min_gain * (1.0 + mib as f64 / self.mib_per_cycle.max(1) as f64);
-        (gain > threshold && self.budget.affords(is_move, mib)).then(|| Candidate {
+        (gain > threshold).then(|| Candidate {
             domain,
             part: k,
             from: from.clone(),
@@ -118,6 +123,7 @@ impl Chooser<'_> {
             gain,
             mib,
             is_move,
+            affordable: self.budget.affords(is_move, mib),
         })
     }
 
@@ -147,6 +153,22 @@ impl Chooser<'_> {
         })
     }
 
+    /// Whether a candidate that passes the threshold is made now: the
+    /// budget pays for it and, for a move of a placed guest when the plan
+    /// confirms moves, it has been wanted long enough. A move that is not
+    /// is noted as wanted (a later cycle may make it).
+    fn may_make(&mut self, info: &DomainInfo, c: &Candidate) -> bool {
+        let Some(confirm) = self.confirm.filter(|_| c.is_move) else {
+            return c.affordable;
+        };
+        let wanted = WantedMove {
+            cell: c.to.cell,
+            to: c.to.node,
+        };
+        self.wanted.insert(c.domain, wanted);
+        c.affordable && confirm.confirms(&info.domain.uuid, wanted)
+    }
+
     /// Moves single-node domains and single guest cells from the most to
     /// the least pressed node while that narrows the gap by more than the
     /// threshold; when nothing on the most pressed node can move, from the
@@ -160,6 +182,9 @@ impl Chooser<'_> {
         let mut moved = vec![false; infos.len()];
         let mut all: Vec<Candidate> = Vec::new();
         loop {
+            // What this pass cannot make yet: the last pass, which makes
+            // nothing, leaves the moves still wanted after those made.
+            self.wanted.clear();
             let cpu_nodes: Vec<usize> = (0..self.ledger.ids.len())
                 .filter(|&i| self.ledger.has_cpus(i))
                 .collect();
@@ -210,7 +235,9 @@ impl Chooser<'_> {
                     }
                 }
                 for c in all.drain(..) {
-                    if best.as_ref().is_none_or(|b| c.is_better_than(b)) {
+                    if self.may_make(&infos[c.domain], &c)
+                        && best.as_ref().is_none_or(|b| c.is_better_than(b))
+                    {
                         best = Some(c);
                     }
                 }
@@ -226,10 +253,12 @@ impl Chooser<'_> {
                 gain,
                 mib,
                 is_move,
+                ..
             }) = best
             else {
                 return;
             };
+            self.wanted.remove(&d);
             let pol = policy(&infos[d]);
             let (hot_before, cold_before) = (self.ledger.pressure(hot), self.ledger.pressure(cold));
             self.ledger.release(hot, &from.demand(), pol);

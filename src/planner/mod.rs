@@ -22,6 +22,7 @@ mod outcome;
 pub mod score;
 mod split;
 mod tier;
+pub mod wanted;
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -38,6 +39,7 @@ pub use actions::Action;
 pub use domain_info::{CpuPolicy, MemoryHandling};
 pub use hypervisor::Hypervisor;
 pub use score::Score;
+pub use wanted::{MoveConfirmation, WantedMove, WantedMoves};
 
 use choose::{Budget, Chooser, Decision};
 use cpus::{CpuAssigner, Pins};
@@ -190,6 +192,10 @@ pub struct PlanInput<'a> {
     pub config: &'a Config,
     /// Reconsider domains held in place by the threshold (rebalance now).
     pub rebalance_all: bool,
+    /// When set, rebalancing moves of placed guests wait until they have
+    /// been wanted long enough (the daemon); otherwise they are made at
+    /// once (one-shot commands, a rebalance asked for).
+    pub confirm: Option<MoveConfirmation<'a>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -263,6 +269,10 @@ pub struct DomainPlan {
     /// guests that its threads may run on (numapin never changes it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_dedicated_cpus: Option<CpuSet>,
+    /// A rebalancing move the plan wanted and did not make: not wanted
+    /// long enough yet, or over the cycle's budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wanted_move: Option<WantedMove>,
     /// The live pins and memory nodeset the plan was made from: a
     /// transaction that finds others has met an operator's change made
     /// since, and leaves the domain to the next plan.
@@ -354,6 +364,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         decisions,
         pins,
         dedicated,
+        wanted,
     } = round;
     let at = outcome::Context {
         topo,
@@ -371,6 +382,9 @@ pub fn plan(input: &PlanInput) -> Plan {
     let known = absent::Known::new(topo);
     for (plan, info) in domains.iter_mut().zip(&infos) {
         absent::report(&known, info.domain, plan);
+    }
+    for (i, m) in wanted {
+        note_wanted(&mut domains[i], m, confirmation(input));
     }
     let nodes = topo
         .nodes
@@ -393,6 +407,26 @@ pub fn plan(input: &PlanInput) -> Plan {
     }
 }
 
+/// How moves wait to be confirmed: not at all when a rebalance is asked
+/// for (an operator's request is made now).
+fn confirmation<'a>(input: &PlanInput<'a>) -> Option<MoveConfirmation<'a>> {
+    input.confirm.filter(|_| !input.rebalance_all)
+}
+
+/// Says in a domain's plan the rebalancing move it waits for: one not
+/// wanted long enough yet, or one the cycle's budget cannot pay for.
+fn note_wanted(plan: &mut DomainPlan, m: WantedMove, confirm: Option<MoveConfirmation>) {
+    plan.wanted_move = Some(m);
+    let waits = match confirm {
+        Some(c) if !c.confirms(&plan.uuid, m) => format!(
+            "made once every cycle for {:.0} s has wanted it",
+            c.after_secs
+        ),
+        _ => "the cycle's budget is spent".to_string(),
+    };
+    plan.reason = format!("{}; rebalancing wants it on {m}: {waits}", plan.reason);
+}
+
 /// One pass of choosing nodes and CPUs for every managed domain.
 struct Round {
     /// Node pressures with managed domains where they are now.
@@ -403,6 +437,8 @@ struct Round {
     pins: Vec<Option<Pins>>,
     /// Host CPUs dedicated vCPUs hold after the plan.
     dedicated: CpuSet,
+    /// Rebalancing moves wanted and not made, by domain index.
+    wanted: BTreeMap<usize, WantedMove>,
 }
 
 fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]) -> Round {
@@ -429,6 +465,8 @@ fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]
             spent_any: false,
         },
         split_failures: Vec::new(),
+        confirm: confirmation(input),
+        wanted: BTreeMap::new(),
     };
     let mut decisions = chooser.decide(infos, &order);
     let mut assigner = CpuAssigner {
@@ -461,6 +499,7 @@ fn choose_and_pin(input: &PlanInput, distances: &Distances, infos: &[DomainInfo]
         decisions,
         pins,
         dedicated: assigner.claimed,
+        wanted: chooser.wanted,
     }
 }
 

@@ -73,6 +73,7 @@ impl Context<'_> {
             changed_by_operator: None,
             on_dedicated_cpus: None,
             memory_only_mib: BTreeMap::new(),
+            wanted_move: None,
             planned_from: Recorded {
                 cputune: d.cputune.clone(),
                 nodeset: d.numatune.as_ref().and_then(|n| n.nodeset.clone()),

@@ -10,7 +10,9 @@ use crate::config::Config;
 use crate::guest::{CpuMode, Domain};
 use crate::idset::{CpuSet, NodeSet};
 use crate::observations::{DomainObservation, NestedActivity, NodeObservation, Observations};
-use crate::planner::{self, DomainInput, DomainPlan, PlanInput, Status};
+use crate::planner::{
+    self, DomainInput, DomainPlan, MoveConfirmation, PlanInput, Status, WantedMoves,
+};
 use crate::synth::{DomainExt, domain};
 
 use super::host::SimHost;
@@ -20,6 +22,8 @@ pub struct Numapin {
     pub config: Config,
     /// Pins numapin last gave each domain.
     pins: BTreeMap<usize, BTreeMap<u32, CpuSet>>,
+    /// Rebalancing moves wanted and not yet made, as the daemon keeps them.
+    wanted: WantedMoves,
 }
 
 fn name(id: usize) -> String {
@@ -70,6 +74,7 @@ impl Numapin {
         Self {
             config,
             pins: BTreeMap::new(),
+            wanted: WantedMoves::default(),
         }
     }
 
@@ -117,10 +122,12 @@ impl Numapin {
         (inputs, obs)
     }
 
-    /// One cycle: plans and applies. `arriving` has just started and
-    /// touched no memory yet; returns whether it was placed (its memory
-    /// then lands on its nodes).
-    pub fn cycle(&mut self, host: &mut SimHost, arriving: Option<usize>) -> bool {
+    /// One cycle at `now` (seconds): plans and applies, as the daemon does
+    /// (a rebalancing move is made once wanted for
+    /// `planner.rebalance_wait_secs`).
+    /// `arriving` has just started and touched no memory yet; returns
+    /// whether it was placed (its memory then lands on its nodes).
+    pub fn cycle(&mut self, host: &mut SimHost, arriving: Option<usize>, now: u64) -> bool {
         self.pins.retain(|id, _| host.domains.contains_key(id));
         let (inputs, obs) = self.inputs(host);
         let plan = planner::plan(&PlanInput {
@@ -129,7 +136,13 @@ impl Numapin {
             observations: &obs,
             config: &self.config,
             rebalance_all: false,
+            confirm: Some(MoveConfirmation {
+                wanted: &self.wanted,
+                now: now as f64,
+                after_secs: self.config.planner.rebalance_wait_secs as f64,
+            }),
         });
+        self.wanted.update(&plan, now as f64);
         let mut placed_arrival = false;
         for dp in &plan.domains {
             if !matches!(dp.status, Status::Placed | Status::Moved | Status::Kept) {

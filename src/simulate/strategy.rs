@@ -75,7 +75,7 @@ impl Placer {
                 daemon.found_bound(id, now);
             }
             Placer::Numapin { numapin, .. } => {
-                if !numapin.cycle(host, Some(id)) {
+                if !numapin.cycle(host, Some(id), now) {
                     first_touch(host, id);
                 }
             }
@@ -99,7 +99,7 @@ impl Placer {
                 // The daemon pins in its cycle and moves memory in the
                 // background: cycles do not wait for the mover.
                 if now >= *next_s {
-                    numapin.cycle(host, None);
+                    numapin.cycle(host, None, now);
                     *next_s = now + *interval_s;
                 }
             }

@@ -206,6 +206,7 @@ mod tests {
             observations: &a.observations,
             config: &config,
             rebalance_all: false,
+            confirm: None,
         });
         assert_eq!(p.domains.len(), 60);
     }
