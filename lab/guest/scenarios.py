@@ -615,19 +615,22 @@ def slow_libvirt(repo):
                                         "paused": True}) for i in range(len(t.nodes[node]) + 1)])
     for h in hogs:
         virsh("resume", h.name)
-    wait_until("a libvirt call timed out", lambda: any("timed out" in ln for ln in np.log_lines()), timeout=300)
+    # The move's own call: libvirtd is also slow to answer other calls
+    # while the hogs start, and those time out first.
+    wait_until("numapin's nodeset change timed out", lambda: any(
+        "timed out" in ln and 'op="numatune slowmove' in ln for ln in np.log_lines()), timeout=300)
 
     # Then libvirtd finishes the move; give numapin a few cycles after that.
     # libvirtd holds the domain for as long as the kernel moves its pages
     # (127 s in one CI run), longer than a virsh call is given here: a query
     # it holds past that means "not yet", not a failure.
-    def moved_off_the_nodeset():
+    def moved_off_its_node():
         try:
-            return r.numatune()[1] != fmt(t.nodes)
+            return r.numatune()[1] != str(node)
         except subprocess.TimeoutExpired:
             return None
 
-    wait_until("libvirtd answers again", moved_off_the_nodeset, timeout=600)
+    wait_until("libvirtd answers again", moved_off_its_node, timeout=600)
     time.sleep(30)
     where = describe(r)
     log(where)
