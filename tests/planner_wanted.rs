@@ -1,6 +1,6 @@
 //! Rebalancing moves of placed guests wait until every cycle over
-//! `planner.rebalance_wait_secs` has wanted them (the daemon's plans); one-shot plans and a
-//! rebalance asked for make them at once.
+//! `planner.rebalance_wait_secs` has wanted them (the daemon's plans);
+//! one-shot plans and a rebalance asked for make them at once.
 
 use numapin::config::Config;
 use numapin::guest::Domain;

@@ -315,13 +315,11 @@ impl Worker {
     /// Keeps the moves the plan wanted and did not make, and logs each
     /// newly wanted one once.
     fn note_wanted_moves(&mut self, plan: &Plan, now: f64) {
-        for (domain, to) in self.wanted_moves.update(plan, now) {
-            let d = plan.domains.iter().find(|d| d.name == domain);
-            let from = d.map(|d| d.current.nodes.to_string()).unwrap_or_default();
+        for (d, to) in self.wanted_moves.update(plan, now) {
             tracing::info!(
-                domain,
+                domain = %d.name,
                 action = "want-move",
-                from,
+                from = %d.current.nodes,
                 to = %to,
                 wait_secs = self.config.planner.rebalance_wait_secs,
                 "rebalancing move wanted; made once every cycle for planner.rebalance_wait_secs has wanted it"

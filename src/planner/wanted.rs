@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Plan;
+use super::{DomainPlan, Plan};
 
 /// A rebalancing move of one part of a domain: the domain (when `cell` is
 /// `None`) or its guest cell goes to host node `to`.
@@ -68,7 +68,7 @@ impl WantedMoves {
     /// wanted before keeps its time, a new one (or one to another node)
     /// starts now, and the rest are forgotten: made, or no longer wanted.
     /// Returns the domains whose move is newly wanted, with the move.
-    pub fn update<'p>(&mut self, plan: &'p Plan, now: f64) -> Vec<(&'p str, WantedMove)> {
+    pub fn update<'p>(&mut self, plan: &'p Plan, now: f64) -> Vec<(&'p DomainPlan, WantedMove)> {
         let mut newly = Vec::new();
         let mut since = BTreeMap::new();
         for d in &plan.domains {
@@ -76,7 +76,7 @@ impl WantedMoves {
             let at = match self.since.get(&d.uuid) {
                 Some(&(was, at)) if was == m => at,
                 _ => {
-                    newly.push((d.name.as_str(), m));
+                    newly.push((d, m));
                     now
                 }
             };
